@@ -1,0 +1,47 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+EDGEKD := $(VENV)/bin/edgekd
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+CONFIG ?= configs/fashion_mnist.yaml
+ARGS   ?=
+
+.PHONY: setup data run test bench smoke clean help
+
+help:
+	@echo "make run    set up, then the whole pipeline on Fashion-MNIST ($(CONFIG))"
+	@echo "make test   set up, then the test suite"
+	@echo "make bench  set up, then the benchmarks (long)"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[train,dev]'
+	touch $@
+
+setup: $(VENV)/.installed data
+
+# Debian ships the official Fashion-MNIST files; install them when missing and apt is usable (root).
+data:
+	@if [ ! -f "$(FMNIST)" ] && [ -z "$$EDGEKD_DATA" ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "apt-get could not install dataset-fashion-mnist; edgekd will try a torchvision download"; \
+	  else echo "Fashion-MNIST not found at $(FMNIST); set EDGEKD_DATA or data.root, or let torchvision download it"; fi; \
+	fi
+
+run: setup
+	$(EDGEKD) run --config $(CONFIG) $(ARGS)
+
+smoke: setup
+	$(EDGEKD) run --config configs/smoke.yaml $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(ARGS)
+
+bench: setup
+	$(PY) benchmarks/robustness.py
+	$(PY) benchmarks/int8_speedup.py
+
+clean:
+	rm -rf $(VENV) export/*/ .pytest_cache

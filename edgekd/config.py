@@ -1,0 +1,351 @@
+"""Typed, validated configuration.
+
+A config is a tree of dataclasses. ``load_config`` reads YAML, applies ``--set key=value``
+overrides, and validates: an unknown key names the valid ones, a wrong type names the key
+and the value. The resolved config is written into every run folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from .errors import ConfigError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+CONFIG_DIR = PACKAGE_ROOT.parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "fashion_mnist.yaml"
+
+
+@dataclass
+class AugmentConfig:
+    """Train-time augmentation, applied on [0, 1] pixels in batches."""
+
+    crop_padding: int = 2  # padded random crop; 0 disables
+    hflip: bool = True
+    noise_std: float = 0.0  # robust KD (a): Gaussian noise on the student's input
+    corruption_prob: float = 0.0  # robust KD (a): probability of a random corruption per batch
+    corruption_max_severity: int = 3
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist"
+    root: Optional[str] = None  # else $EDGEKD_DATA, else the Debian package path, else download
+    download: bool = True  # torchvision download when no local copy (needs network)
+    val_size: int = 5000  # taken from the training set; the test set is never used to select
+    train_subset: Optional[int] = None  # use N training images (smoke runs)
+    test_subset: Optional[int] = None
+    image_size: Optional[int] = None  # ImageFolder: resize to this square size
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class TrainConfig:
+    """One schedule for the one training engine."""
+
+    epochs: int = 1
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"  # onecycle | cosine | constant
+    warmup_fraction: float = 0.15  # onecycle: fraction of steps rising; cosine: linear warm-up
+    label_smoothing: float = 0.0
+    grad_clip: Optional[float] = None
+    amp: str = "auto"  # auto (cuda: fp16/bf16, cpu: bf16 where AMX) | on | off
+    channels_last: str = "auto"  # auto | on | off
+    max_steps_per_epoch: Optional[int] = None  # cap for smoke runs
+    log_every: int = 50
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet18"
+    width: float = 1.0  # width multiplier (students) or base-width factor (teachers)
+    weights: Optional[str] = None  # "torchvision:DEFAULT" or a local weights file
+    stem_stride: int = 1  # small inputs keep resolution in the stem
+    maxpool: bool = True  # teachers: keep the stem max-pool
+
+
+@dataclass
+class RobustKDConfig:
+    """Robust distillation (issue: Robustness). method: none | ard | rslad."""
+
+    method: str = "none"
+    attack: str = "fgsm_rs"  # inner attack: fgsm_rs | pgd
+    epsilon: float = 8 / 255
+    steps: int = 1
+    step_size: Optional[float] = None
+    beta: float = 1.0  # weight of the natural-input KD term (RSLAD/ARD)
+
+
+@dataclass
+class DistillConfig:
+    loss: str = "hinton"
+    temperature: float = 4.0
+    alpha: float = 0.9
+    cache_teacher_logits: bool = False  # only valid when augmentation is off
+    robust: RobustKDConfig = field(default_factory=RobustKDConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5))
+
+
+@dataclass
+class QATConfig:
+    enabled: bool = True
+    freeze_bn_epoch: int = 0  # BN is folded into conv before QAT; kept for schedules that fold late
+    freeze_observers_epoch: int = 1  # observers frozen from this epoch on (0-based)
+    calibration_batches: int = 20
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=1, lr=0.005, schedule="cosine", warmup_fraction=0.0)
+    )
+
+
+@dataclass
+class ExportConfig:
+    opset: int = 17
+    simplify: bool = True
+    parity_images: int = 256
+    parity_batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
+    fp32_tolerance: float = 1e-4
+    int8_min_agreement: float = 0.99
+    export_teacher: bool = True
+
+
+@dataclass
+class LatencyConfig:
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    threads: list[int] = field(default_factory=lambda: [1, 0])  # 0 = all cores
+    warmup: int = 10
+    runs: int = 100
+    provider: str = "CPUExecutionProvider"
+    profile: bool = True
+
+
+@dataclass
+class RobustnessEvalConfig:
+    enabled: bool = True
+    corruptions: list[str] = field(default_factory=list)  # empty = all registered
+    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    images: int = 1000  # test images used for corruption/adversarial evaluation
+    epsilons: list[float] = field(default_factory=lambda: [2 / 255, 8 / 255, 0.1])
+    pgd_steps: int = 20
+    square_queries: int = 200
+    adversarial_images: int = 200
+    ood: list[str] = field(default_factory=lambda: ["uniform", "blobs", "inverted"])
+    ood_folder: Optional[str] = None
+    temperature_scaling: bool = True
+    reference_run: Optional[str] = None  # mCE reference manifest; default: the teacher
+
+
+@dataclass
+class CheckConfig:
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    robustness: RobustnessEvalConfig = field(default_factory=RobustnessEvalConfig)
+
+
+@dataclass
+class LatencyBudget:
+    value_ms: float = 0.0
+    batch: int = 1
+    threads: int = 1
+    model: str = "student_int8"
+
+
+@dataclass
+class BudgetsConfig:
+    model: str = "student_int8"  # which model the size/accuracy budgets apply to
+    max_size_mb: Optional[float] = None
+    min_accuracy: Optional[float] = None
+    max_latency_ms: Optional[LatencyBudget] = None
+    max_accuracy_drop: Optional[float] = None
+    baseline: Optional[str] = None  # a baseline run's manifest.json or run folder
+    min_corruption_accuracy: Optional[float] = None
+    min_adversarial_accuracy: Optional[float] = None
+    adversarial_epsilon: float = 2 / 255
+
+
+@dataclass
+class Config:
+    name: str = "fashion_mnist"
+    out_dir: str = "export"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    deterministic: bool = True
+    num_threads: Optional[int] = None
+    stages: list[str] = field(default_factory=lambda: ["teacher", "distill", "qat", "export", "check", "gate"])
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: ModelConfig = field(default_factory=lambda: ModelConfig(arch="resnet18"))
+    teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4))
+    student: ModelConfig = field(default_factory=lambda: ModelConfig(arch="mobilenet_v2", width=0.5))
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    qat: QATConfig = field(default_factory=QATConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
+    budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self, *sections: str) -> str:
+        """Stable hash of the whole config or of the named top-level sections."""
+        d = self.to_dict()
+        if sections:
+            d = {k: d[k] for k in sections}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"config key '{key}' must be a mapping of {tp.__name__} fields, got {value!r}",
+                f"write '{key}:' as a section with keys {', '.join(f.name for f in dataclasses.fields(tp))}",
+            )
+        return _build(tp, value, key)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}", f"write '{key}: [...]'")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        # allow "8/255" style fractions, common for epsilons
+        try:
+            num, _, den = value.partition("/")
+            return float(num) / float(den) if den else float(num)
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool):
+        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+            return value
+        raise ConfigError(
+            f"config key '{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})",
+            f"set '{key}' to a {_type_name(tp)} value",
+        )
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            where = f"in '{prefix}'" if prefix else "at the top level"
+            raise ConfigError(
+                f"unknown config key '{full}' {where}; valid: {', '.join(names)}",
+                "check the spelling, or remove the key",
+            )
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """``a.b.c=value`` -> ``{"a": {"b": {"c": value}}}``, the value parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not key=value", "write --set section.key=value")
+    key, _, raw = item.partition("=")
+    value: Any = yaml.safe_load(raw) if raw != "" else None
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """Validate a plain dict (plus ``key=value`` overrides) into a Config."""
+    for item in overrides or []:
+        data = _merge(data, parse_override(item))
+    cfg = _build(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (the Fashion-MNIST default when ``path`` is None) and validate it."""
+    p = Path(path) if path is not None else DEFAULT_CONFIG
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}", "pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}", "fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level", "write key: value pairs")
+    return config_from_dict(data, overrides)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    choices = {
+        "device": (cfg.device.split(":")[0], ("auto", "cpu", "cuda")),
+        "teacher_train.optimizer": (cfg.teacher_train.optimizer, ("sgd", "adamw")),
+        "teacher_train.schedule": (cfg.teacher_train.schedule, ("onecycle", "cosine", "constant")),
+        "distill.train.optimizer": (cfg.distill.train.optimizer, ("sgd", "adamw")),
+        "distill.train.schedule": (cfg.distill.train.schedule, ("onecycle", "cosine", "constant")),
+        "qat.train.optimizer": (cfg.qat.train.optimizer, ("sgd", "adamw")),
+        "qat.train.schedule": (cfg.qat.train.schedule, ("onecycle", "cosine", "constant")),
+        "distill.robust.method": (cfg.distill.robust.method, ("none", "ard", "rslad")),
+        "distill.robust.attack": (cfg.distill.robust.attack, ("fgsm_rs", "pgd")),
+    }
+    for key, (value, valid) in choices.items():
+        if value not in valid:
+            raise ConfigError(f"config key '{key}' has value {value!r}; valid: {', '.join(valid)}")
+    for key, tc in (("teacher_train", cfg.teacher_train), ("distill.train", cfg.distill.train), ("qat.train", cfg.qat.train)):
+        for sub in ("amp", "channels_last"):
+            if getattr(tc, sub) not in ("auto", "on", "off"):
+                raise ConfigError(f"config key '{key}.{sub}' has value {getattr(tc, sub)!r}; valid: auto, on, off")
+        if tc.epochs < 0 or tc.lr <= 0:
+            raise ConfigError(f"config key '{key}' needs epochs >= 0 and lr > 0")
+    if not 0.0 <= cfg.distill.alpha <= 1.0:
+        raise ConfigError(f"config key 'distill.alpha' must be in [0, 1], got {cfg.distill.alpha}")
+    if cfg.distill.temperature <= 0:
+        raise ConfigError(f"config key 'distill.temperature' must be > 0, got {cfg.distill.temperature}")
+    aug = cfg.data.augment
+    if cfg.distill.cache_teacher_logits and (aug.crop_padding or aug.hflip or aug.noise_std or aug.corruption_prob):
+        raise ConfigError(
+            "distill.cache_teacher_logits needs fixed inputs, but data.augment changes them each epoch",
+            "set data.augment.crop_padding=0, hflip=false, noise_std=0, corruption_prob=0, or turn caching off",
+        )
+    if cfg.export.opset < 17:
+        raise ConfigError(f"config key 'export.opset' must be >= 17, got {cfg.export.opset}")
+    valid_stages = ("teacher", "distill", "qat", "export", "check", "gate")
+    for s in cfg.stages:
+        if s not in valid_stages:
+            raise ConfigError(f"unknown stage '{s}' in 'stages'; valid: {', '.join(valid_stages)}")
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,129 @@
+"""The run's ``manifest.json``: what each stage wrote (path, sha256, bytes), measured, and was configured with.
+
+Imports no torch: the gate, doctor and report read it in a torch-free CI job.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError
+from .io import atomic_write_json, sha256_file
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class Manifest:
+    """In-memory view of ``<run_dir>/manifest.json``; every ``save`` is atomic."""
+
+    def __init__(self, run_dir: str | Path, data: dict[str, Any] | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.data: dict[str, Any] = data or {"schema": SCHEMA_VERSION, "stages": {}}
+        self.data.setdefault("stages", {})
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / MANIFEST_NAME
+
+    @classmethod
+    def load(cls, run_dir: str | Path, must_exist: bool = True) -> "Manifest":
+        """Read a run's manifest. A missing or corrupt file raises ArtifactError naming it."""
+        run_dir = Path(run_dir)
+        if run_dir.is_file() and run_dir.name.endswith(".json"):
+            run_dir = run_dir.parent
+        path = run_dir / MANIFEST_NAME
+        if not path.exists():
+            if must_exist:
+                raise ArtifactError(
+                    f"no {MANIFEST_NAME} in {run_dir}",
+                    "point at a run folder written by 'edgekd run' (export/<run-name>/)",
+                )
+            return cls(run_dir)
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ArtifactError(f"{path} is not valid JSON ({e})", "re-run the pipeline to rewrite it") from None
+        if not isinstance(data, dict) or "stages" not in data:
+            raise ArtifactError(f"{path} is not an edgekd manifest", "re-run the pipeline to rewrite it")
+        return cls(run_dir, data)
+
+    def save(self) -> None:
+        self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        atomic_write_json(self.path, self.data)
+
+    # ----------------------------------------------------------- stages
+
+    def stage(self, name: str) -> dict[str, Any] | None:
+        return self.data["stages"].get(name)
+
+    def record_stage(
+        self,
+        name: str,
+        artifacts: dict[str, str | Path],
+        metrics: dict[str, Any] | None = None,
+        config_hash: str | None = None,
+        inputs: dict[str, str] | None = None,
+        seconds: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Record a finished stage: each artifact with its sha256, then save the manifest."""
+        entry: dict[str, Any] = {
+            "status": "done",
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "config_hash": config_hash,
+            "inputs": inputs or {},
+            "artifacts": {},
+            "metrics": metrics or {},
+        }
+        if seconds is not None:
+            entry["seconds"] = round(seconds, 3)
+        for key, p in artifacts.items():
+            p = Path(p)
+            entry["artifacts"][key] = {
+                "path": str(p.relative_to(self.run_dir) if p.is_absolute() and p.is_relative_to(self.run_dir) else p),
+                "sha256": sha256_file(self.resolve(p)),
+                "bytes": self.resolve(p).stat().st_size,
+            }
+        if extra:
+            entry.update(extra)
+        self.data["stages"][name] = entry
+        self.save()
+        return entry
+
+    def resolve(self, p: str | Path) -> Path:
+        p = Path(p)
+        return p if p.is_absolute() else self.run_dir / p
+
+    def artifact(self, stage: str, key: str, verify: bool = True) -> Path:
+        """Path of a recorded artifact, checked to exist and to match its sha256."""
+        entry = self.stage(stage)
+        if entry is None or key not in entry.get("artifacts", {}):
+            raise ArtifactError(
+                f"run {self.run_dir} has no '{key}' from stage '{stage}'",
+                f"run the '{stage}' stage first (edgekd run --out {self.run_dir.parent})",
+            )
+        rec = entry["artifacts"][key]
+        path = self.resolve(rec["path"])
+        if not path.exists():
+            raise ArtifactError(f"artifact {path} (stage '{stage}') is missing", f"re-run the '{stage}' stage")
+        if verify and sha256_file(path) != rec["sha256"]:
+            raise ArtifactError(
+                f"artifact {path} (stage '{stage}') does not match its sha256 in the manifest: "
+                "it was changed or truncated after the stage wrote it",
+                f"re-run the '{stage}' stage, or restore the file",
+            )
+        return path
+
+    def artifact_sha(self, stage: str, key: str) -> str | None:
+        entry = self.stage(stage)
+        if entry is None:
+            return None
+        rec = entry.get("artifacts", {}).get(key)
+        return rec["sha256"] if rec else None
+
+    def metrics(self, stage: str) -> dict[str, Any]:
+        entry = self.stage(stage)
+        return dict(entry.get("metrics", {})) if entry else {}
