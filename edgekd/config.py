@@ -80,9 +80,8 @@ class ModelConfig:
 
 @dataclass
 class RobustKDConfig:
-    """Robust distillation (issue: Robustness). method: none | ard | rslad."""
+    """Inner attack of the adversarial KD losses (distill.loss: ard | rslad)."""
 
-    method: str = "none"
     attack: str = "fgsm_rs"  # inner attack: fgsm_rs | pgd
     epsilon: float = 8 / 255
     steps: int = 1
@@ -317,7 +316,6 @@ def validate(cfg: Config) -> None:
         "distill.train.schedule": (cfg.distill.train.schedule, ("onecycle", "cosine", "constant")),
         "qat.train.optimizer": (cfg.qat.train.optimizer, ("sgd", "adamw")),
         "qat.train.schedule": (cfg.qat.train.schedule, ("onecycle", "cosine", "constant")),
-        "distill.robust.method": (cfg.distill.robust.method, ("none", "ard", "rslad")),
         "distill.robust.attack": (cfg.distill.robust.attack, ("fgsm_rs", "pgd")),
     }
     for key, (value, valid) in choices.items():

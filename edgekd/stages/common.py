@@ -1,0 +1,93 @@
+"""Pieces the training stages share: loaders, weight files, the KD step, fit-then-score."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..config import Config, TrainConfig
+from ..data.loader import BatchLoader, make_loaders
+from ..engine import evaluate, fit, resolve_device
+from ..io import atomic_path
+from ..models import build_student, build_teacher, load_weights
+from .base import StageContext
+
+
+def device_of(ctx: StageContext) -> torch.device:
+    return resolve_device(ctx.cfg.device)
+
+
+def loaders(ctx: StageContext, augment: bool = True, student_only_noise: bool = False) -> tuple[BatchLoader, BatchLoader, BatchLoader]:
+    """Train/val/test loaders. With ``student_only_noise`` the noise/corruption part of the
+    augmentation is left to the KD step, so the teacher sees the clean input."""
+    from ..distributed import rank_and_world
+
+    data_cfg = ctx.cfg.data
+    if not augment or student_only_noise:
+        aug = data_cfg.augment
+        aug = replace(aug, noise_std=0.0, corruption_prob=0.0) if augment else replace(
+            aug, crop_padding=0, hflip=False, noise_std=0.0, corruption_prob=0.0)
+        data_cfg = replace(data_cfg, augment=aug)
+    rank, world = rank_and_world()
+    return make_loaders(ctx.dataset(), data_cfg, ctx.cfg.seed, rank=rank, world_size=world)
+
+
+def save_weights(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> Path:
+    """Plain state_dict + metadata, written atomically; loadable with weights_only=True."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state, "meta": meta}, tmp)
+    return path
+
+
+def load_teacher(ctx: StageContext, device: torch.device) -> torch.nn.Module:
+    teacher = build_teacher(ctx.cfg.teacher, ctx.dataset())
+    load_weights(teacher, ctx.manifest.artifact("teacher", "weights"))
+    return teacher.to(device).eval()
+
+
+def load_student(ctx: StageContext, device: torch.device) -> torch.nn.Module:
+    student = build_student(ctx.cfg.student, ctx.dataset())
+    load_weights(student, ctx.manifest.artifact("distill", "weights"))
+    return student.to(device)
+
+
+def train_and_score(
+    ctx: StageContext,
+    stage: str,
+    model: torch.nn.Module,
+    step_fn: Callable,
+    train_cfg: TrainConfig,
+    hooks: tuple = (),
+    augment: bool = True,
+    student_only_noise: bool = False,
+    train_loader: BatchLoader | None = None,
+) -> dict[str, Any]:
+    """Fit ``model`` with the one engine (best on validation), load the best state, score val and test."""
+    device = device_of(ctx)
+    train, val, test = loaders(ctx, augment=augment, student_only_noise=student_only_noise)
+    if train_loader is not None:
+        train = train_loader
+    work = ctx.stage_dir(stage)
+    result = fit(
+        model, step_fn, train, val, train_cfg, work_dir=work, device=device, seed=ctx.cfg.seed,
+        resume=ctx.resume, hooks=hooks, desc=stage, meta={"fingerprint": ctx.fingerprint},
+    )
+    model.load_state_dict(result.best_state)
+    val_m = evaluate(model, val, device)
+    test_m = evaluate(model, test, device)  # reported, never used to select
+    ctx.log(f"[edgekd] {stage}: val {val_m['accuracy']:.4f}  test {test_m['accuracy']:.4f}")
+    return {
+        "val_accuracy": val_m["accuracy"],
+        "test_accuracy": test_m["accuracy"],
+        "best_epoch": result.best_epoch,
+        "epochs": train_cfg.epochs,
+        "train_seconds": round(result.seconds, 1),
+        "history": result.history,
+    }
+
+
+def config_meta(cfg: Config, stage: str, ctx: StageContext) -> dict[str, Any]:
+    return {"stage": stage, "fingerprint": ctx.fingerprint, "dataset": cfg.data.dataset}

@@ -1,0 +1,45 @@
+"""QAT stage: INT8 quantization-aware fine-tuning of the distilled student, still guided by the teacher.
+
+BN is folded before fake quantization; observers calibrate on clean training batches, then
+freeze from ``qat.freeze_observers_epoch`` on, so the last epochs train against fixed scales
+that the INT8 ONNX file carries unchanged.
+"""
+from __future__ import annotations
+
+from ..quant import freeze_observers, prepare_qat
+from .base import StageContext, StageResult
+from .common import config_meta, device_of, load_student, load_teacher, loaders, save_weights, train_and_score
+from .kd_step import build_distiller, make_kd_step
+
+
+def build_qat_student(ctx: StageContext, calibrate: bool):
+    """The distilled student turned into its fake-quant twin (calibrated, or ready for a state load)."""
+    device = device_of(ctx)
+    student = load_student(ctx, device).eval()
+    calib = loaders(ctx, augment=False)[0] if calibrate else None
+    n = ctx.cfg.qat.calibration_batches if calibrate else 0
+    return prepare_qat(student, calib, n).to(device)
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg = ctx.cfg
+    device = device_of(ctx)
+    teacher = load_teacher(ctx, device)
+    qmodel = build_qat_student(ctx, calibrate=True)
+    distiller = build_distiller(cfg, qmodel, teacher)
+    freeze_at = cfg.qat.freeze_observers_epoch
+
+    def observer_schedule(epoch: int, model) -> None:
+        if epoch >= freeze_at:
+            freeze_observers(model)
+
+    if cfg.qat.train.epochs <= freeze_at:
+        freeze_observers(qmodel)  # never train past the point where scales must be final
+    metrics = train_and_score(
+        ctx, "qat", qmodel, make_kd_step(cfg, distiller), cfg.qat.train,
+        hooks=(observer_schedule,), student_only_noise=True,
+    )
+    freeze_observers(qmodel)
+    metrics["freeze_observers_epoch"] = freeze_at
+    path = save_weights(qmodel, ctx.stage_dir("qat") / "student_qat.pt", config_meta(cfg, "qat", ctx))
+    return StageResult(artifacts={"weights": path}, metrics=metrics)
