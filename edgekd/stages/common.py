@@ -74,6 +74,7 @@ def train_and_score(
     result = fit(
         model, step_fn, train, val, train_cfg, work_dir=work, device=device, seed=ctx.cfg.seed,
         resume=ctx.resume, hooks=hooks, desc=stage, meta={"fingerprint": ctx.fingerprint},
+        deterministic=ctx.cfg.deterministic,
     )
     model.load_state_dict(result.best_state)
     val_m = evaluate(model, val, device)

@@ -1,0 +1,115 @@
+"""Epoch checkpoints: atomic writes, ``weights_only=True`` loads, RNG capture, and checks with a fix.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so ``torch.load`` never
+has to unpickle an arbitrary object. RNG states are stored as tensors/lists for the same reason.
+"""
+from __future__ import annotations
+
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import CheckpointError
+from .io import atomic_path
+
+FORMAT_VERSION = 1
+
+
+def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of ``module.state_dict()`` (safe to keep while training continues)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+# ------------------------------------------------------------------ RNG
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, numpy and torch (CPU and every CUDA device) RNG states, weights_only-serializable."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss_next": py_gauss},
+        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+# ------------------------------------------------------------------ save / load
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically: a crash leaves the previous file (or none), never half of one."""
+    payload = {"format_version": FORMAT_VERSION, **payload}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def _fix(path: Path) -> str:
+    return f"delete {path} to start this stage over, or run without --resume"
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; unreadable or foreign files raise CheckpointError."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist", "train without --resume first") from None
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError) as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({type(e).__name__}: {str(e)[:200]})",
+                              _fix(path)) from None
+    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION or "model" not in data:
+        raise CheckpointError(f"{path} is not an edgekd epoch checkpoint (format {FORMAT_VERSION})", _fix(path))
+    return data
+
+
+def check_meta(path: Path, saved: dict[str, Any], expected: dict[str, Any]) -> None:
+    """The checkpoint must come from the same config: every differing key is named."""
+    keys = sorted(set(saved) | set(expected))
+    diff = [k for k in keys if saved.get(k) != expected.get(k)]
+    if diff:
+        detail = "; ".join(f"{k}: checkpoint {_short(saved.get(k))} vs now {_short(expected.get(k))}" for k in diff)
+        raise CheckpointError(f"checkpoint {path} was written by a different configuration ({detail})", _fix(path))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_fits(path: Path, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """The stored weights must fit ``model`` exactly: missing, unexpected and mis-shaped keys are listed."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shaped:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)):
+            if items:
+                parts.append(f"{label} {len(items)}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}")
+        raise CheckpointError(f"checkpoint {path} does not fit this model ({'; '.join(parts)})", _fix(path))

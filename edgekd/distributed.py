@@ -1,0 +1,245 @@
+"""Devices and torch.distributed: which device and precision to train with, seeding, and the DDP plumbing.
+
+Under ``torchrun`` the environment carries RANK / WORLD_SIZE / LOCAL_RANK; everything here reads
+them, so loaders can be sharded before the process group exists. Outside torchrun every helper
+answers as a single process (rank 0 of 1) and no collective is ever called.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands in a (maybe single-process) run."""
+
+    is_distributed: bool
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes checkpoints, metrics and progress."""
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={raw!r} is not an integer",
+                          f"unset {name} or launch with torchrun, which sets it") from None
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world_size): from the process group when it exists, else from torchrun's environment."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+
+
+def distributed_context() -> DistContext:
+    """The current process's rank, world size and local rank."""
+    rank, world = rank_and_world()
+    return DistContext(is_distributed=world > 1, rank=rank, world_size=world, local_rank=_env_int("LOCAL_RANK", 0))
+
+
+def is_distributed() -> bool:
+    return distributed_context().is_distributed
+
+
+def rank() -> int:
+    return distributed_context().rank
+
+
+def world_size() -> int:
+    return distributed_context().world_size
+
+
+def is_main() -> bool:
+    return distributed_context().is_main
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> a torch.device.
+
+    ``auto`` and ``cuda`` pick ``cuda:LOCAL_RANK`` under torchrun, so each process gets its own GPU.
+    Asking for CUDA where there is none is a ConfigError, not a late crash.
+    """
+    spec = (spec or "auto").strip().lower()
+    local = distributed_context().local_rank
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "auto":
+        return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    kind, _, index = spec.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ConfigError(f"unknown device {spec!r}; valid: auto, cpu, cuda, cuda:N", "set device to one of those")
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
+        raise ConfigError(
+            f"device {spec!r} was requested but no CUDA GPU is usable (torch {torch.__version__}, {build})",
+            "set device: cpu (or auto), or run on a machine with an NVIDIA GPU and a CUDA build of torch",
+        )
+    n = torch.cuda.device_count()
+    idx = int(index) if index else local
+    if idx >= n:
+        raise ConfigError(f"device {spec!r} does not exist: this machine has {n} CUDA device(s)",
+                          f"use cuda:0 .. cuda:{n - 1}, or cuda / auto")
+    return torch.device("cuda", idx)
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Join the process group when launched with WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU).
+
+    Idempotent; returns whether the run is distributed. The group is destroyed at interpreter exit.
+    """
+    ctx = distributed_context()
+    if not ctx.is_distributed:
+        return False
+    if dist.is_initialized():
+        return True
+    if not dist.is_available():
+        raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed",
+                          "launch a single process, or install a torch build with distributed support")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, init_method="env://")
+    atexit.register(_destroy)
+    return True
+
+
+def _destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a few scalars over all ranks (identity outside a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (a one-element list outside a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op outside a process group)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BN running stats) to every rank.
+
+    DDP syncs buffers at the start of each forward, so after the last step of an epoch each rank
+    holds stats from its own last batch; syncing before validation and checkpointing keeps every
+    rank's model identical.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    with torch.no_grad():
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel around ``model`` when in a process group; else ``model`` itself."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+# ------------------------------------------------------------------ precision and seeding
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Autocast settings: ``dtype`` None means full fp32; ``scaler`` is the fp16 GradScaler."""
+
+    dtype: torch.dtype | None = None
+    scaler: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.dtype is not None
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.dtype)
+
+
+def resolve_amp(mode: str | bool, device: torch.device) -> Precision:
+    """``auto`` | ``on`` | ``off`` (or a bool) -> Precision.
+
+    CUDA: auto/on = bf16 autocast where the GPU supports it (no scaler needed), else fp16 + GradScaler.
+    CPU: on = bf16 autocast (fast only with AMX, and not for every net: the configs decide); auto = off.
+    """
+    mode = {True: "on", False: "off"}.get(mode, mode) if isinstance(mode, bool) else mode
+    if mode not in ("auto", "on", "off"):
+        raise ConfigError(f"amp must be auto, on or off, got {mode!r}", "set train.amp to auto, on or off")
+    if mode == "off" or (device.type == "cpu" and mode == "auto"):
+        return Precision()
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Precision(torch.bfloat16, scaler=False)
+        return Precision(torch.float16, scaler=True)
+    if device.type == "cpu":
+        return Precision(torch.bfloat16, scaler=False)
+    return Precision()  # other backends: full precision
+
+
+def resolve_channels_last(mode: str, device: torch.device) -> bool:
+    """``auto`` turns channels_last on for CPU and CUDA (measured +45% for MobileNetV2 on the AMX CPU)."""
+    if mode not in ("auto", "on", "off"):
+        raise ConfigError(f"channels_last must be auto, on or off, got {mode!r}",
+                          "set train.channels_last to auto, on or off")
+    return mode == "on" or (mode == "auto" and device.type in ("cpu", "cuda"))
+
+
+def seed_everything(seed: int, deterministic: bool = True, device: torch.device | None = None) -> None:
+    """Seed python, numpy and torch; with ``deterministic``, pick reproducible kernels.
+
+    CPU: ``torch.use_deterministic_algorithms(True, warn_only=True)``. CUDA: deterministic cuDNN and
+    ``CUBLAS_WORKSPACE_CONFIG`` (it only takes effect if cuBLAS was not used before this call).
+    """
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+    is_cuda = device is not None and device.type == "cuda"
+    if deterministic:
+        if is_cuda:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        else:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif is_cuda:
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels

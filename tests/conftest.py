@@ -1,0 +1,43 @@
+"""Shared fixtures: a small, fixed subset of the real Fashion-MNIST (Debian package files)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgekd.config import DataConfig
+from edgekd.data import DatasetBundle, build_dataset
+
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FMNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+def fashion_mnist_available() -> bool:
+    """Whether the four official Fashion-MNIST files are installed at FMNIST_DIR."""
+    return all((FMNIST_DIR / name).is_file() for name in FMNIST_FILES)
+
+
+def require_fashion_mnist() -> None:
+    """Skip the calling test when the Fashion-MNIST files are absent."""
+    if not fashion_mnist_available():
+        pytest.skip(f"Fashion-MNIST not installed in {FMNIST_DIR} (apt-get install -y dataset-fashion-mnist)")
+
+
+requires_fashion_mnist = pytest.mark.skipif(
+    not fashion_mnist_available(), reason=f"Fashion-MNIST not installed in {FMNIST_DIR} (apt-get install -y dataset-fashion-mnist)"
+)
+
+
+def small_fmnist_config(**overrides: object) -> DataConfig:
+    """The DataConfig of the shared subset: 2000 train / 500 val / 1000 test, read from FMNIST_DIR."""
+    values = dict(dataset="fashion_mnist", root=str(FMNIST_DIR), download=False,
+                  val_size=500, train_subset=2000, test_subset=1000, batch_size=64, eval_batch_size=256)
+    values.update(overrides)
+    return DataConfig(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def fmnist_small() -> DatasetBundle:
+    """Real Fashion-MNIST, stratified seeded subsets (seed 0): 2000 train, 500 val, 1000 test."""
+    require_fashion_mnist()
+    return build_dataset(small_fmnist_config(), seed=0)
