@@ -1,0 +1,400 @@
+"""``edgekd doctor``: explain why an INT8 ONNX model is (or is not) faster than fp32 in onnxruntime.
+
+It lets onnxruntime optimize the graph exactly as a session would, reads the optimized graph back
+with onnx, and compares it with the file: which QuantizeLinear/DequantizeLinear nodes were fused
+into int8 kernels, which compute ops stayed float (and what fed them), the int8 types, and the
+CPU's int8 instructions. A list of small rules turns those facts into plain-language findings.
+
+Imports no torch: it runs in the torch-free CI job.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .environment import cpu_info
+from .errors import ArtifactError, EdgekdError
+
+# Kernels that compute in int8 (ONNX domain and com.microsoft contrib ops).
+INT8_KERNELS = frozenset({
+    "QLinearConv", "NhwcQLinearConv", "ConvInteger", "QLinearConvTranspose",
+    "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm",
+    "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSigmoid",
+    "QLinearLeakyRelu", "QLinearSoftmax", "QLinearConcat", "QLinearReduceMean", "QLinearWhere",
+    "DynamicQuantizeLinear", "QAttention",
+})
+# The heavy compute ops, by family, so "17 of 52 Conv" counts float and int8 forms together.
+FAMILY = {
+    "Conv": "Conv", "FusedConv": "Conv", "QLinearConv": "Conv", "NhwcQLinearConv": "Conv", "ConvInteger": "Conv",
+    "ConvTranspose": "ConvTranspose", "QLinearConvTranspose": "ConvTranspose",
+    "Gemm": "Gemm/MatMul", "FusedGemm": "Gemm/MatMul", "MatMul": "Gemm/MatMul", "FusedMatMul": "Gemm/MatMul",
+    "QGemm": "Gemm/MatMul", "QLinearMatMul": "Gemm/MatMul", "MatMulInteger": "Gemm/MatMul",
+    "MatMulIntegerToFloat": "Gemm/MatMul", "DynamicQuantizeMatMul": "Gemm/MatMul",
+}
+# Element-wise / pooling ops that onnxruntime's CPU kernels run in float only.
+FLOAT_ONLY = frozenset({
+    "HardSigmoid", "HardSwish", "Sigmoid", "Mul", "Add", "Sub", "Div", "GlobalAveragePool", "AveragePool",
+    "Softmax", "BatchNormalization", "Erf", "Tanh", "Gelu", "LayerNormalization",
+})
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+_DTYPE = {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8", onnx.TensorProto.INT32: "int32",
+          onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.UINT16: "uint16", onnx.TensorProto.INT16: "int16"}
+TINY_PARAMS = 1_000_000  # below this, per-inference overheads are a large share of batch-1 latency
+TINY_LATENCY_MS = 1.0
+
+
+# ----------------------------------------------------------------------------- graph facts
+
+def _load(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise ArtifactError(f"ONNX file {path} does not exist", "pass the path of an exported .onnx file or a run folder")
+    try:
+        return onnx.load(str(path))
+    except Exception as e:  # onnx raises DecodeError and friends; name the file and re-raise ours
+        raise ArtifactError(f"{path} is not a readable ONNX model ({e})", "re-export it (edgekd export)") from e
+
+
+def optimized_graph(path: Path, provider: str, level: ort.GraphOptimizationLevel) -> onnx.ModelProto:
+    """The graph onnxruntime runs after its optimizations at ``level`` (read back from a temp file)."""
+    with tempfile.TemporaryDirectory(prefix="edgekd-doctor-") as tmp:
+        out = Path(tmp) / "optimized.onnx"
+        so = ort.SessionOptions()
+        so.graph_optimization_level = level
+        so.optimized_model_filepath = str(out)
+        so.log_severity_level = 3  # the "hardware specific optimizations" warning is expected here
+        try:
+            ort.InferenceSession(str(path), so, providers=[provider])
+        except Exception as e:  # onnxruntime raises its own pybind types
+            raise ArtifactError(f"onnxruntime could not load {path} with {provider}: {e}",
+                                "check the provider name and that the file is a valid model") from e
+        return onnx.load(str(out))
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Initializers plus Constant-node outputs (torch's exporter emits scales either way)."""
+    consts = {t.name: t for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    consts[n.output[0]] = a.t
+    return consts
+
+
+def _numel(t: onnx.TensorProto) -> int:
+    size = 1
+    for d in t.dims:
+        size *= d
+    return size
+
+
+def _quant_types(model: onnx.ModelProto) -> dict[str, Any]:
+    """Activation and weight int8 types from the Q/DQ nodes of the original file."""
+    consts = _constants(model)
+    act, weights, bias = Counter(), Counter(), Counter()
+    granularity, stored_float = Counter(), 0
+    for n in model.graph.node:
+        if n.op_type not in QDQ_OPS:
+            continue
+        zp = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        scale = consts.get(n.input[1])
+        src = consts.get(n.input[0])
+        per = "per-channel" if scale is not None and _numel(scale) > 1 else "per-tensor"
+        if n.op_type == "DequantizeLinear" and src is not None:  # int8 initializer -> DQ: a stored weight/bias
+            kind = _DTYPE.get(src.data_type, str(src.data_type))
+            if kind == "int32":
+                bias[kind] += 1
+            else:
+                weights[kind] += 1
+                granularity[per] += 1
+        elif n.op_type == "QuantizeLinear" and src is not None:  # float weight quantized at load time
+            weights[_DTYPE.get(zp.data_type, "uint8") if zp is not None else "uint8"] += 1
+            granularity[per] += 1
+            stored_float += 1
+        elif n.op_type == "QuantizeLinear":
+            act[_DTYPE.get(zp.data_type, "uint8") if zp is not None else "uint8"] += 1
+    return {"activations": dict(act), "weights": dict(weights), "bias": dict(bias),
+            "weight_granularity": dict(granularity), "weights_stored_float": stored_float}
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def _float_compute(opt: onnx.ModelProto) -> list[dict[str, str]]:
+    """Heavy compute nodes that stayed float, each with what feeds its data input (the usual cause)."""
+    prod = _producers(opt)
+    inputs = {i.name for i in opt.graph.input}
+    out = []
+    for n in opt.graph.node:
+        if FAMILY.get(n.op_type) and n.op_type not in INT8_KERNELS:
+            src = n.input[0] if n.input else ""
+            feeder = prod[src].op_type if src in prod else ("graph input" if src in inputs else "constant")
+            out.append({"name": n.name, "op_type": n.op_type, "family": FAMILY[n.op_type], "input_from": feeder})
+    return out
+
+
+def _param_count(model: onnx.ModelProto) -> int:
+    return sum(_numel(t) for t in model.graph.initializer if len(t.dims) > 1)
+
+
+def analyze(path: Path, provider: str) -> dict[str, Any]:
+    """Graph facts for ``path``: Q/DQ before and after optimization, int8 kernels, float ops, types."""
+    src = _load(path)
+    # EXTENDED fuses Q/DQ into int8 kernels and keeps node names; ALL adds the CPU-specific layouts
+    # (NCHWc, NHWC) that a session actually runs, so both are reported.
+    ext = optimized_graph(path, provider, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+    full = optimized_graph(path, provider, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    src_ops = Counter(n.op_type for n in src.graph.node)
+    ext_ops = Counter(n.op_type for n in ext.graph.node)
+    families_src = Counter(FAMILY[o] for n in src.graph.node if (o := n.op_type) in FAMILY)
+    int8_by_family = Counter(FAMILY[n.op_type] for n in ext.graph.node
+                             if n.op_type in INT8_KERNELS and n.op_type in FAMILY)
+    float_ops = _float_compute(ext)
+    qdq_before = {op: src_ops.get(op, 0) for op in QDQ_OPS}
+    qdq_after = {op: ext_ops.get(op, 0) for op in QDQ_OPS}
+    return {
+        "model": str(path),
+        "provider": provider,
+        "parameters": _param_count(src),
+        "ops_original": dict(src_ops),
+        "ops_optimized": dict(ext_ops),
+        "ops_runtime": dict(Counter(n.op_type for n in full.graph.node)),
+        "qdq": {"original": qdq_before, "remaining": qdq_after,
+                "fused": sum(qdq_before.values()) - sum(qdq_after.values())},
+        "int8_kernels": {op: c for op, c in ext_ops.items() if op in INT8_KERNELS},
+        "compute": {fam: {"total": families_src[fam], "int8": int8_by_family.get(fam, 0),
+                          "float": sum(1 for f in float_ops if f["family"] == fam)} for fam in sorted(families_src)},
+        "float_compute": float_ops,
+        "float_elementwise": {op: c for op, c in ext_ops.items() if op in FLOAT_ONLY},
+        "types": _quant_types(src),
+        "io": {"inputs": [i.name for i in src.graph.input if i.name not in {t.name for t in src.graph.initializer}],
+               "outputs": [o.name for o in src.graph.output]},
+    }
+
+
+# ----------------------------------------------------------------------------- latency
+
+def _median_ms(path: Path, provider: str, warmup: int = 5, runs: int = 30) -> float:
+    """Batch 1, 1 thread median latency (ms) on seeded uniform [0, 1] input.
+
+    Minimal on purpose: edgekd/runtime.py did not exist when this was written; once it does,
+    this should call runtime.measure_latency so the project has one timing routine.
+    """
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(path), so, providers=[provider])
+    inp = sess.get_inputs()[0]
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]  # symbolic dims (batch) -> 1
+    feed = {inp.name: np.random.default_rng(0).random(shape, dtype=np.float32)}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+# ----------------------------------------------------------------------------- rules
+
+Finding = dict[str, str]
+Rule = Callable[[dict[str, Any]], "Finding | None"]
+
+
+def is_quantized(d: dict[str, Any]) -> bool:
+    return sum(d["qdq"]["original"].values()) > 0 or bool(d["int8_kernels"])
+
+
+def rule_float_compute(d: dict[str, Any]) -> Finding | None:
+    if not is_quantized(d) or not d["float_compute"]:
+        return None
+    causes = Counter(f["input_from"] for f in d["float_compute"])
+    names = ", ".join(f["name"] or f["op_type"] for f in d["float_compute"][:12])
+    more = "" if len(d["float_compute"]) <= 12 else f" (+{len(d['float_compute']) - 12} more)"
+    why = ", ".join(f"{c} fed by {src}" for src, c in causes.most_common())
+    return {"level": "warn", "text": f"{len(d['float_compute'])} compute node(s) stayed float: {names}{more}. "
+            f"Their data inputs were not quantized ({why}); put QuantizeLinear/DequantizeLinear "
+            "on those inputs (or quantize the op that feeds them) so onnxruntime can fuse them."}
+
+
+def rule_float_elementwise(d: dict[str, Any]) -> Finding | None:
+    ew = d["float_elementwise"]
+    if not is_quantized(d) or not ew:
+        return None
+    listing = ", ".join(f"{op} x{c}" for op, c in sorted(ew.items(), key=lambda kv: -kv[1]))
+    hard = " HardSwish/HardSigmoid and SE blocks (MobileNetV3) are the usual source." if (
+        {"HardSwish", "HardSigmoid"} & set(ew)) else ""
+    return {"level": "info", "text": f"Float element-wise ops between int8 kernels: {listing}. Each needs a "
+            f"dequantize before and a quantize after it.{hard}"}
+
+
+def rule_leftover_qdq(d: dict[str, Any]) -> Finding | None:
+    left = sum(d["qdq"]["remaining"].values())
+    n_io = len(d["io"]["inputs"]) + len(d["io"]["outputs"])
+    if not is_quantized(d) or left <= n_io:
+        return None
+    return {"level": "info", "text": f"{left} QuantizeLinear/DequantizeLinear remain after optimization "
+            "(beyond the model's input/output boundary, each is a float<->int8 conversion at run time)."}
+
+
+def rule_weights_stored_float(d: dict[str, Any]) -> Finding | None:
+    n = d["types"]["weights_stored_float"]
+    if not n:
+        return None
+    return {"level": "warn", "text": f"{n} weight tensor(s) are stored as float32 and quantized when the session "
+            "loads: the file is not smaller than fp32. Fold QuantizeLinear on constant weights at export."}
+
+
+def rule_isa(d: dict[str, Any]) -> Finding | None:
+    if not is_quantized(d):
+        return None
+    isa = d["cpu"]["isa"]
+    if isa.get("avx512_vnni") or isa.get("avx_vnni"):
+        amx = " It also has AMX (amx_int8)." if isa.get("amx_int8") else ""
+        kind = "AVX-512 VNNI" if isa.get("avx512_vnni") else "AVX-VNNI"
+        return {"level": "ok", "text": f"The CPU has {kind}: int8 dot products are single instructions.{amx}"}
+    if isa.get("avx2"):
+        return {"level": "warn", "text": "The CPU lacks VNNI: int8 dot products are emulated with AVX2 "
+                "(pmaddubsw + pmaddwd), still faster than fp32 but by less."}
+    return {"level": "warn", "text": "The CPU reports neither AVX2 nor VNNI: int8 kernels may not beat fp32 here."}
+
+
+def rule_tiny(d: dict[str, Any]) -> Finding | None:
+    lat = d.get("latency") or {}
+    small_lat = lat.get("int8_ms") is not None and lat["int8_ms"] < TINY_LATENCY_MS
+    if not is_quantized(d) or not (d["parameters"] < TINY_PARAMS or small_lat):
+        return None
+    return {"level": "info", "text": f"Small model ({d['parameters']:,} weights"
+            + (f", {lat['int8_ms']:.3f} ms int8" if lat.get("int8_ms") is not None else "")
+            + "): at batch 1 fixed per-inference overheads (input quantize, layout transposes, "
+            "session dispatch) are a large share of the time, so the int8 gain is smaller than the op counts suggest."}
+
+
+def rule_measured(d: dict[str, Any]) -> Finding | None:
+    lat = d.get("latency")
+    if not lat:
+        return None
+    ratio = lat["int8_ms"] / lat["fp32_ms"]
+    level = "ok" if ratio < 0.9 else "warn"
+    return {"level": level, "text": f"Measured at batch 1, 1 thread ({d['provider']}): int8 {lat['int8_ms']:.3f} ms "
+            f"vs fp32 {lat['fp32_ms']:.3f} ms, x{ratio:.2f}."}
+
+
+RULES: list[Rule] = [rule_float_compute, rule_float_elementwise, rule_leftover_qdq, rule_weights_stored_float,
+                     rule_isa, rule_tiny, rule_measured]
+
+
+def _family_phrase(d: dict[str, Any]) -> str:
+    parts = []
+    for fam, c in d["compute"].items():
+        kernels = sorted(op for op in d["int8_kernels"] if FAMILY.get(op) == fam)
+        parts.append(f"{c['int8']} of {c['total']} {fam} run as {'/'.join(kernels) or 'int8'}")
+    return "; ".join(parts)
+
+
+def verdict(d: dict[str, Any]) -> str:
+    """One plain sentence: will INT8 be faster, and the main reason."""
+    if not is_quantized(d):
+        return ("This is an FP32 model: no QDQ nodes (QuantizeLinear/DequantizeLinear) and no int8 kernels; "
+                "quantize it first (edgekd qat, then edgekd export writes model.int8.onnx).")
+    isa = d["cpu"]["isa"]
+    cpu = ("the CPU has AVX-512 VNNI" if isa.get("avx512_vnni") else "the CPU has AVX-VNNI" if isa.get("avx_vnni")
+           else "the CPU has AVX2 but no VNNI" if isa.get("avx2") else "the CPU has neither AVX2 nor VNNI")
+    total = sum(c["total"] for c in d["compute"].values())
+    n_int8 = sum(c["int8"] for c in d["compute"].values())
+    n_float = len(d["float_compute"])
+    if total and n_int8 == 0:
+        return (f"INT8 will not be faster: onnxruntime ({d['provider']}) fused none of the {total} compute ops into "
+                "int8 kernels, so they run in float between extra quantize/dequantize steps.")
+    if n_float == 0:
+        return f"INT8 should be faster: {_family_phrase(d)}; {cpu}."
+    stayed = "; ".join(
+        f"{c['float']} of {c['total']} {fam} stayed float (fed by "
+        + ", ".join(sorted({f["input_from"] for f in d["float_compute"] if f["family"] == fam})) + ")"
+        for fam, c in d["compute"].items() if c["float"])
+    head = "INT8 should be somewhat faster" if n_float <= 0.1 * total else "INT8 will not be much faster"
+    return (f"{head}: {stayed}, their inputs were not quantized; {_family_phrase(d)}; {cpu}.")
+
+
+# ----------------------------------------------------------------------------- public API
+
+def diagnose(onnx_path: str | Path, provider: str = "CPUExecutionProvider",
+             fp32_path: str | Path | None = None) -> dict[str, Any]:
+    """Explain an ONNX model's INT8 status; with ``fp32_path`` also time both at batch 1, 1 thread.
+
+    Returns a JSON-ready dict: graph facts (see ``analyze``), ``cpu``, optional ``latency``,
+    ``findings`` (list of {"level", "text"}) and ``verdict`` (one sentence).
+    """
+    path = Path(onnx_path)
+    d = analyze(path, provider)
+    d["cpu"] = cpu_info()
+    if fp32_path is not None:
+        fp32 = Path(fp32_path)
+        _load(fp32)  # a clear error for a missing/corrupt reference before timing anything
+        d["latency"] = {"batch": 1, "threads": 1, "int8_ms": _median_ms(path, provider),
+                        "fp32_ms": _median_ms(fp32, provider), "fp32_model": str(fp32)}
+    d["findings"] = [f for rule in RULES if (f := rule(d)) is not None]
+    d["verdict"] = verdict(d)
+    return d
+
+
+def _counts(c: dict[str, int]) -> str:
+    return ", ".join(f"{k} x{v}" for k, v in sorted(c.items())) or "-"
+
+
+def format_diagnosis(d: dict[str, Any]) -> str:
+    """Human-readable text of a ``diagnose`` result: verdict first, then the facts behind it."""
+    lines = [f"edgekd doctor: {d['model']} ({d['provider']})", "", f"Verdict: {d['verdict']}", ""]
+    q = d["qdq"]
+    lines.append(f"Q/DQ nodes: {q['original']['QuantizeLinear']} Q + {q['original']['DequantizeLinear']} DQ in the file; "
+                 f"{q['remaining']['QuantizeLinear']} Q + {q['remaining']['DequantizeLinear']} DQ remain after "
+                 f"optimization ({q['fused']} fused into int8 kernels)")
+    if d["int8_kernels"]:
+        lines.append("int8 kernels: " + ", ".join(f"{op} x{c}" for op, c in sorted(d["int8_kernels"].items())))
+    for fam, c in d["compute"].items():
+        lines.append(f"{fam}: {c['total']} in the file, {c['int8']} int8, {c['float']} float")
+    for f in d["float_compute"]:
+        lines.append(f"  float: {f['name']} ({f['op_type']}, input from {f['input_from']})")
+    t = d["types"]
+    if t["activations"] or t["weights"]:
+        lines.append(f"types: activations {_counts(t['activations'])}; weights {_counts(t['weights'])} "
+                     f"({_counts(t['weight_granularity'])}); bias {_counts(t['bias'])}")
+    isa = [k for k, v in d["cpu"]["isa"].items() if v]
+    lines.append(f"CPU: {d['cpu']['model']} ({', '.join(isa) or 'no listed ISA extensions'})")
+    lines.append("runtime kernels (ORT_ENABLE_ALL): "
+                 + ", ".join(f"{op} x{c}" for op, c in sorted(d["ops_runtime"].items(), key=lambda kv: -kv[1])))
+    if d["findings"]:
+        lines += ["", "Findings:"] + [f"  [{f['level']}] {f['text']}" for f in d["findings"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m edgekd.doctor MODEL.onnx [--fp32 FP32.onnx] [--provider P]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m edgekd.doctor", description=__doc__.splitlines()[0])
+    p.add_argument("model")
+    p.add_argument("--fp32", help="the fp32 model, to compare latency at batch 1 / 1 thread")
+    p.add_argument("--provider", default="CPUExecutionProvider")
+    args = p.parse_args(argv)
+    try:
+        print(format_diagnosis(diagnose(args.model, provider=args.provider, fp32_path=args.fp32)))
+    except EdgekdError as e:
+        print(f"edgekd doctor: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The run report: ``report.md`` + ``report.html`` (self-contained) + PNG plots, from a run's manifest.
+
+``render_report(run_dir)`` reads ``manifest.json`` only (plus the int8 ONNX file for the doctor),
+so ``edgekd report RUN_DIR`` re-renders any finished run. Imports no torch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..io import atomic_write_text
+from ..manifest import Manifest
+from .doc import Document, Paragraph, Section
+from .model_sections import doctor_section, latency_section, ops_section, per_class_section, summary_section
+from .plots import make_plots
+from .render_html import render_html
+from .render_md import render_md
+from .run_sections import environment_section, gate_section, stages_section, student_section, robustness_section
+
+__all__ = ["build_document", "render_report"]
+
+
+def _run_section(data: dict[str, Any]) -> Section:
+    facts = [f"{k}: {data[k]}" for k in ("run_name", "created", "updated", "config_hash") if data.get(k)]
+    stages = ", ".join(data.get("stages", {})) or "none"
+    return Section("Run", [Paragraph("; ".join(facts + [f"stages recorded: {stages}"]) + ".")])
+
+
+def build_document(run_dir: str | Path) -> Document:
+    """Read the run's manifest, draw the plots, and assemble the report's sections."""
+    manifest = Manifest.load(run_dir)  # ArtifactError when the manifest is missing or corrupt
+    data = manifest.data
+    check = (data["stages"].get("check") or {}).get("metrics") or {}
+    sections = [_run_section(data)]
+    notes: list[str] = []
+    if check.get("models"):
+        plots, plot_note = make_plots(check, manifest.run_dir / "plots")
+        if plot_note:
+            notes.append(plot_note)
+        sections.append(summary_section(check, plots))
+        optional = {
+            "latency": latency_section(check),
+            "robustness": robustness_section(check, plots),
+            "per-class accuracy": per_class_section(check, plots),
+            "profiler top ops": ops_section(check),
+        }
+        sections.append(doctor_section(manifest, check))
+        for name, sec in optional.items():
+            if sec is None:
+                notes.append(f"No {name} data in the check stage's metrics: section omitted.")
+            else:
+                sections.append(sec)
+    else:
+        notes.append("The run has no check-stage metrics yet: accuracy, size, latency, robustness and the "
+                     "doctor are omitted (run 'edgekd check').")
+    gate = gate_section(data)
+    if gate is None:
+        notes.append("No gate verdict recorded (run 'edgekd gate RUN_DIR').")
+    tail = [gate, student_section(data), stages_section(data), environment_section(data)]
+    sections += [s for s in tail if s is not None]
+    if notes:
+        sections.append(Section("Notes", [Paragraph(n) for n in notes]))
+    title = f"edgekd run report: {data.get('run_name') or manifest.run_dir.name}"
+    return Document(title=title, sections=sections, run_dir=manifest.run_dir)
+
+
+def render_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` (atomically) and ``plots/*.png`` into the run folder."""
+    doc = build_document(run_dir)
+    md = atomic_write_text(doc.run_dir / "report.md", render_md(doc))
+    html = atomic_write_text(doc.run_dir / "report.html", render_html(doc))
+    return md, html
