@@ -239,6 +239,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return float(num) / float(den) if den else float(num)
         except ValueError:
             pass
+    if tp is str and isinstance(value, bool):
+        # YAML 1.1 reads bare on/off as booleans; the switches here are spelled auto|on|off
+        return "on" if value else "off"
     if tp in (int, float, str, bool):
         if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
             return value

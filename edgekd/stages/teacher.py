@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..engine import evaluate, make_criterion
-from ..models import build_teacher, load_weights
+from ..models import build_teacher
 from .base import StageContext, StageResult
 from .common import config_meta, device_of, loaders, save_weights, train_and_score
 
@@ -10,10 +10,7 @@ from .common import config_meta, device_of, loaders, save_weights, train_and_sco
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.cfg
     device = device_of(ctx)
-    model = build_teacher(cfg.teacher, ctx.dataset())
-    if cfg.teacher.weights and not cfg.teacher.weights.startswith("torchvision:"):
-        load_weights(model, cfg.teacher.weights)  # a local file; torchvision weights load in build_teacher
-    model.to(device)
+    model = build_teacher(cfg.teacher, ctx.dataset()).to(device)  # loads cfg.teacher.weights when set
     if cfg.teacher_train.epochs > 0:
         criterion = make_criterion(cfg.teacher_train)
 

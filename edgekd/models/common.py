@@ -1,0 +1,31 @@
+"""Pieces the teacher and student builders share: the input spec and small-input helpers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a network needs to know about the data: input channels, classes, image size (H, W)."""
+
+    in_channels: int
+    num_classes: int
+    image_size: tuple[int, int]
+
+
+def scaled_channels(channels: int, width: float, divisor: int = 8) -> int:
+    """``channels * width`` rounded to the nearest multiple of ``divisor`` (at least ``divisor``)."""
+    if width <= 0:
+        raise ConfigError(f"model width must be > 0, got {width}", "set teacher.width / student.width to a positive number")
+    return max(divisor, int(round(channels * width / divisor)) * divisor)
+
+
+def small_input_stem(in_channels: int, out_channels: int, stride: int) -> nn.Conv2d:
+    """The 3x3 stem conv used instead of ImageNet's 7x7 / stride-2 one."""
+    if stride not in (1, 2):
+        raise ConfigError(f"stem_stride must be 1 or 2, got {stride}", "set the model's stem_stride to 1 (28-32 px inputs) or 2")
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
