@@ -118,7 +118,6 @@ class ExportConfig:
     parity_batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
     fp32_tolerance: float = 1e-4
     int8_min_agreement: float = 0.99
-    export_teacher: bool = True
 
 
 @dataclass

@@ -12,9 +12,9 @@ from .common import config_meta, device_of, load_student, load_teacher, loaders,
 from .kd_step import build_distiller, make_kd_step
 
 
-def build_qat_student(ctx: StageContext, calibrate: bool):
+def build_qat_student(ctx: StageContext, calibrate: bool, device=None):
     """The distilled student turned into its fake-quant twin (calibrated, or ready for a state load)."""
-    device = device_of(ctx)
+    device = device or device_of(ctx)
     student = load_student(ctx, device).eval()
     calib = loaders(ctx, augment=False)[0] if calibrate else None
     n = ctx.cfg.qat.calibration_batches if calibrate else 0

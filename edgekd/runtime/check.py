@@ -1,0 +1,104 @@
+"""The check stage's onnxruntime measurements for every exported model (no robustness here).
+
+Produces the ``stages.check.metrics`` schema of docs/ARCHITECTURE.md, minus "robustness",
+plus "ratios": size and latency of student_fp32 vs teacher and student_int8 vs student_fp32,
+and the teacher-over-int8 latency "speedup".
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..config import LatencyConfig
+from ..errors import ConfigError
+from .accuracy import accuracy_report
+from .latency import measure_latency
+from .profile import profile_top_ops
+from .session import PathLike, as_float_images, check_provider, make_session, predict_logits
+
+# (numerator, denominator) model pairs whose size and latency ratios the report quotes
+RATIO_PAIRS = (("student_fp32", "teacher"), ("student_int8", "student_fp32"))
+
+
+def setting_key(batch: int, threads: int) -> str:
+    """Name of one latency setting in "ratios", e.g. ``b1_t1`` (threads 0 = all cores)."""
+    return f"b{batch}_t{threads}"
+
+
+def check_model(
+    path: PathLike,
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    latency_cfg: LatencyConfig,
+    eval_batch_size: int = 256,
+) -> dict[str, Any]:
+    """Size, accuracy, latency over batch_sizes x threads, and (optionally) the top ops of one ONNX file."""
+    p = Path(path)
+    sess = make_session(p, provider=latency_cfg.provider, threads=0)
+    logits = predict_logits(sess, images, eval_batch_size)
+    size = p.stat().st_size
+    shape = tuple(images.shape[1:])
+    out: dict[str, Any] = {"file": p.name, "size_bytes": size, "size_mb": size / 1e6}
+    out.update(accuracy_report(logits, labels, num_classes))
+    out["latency"] = [
+        measure_latency(p, batch=b, threads=t, warmup=latency_cfg.warmup, runs=latency_cfg.runs,
+                        provider=latency_cfg.provider, input_shape=shape)
+        for b in latency_cfg.batch_sizes
+        for t in latency_cfg.threads
+    ]
+    if latency_cfg.profile:
+        batch = latency_cfg.batch_sizes[0] if latency_cfg.batch_sizes else 1
+        out["profile_top_ops"] = profile_top_ops(p, batch=batch, input_shape=shape, provider=latency_cfg.provider)
+    return out
+
+
+def _latency_by_setting(model: Mapping[str, Any]) -> dict[str, float]:
+    return {setting_key(r["batch"], r["threads"]): r["median_ms"] for r in model.get("latency", [])}
+
+
+def compute_ratios(models: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Size and median-latency ratios between the models present; pairs with a missing model are left out."""
+    ratios: dict[str, Any] = {}
+    for num, den in RATIO_PAIRS:
+        if num in models and den in models:
+            a, b = models[num], models[den]
+            la, lb = _latency_by_setting(a), _latency_by_setting(b)
+            ratios[f"{num}/{den}"] = {
+                "size": a["size_bytes"] / b["size_bytes"],
+                "latency": {k: la[k] / lb[k] for k in la if k in lb and lb[k] > 0},
+            }
+    if "teacher" in models and "student_int8" in models:
+        lt, li = _latency_by_setting(models["teacher"]), _latency_by_setting(models["student_int8"])
+        ratios["speedup"] = {k: lt[k] / li[k] for k in lt if k in li and li[k] > 0}
+    return ratios
+
+
+def check_models(
+    models: Mapping[str, PathLike],
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    latency_cfg: LatencyConfig,
+    eval_batch_size: int = 256,
+) -> dict[str, Any]:
+    """Measure every model (name -> ONNX path) in onnxruntime on the same images and settings.
+
+    ``images`` are uint8 or float32 [0, 1] NCHW; ``labels`` int [N]. Returns
+    ``{"provider", "models": {name: {...}}, "labels", "ratios"}``.
+    """
+    check_provider(latency_cfg.provider)  # fail before any measurement, listing what is available
+    if len(images) != len(labels):
+        raise ConfigError(f"{len(images)} images but {len(labels)} labels", "pass one label per image")
+    x = as_float_images(images)
+    y = np.asarray(labels, dtype=np.int64)
+    measured = {name: check_model(path, x, y, len(class_names), latency_cfg, eval_batch_size)
+                for name, path in models.items()}
+    return {
+        "provider": latency_cfg.provider,
+        "models": measured,
+        "labels": list(class_names),
+        "ratios": compute_ratios(measured),
+    }

@@ -1,0 +1,83 @@
+"""Check stage: onnxruntime on CPU measures teacher, FP32 student and INT8 student side by side.
+
+Accuracy, size, latency and profiler top ops come from ``edgekd.runtime``; robustness
+(corruptions, attacks, calibration, OOD) from ``edgekd.robustness``. The deployed ONNX files
+are what is measured; the torch models only supply gradients for white-box and transfer attacks.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..manifest import Manifest
+from ..runtime import check_models, make_session, predict_logits
+from .base import StageContext, StageResult
+
+MODELS = {"teacher": "teacher_fp32", "student_fp32": "student_fp32", "student_int8": "student_int8"}
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg = ctx.cfg
+    bundle = ctx.dataset()
+    paths = {name: ctx.manifest.artifact("export", key) for name, key in MODELS.items()}
+    metrics = check_models(paths, bundle.test.images, bundle.test.labels, bundle.classes, cfg.check.latency,
+                           eval_batch_size=cfg.data.eval_batch_size)
+    for name, m in metrics["models"].items():
+        lat = {f"b{r['batch']}/t{r['threads']}": round(r["median_ms"], 3) for r in m["latency"]}
+        ctx.log(f"[edgekd] check: {name}: accuracy {m['accuracy']:.4f}  {m['size_mb']:.2f} MB  median ms {lat}")
+    if cfg.check.robustness.enabled:
+        _robustness(ctx, paths, metrics)
+    return StageResult(metrics=metrics)
+
+
+def _torch_models(ctx: StageContext) -> dict[str, Any]:
+    """White-box/transfer sources: teacher, FP32 student, and the QAT twin of the INT8 file."""
+    import torch
+
+    from ..models import read_checkpoint
+    from ..quant import freeze_observers
+    from .common import load_student, load_teacher
+    from .qat import build_qat_student
+
+    cpu = torch.device("cpu")
+    qmodel = build_qat_student(ctx, calibrate=False, device=cpu)
+    qmodel.load_state_dict(read_checkpoint(ctx.manifest.artifact("qat", "weights"))[0])
+    freeze_observers(qmodel)
+    return {"teacher": load_teacher(ctx, cpu), "student_fp32": load_student(ctx, cpu).eval(),
+            "student_int8": qmodel.eval()}
+
+
+def _robustness(ctx: StageContext, paths: dict[str, Any], metrics: dict[str, Any]) -> None:
+    from ..robustness.evaluate import add_mce, evaluate_robustness
+
+    rcfg = ctx.cfg.check.robustness
+    bundle = ctx.dataset()
+    sources = _torch_models(ctx)
+    results: dict[str, dict[str, Any]] = {}
+    for name, path in paths.items():
+        sess = make_session(path, provider=ctx.cfg.check.latency.provider, threads=0)
+        results[name] = evaluate_robustness(
+            lambda x, s=sess: predict_logits(s, x), bundle.test.images, bundle.test.labels, rcfg, ctx.cfg.seed,
+            val=(bundle.val.images, bundle.val.labels), torch_model=sources[name],
+        )
+        c = results[name]["corruption"]
+        ctx.log(f"[edgekd] check: {name}: corruption accuracy {c['mean_accuracy']:.4f}")
+    reference = _reference(ctx, results["teacher"])
+    for name, res in results.items():
+        add_mce(res, reference)
+        metrics["models"][name]["robustness"] = res
+    metrics["robustness_reference"] = rcfg.reference_run or "teacher"
+
+
+def _reference(ctx: StageContext, teacher_result: dict[str, Any]) -> dict[str, Any]:
+    """mCE reference: this run's teacher, or a baseline run's FP32 student (check.robustness.reference_run)."""
+    ref = ctx.cfg.check.robustness.reference_run
+    if not ref:
+        return teacher_result
+    other = Manifest.load(ref).metrics("check")
+    try:
+        return other["models"]["student_fp32"]["robustness"]
+    except KeyError:
+        from ..errors import ArtifactError
+
+        raise ArtifactError(f"reference run {ref} has no robustness results for its student_fp32",
+                            "run its check stage with check.robustness.enabled: true") from None

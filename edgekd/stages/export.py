@@ -1,0 +1,100 @@
+"""Export stage: teacher, FP32 student and INT8 (QDQ, QAT scales) student to ONNX; check, simplify, parity.
+
+The deployable files land in the run folder (``model.fp32.onnx``, ``model.int8.onnx``,
+``teacher.fp32.onnx``); the raw exporter outputs stay in ``stages/export/`` for inspection.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..data.base import to_float
+from ..exporting import export_fp32, export_int8, parity_fp32, parity_int8, simplify
+from ..io import atomic_path
+from ..models import read_checkpoint
+from ..quant import freeze_observers
+from .base import StageContext, StageResult
+from .common import load_student, load_teacher
+from .qat import build_qat_student
+
+FILES = {"teacher_fp32": "teacher.fp32.onnx", "student_fp32": "model.fp32.onnx", "student_int8": "model.int8.onnx"}
+
+STUDENT_NOTE = {
+    "mobilenet_v2": "MobileNetV2 is the INT8 student: its Conv/ReLU6/Add blocks all map to onnxruntime int8 kernels "
+                    "(QLinearConv, QLinearAdd), so INT8 is both ~4x smaller and faster than FP32 on CPU.",
+    "mobilenet_v3_small": "MobileNetV3 was chosen: its hardswish and squeeze-excitation blocks stay float in onnxruntime, "
+                          "so INT8 gains little latency on CPU (see the doctor section); MobileNetV2 gains about 2x.",
+}
+STUDENT_NOTE["mobilenet_v3_large"] = STUDENT_NOTE["mobilenet_v3_small"]
+
+
+def _finish(raw: Path, final: Path, do_simplify: bool) -> dict[str, Any]:
+    if do_simplify:
+        return simplify(raw, final)
+    with atomic_path(final) as tmp:
+        shutil.copyfile(raw, tmp)
+    return {"kept": "original", "reason": "export.simplify is false"}
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg = ctx.cfg
+    cpu = torch.device("cpu")  # export and parity are CPU facts, whatever device trained the models
+    bundle = ctx.dataset()
+    shape = (1, bundle.channels, *bundle.image_size)
+    images = to_float(bundle.test.images[: cfg.export.parity_images])
+    teacher = load_teacher(ctx, cpu)
+    student = load_student(ctx, cpu).eval()
+    qmodel = build_qat_student(ctx, calibrate=False, device=cpu)
+    state, _ = read_checkpoint(ctx.manifest.artifact("qat", "weights"))
+    qmodel.load_state_dict(state)
+    freeze_observers(qmodel)
+    qmodel.eval()
+
+    def meta(name: str, arch: str) -> dict[str, str]:
+        return {"labels": json.dumps(list(bundle.classes)), "model": name, "arch": arch,
+                "dataset": cfg.data.dataset, "producer": f"edgekd {__version__}", "run": cfg.name}
+
+    raw_dir = ctx.stage_dir("export")
+    artifacts: dict[str, Path] = {}
+    metrics: dict[str, Any] = {}
+    jobs = (
+        ("teacher_fp32", teacher, cfg.teacher.arch, export_fp32),
+        ("student_fp32", student, cfg.student.arch, export_fp32),
+        ("student_int8", qmodel, cfg.student.arch, export_int8),
+    )
+    for key, model, arch, export_fn in jobs:
+        raw = raw_dir / FILES[key].replace(".onnx", ".raw.onnx")
+        info = export_fn(model, raw, shape, opset=cfg.export.opset, metadata=meta(key, arch))
+        final = ctx.run_dir / FILES[key]
+        simp = _finish(raw, final, cfg.export.simplify)
+        if key == "student_int8":
+            parity = parity_int8(model, final, images, min_agreement=cfg.export.int8_min_agreement)
+        else:
+            parity = parity_fp32(model, final, images, batch_sizes=cfg.export.parity_batch_sizes,
+                                 tol=cfg.export.fp32_tolerance)
+        ctx.log(f"[edgekd] export: {FILES[key]} {final.stat().st_size / 1e6:.2f} MB, "
+                f"nodes {simp.get('nodes_before', '-')} -> {simp.get('nodes_after', '-')}, parity {_parity_text(parity)}")
+        metrics[key] = {"file": FILES[key], "export": _jsonable(info), "simplify": simp, "parity": parity}
+        artifacts[key] = final
+    metrics["size_ratio_int8_fp32"] = artifacts["student_int8"].stat().st_size / artifacts["student_fp32"].stat().st_size
+    extra = {
+        "io": {"input": "pixels", "output": "logits", "labels": list(bundle.classes),
+               "preprocessing": {"layout": "NCHW", "dtype": "float32", "range": [0, 1],
+                                 "size": list(bundle.image_size), "channels": bundle.channels,
+                                 "normalization": "inside the graph"}},
+        "student_choice_note": STUDENT_NOTE.get(cfg.student.arch, f"student: {cfg.student.arch}"),
+    }
+    return StageResult(artifacts=artifacts, metrics=metrics, extra=extra)
+
+
+def _parity_text(p: dict[str, Any]) -> str:
+    return f"agreement {p['agreement']:.2%}" if "agreement" in p else f"max |d logit| {p['max_abs_diff']:.2e}"
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(d, default=str))
