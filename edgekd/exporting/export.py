@@ -1,0 +1,116 @@
+"""FP32 and INT8 (QDQ) ONNX export with metadata, written atomically."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+import torch
+
+from ..errors import ArtifactError
+from ..io import atomic_path
+from .call_order import is_weight_layer, record_calls
+from .onnx_io import check_model, initializer_dtypes, op_counts, set_metadata
+from .qdq import (inline_constant_identities, int8_weight_stats, quantize_biases, store_int8_weights,
+                  verify_scales)
+from .torch_export import INPUT_NAME, OUTPUT_NAME, sample_input, to_onnx
+
+
+def default_metadata(sample_shape: Sequence[int], labels: Sequence[str] | None = None) -> dict[str, str]:
+    """The deployment contract written into every file: names, labels, preprocessing."""
+    _, c, h, w = (int(s) for s in sample_shape)
+    meta = {
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "preprocessing": json.dumps({"layout": "NCHW", "dtype": "float32", "range": [0, 1], "size": [h, w],
+                                     "channels": c, "normalization": "inside the graph"}, sort_keys=True),
+    }
+    if labels is not None:
+        meta["labels"] = json.dumps(list(labels))
+    return meta
+
+
+def _shape_of(sample: "Sequence[int] | torch.Tensor") -> tuple[int, ...]:
+    return tuple(sample.shape) if isinstance(sample, torch.Tensor) else tuple(int(s) for s in sample)
+
+
+def _save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
+    """Write atomically, then re-read and check the written file (so a bad graph never stays)."""
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+        check_model(tmp)
+    return Path(path)
+
+
+def export_fp32(model: torch.nn.Module, path: str | os.PathLike[str], sample_shape: "Sequence[int] | torch.Tensor",
+                opset: int = 17, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Export a float model (``Normalized``: [0, 1] pixels in, logits out) to ``path``.
+
+    Input "pixels" float32 NCHW with a dynamic batch axis, output "logits"; the normalization is
+    in the graph. ``metadata`` is merged over :func:`default_metadata` into ``metadata_props``.
+    Returns ``{"path", "size_bytes", "ops"}``.
+    """
+    shape = _shape_of(sample_shape)
+    onx = to_onnx(model, sample_shape, opset)
+    inline_constant_identities(onx)
+    set_metadata(onx, {**default_metadata(shape), "precision": "fp32", **dict(metadata or {})})
+    out = _save(onx, path)
+    return {"path": str(out), "size_bytes": out.stat().st_size, "ops": op_counts(onx)}
+
+
+def qat_quantizers(qat_model: torch.nn.Module, sample: torch.Tensor) -> tuple[list, list]:
+    """The QAT model's activation (name, scale, zero point) and weight (name, w_scale) in call order."""
+    from ..quant import ActFakeQuant
+
+    device = next(qat_model.parameters()).device
+    calls = record_calls(qat_model, sample.to(device), lambda m: isinstance(m, ActFakeQuant) or is_weight_layer(m))
+    act = [(n, m.scale.detach().cpu().numpy(), m.zero_point.detach().cpu().numpy())
+           for n, m, _ in calls if isinstance(m, ActFakeQuant)]
+    weights = [(n, m.w_scale.detach().cpu().numpy()) for n, m, _ in calls if is_weight_layer(m)]
+    return act, weights
+
+
+def export_int8(qat_model: torch.nn.Module, path: str | os.PathLike[str],
+                sample_shape: "Sequence[int] | torch.Tensor", opset: int = 17,
+                metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Export a frozen ``QATModel`` to a QDQ ONNX file with int8 weights and int32 biases.
+
+    The activation scales/zero points are the QAT observers' (frozen) buffers and the weight
+    scales the QAT per-channel ``max|w|/127``; the written file is checked to carry exactly
+    them (``ArtifactError`` otherwise). Nothing is recalibrated. Returns a summary dict.
+    """
+    unfrozen = [n for n, m in qat_model.named_modules() if hasattr(m, "frozen") and not m.frozen]
+    if unfrozen:
+        raise ArtifactError(f"{len(unfrozen)} activation observers are not frozen (e.g. {unfrozen[0]})",
+                            "call edgekd.quant.freeze_observers(model) after QAT, before export")
+    if hasattr(qat_model, "sync_weight_scales"):
+        qat_model.sync_weight_scales()
+    shape = _shape_of(sample_shape)
+    onx = to_onnx(qat_model, sample_shape, opset)
+    inline_constant_identities(onx)
+    n_weights = store_int8_weights(onx)
+    n_biases = quantize_biases(onx)
+    n_scales = verify_scales(onx, *qat_quantizers(qat_model, sample_input(sample_shape)))
+    stats = int8_weight_stats(onx)
+    if stats["float_weight_initializers"]:
+        raise ArtifactError(f"{stats['float_weight_initializers']} Conv/Gemm still read float weights after quantization",
+                            "every Conv/Linear of the QAT model must be a QConv2d/QLinear; re-run prepare_qat")
+    set_metadata(onx, {**default_metadata(shape), "precision": "int8-qdq",
+                       "quantization": json.dumps({"weights": "int8 per-channel symmetric",
+                                                   "activations": "uint8 per-tensor affine (QAT, frozen)"}),
+                       **dict(metadata or {})})
+    out = _save(onx, path)
+    return {"path": str(out), "size_bytes": out.stat().st_size, "ops": op_counts(onx),
+            "int8_weights": n_weights, "int32_biases": n_biases, "scales_verified": n_scales,
+            "initializer_dtypes": initializer_dtypes(onx), **stats}
+
+
+def random_pixels(shape: Sequence[int], seed: int = 0) -> np.ndarray:
+    """Uniform [0, 1] float32 pixels (inputs for equality checks)."""
+    return np.random.default_rng(seed).random(tuple(shape), dtype=np.float32)
+
+
+__all__ = ["default_metadata", "export_fp32", "export_int8", "qat_quantizers", "random_pixels", "sample_input"]

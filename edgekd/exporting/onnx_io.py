@@ -1,0 +1,94 @@
+"""Reading, checking and inspecting ONNX files (no torch): readable errors instead of protobuf tracebacks."""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import ArtifactError
+
+
+def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Load an ONNX file; a missing, empty, truncated or non-ONNX file raises ``ArtifactError``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(f"ONNX file {p} does not exist", "run the export stage (edgekd run --stages export)")
+    size = p.stat().st_size
+    try:
+        model = onnx.load(str(p))
+    except Exception as exc:  # protobuf DecodeError and friends: report them as a damaged file
+        raise ArtifactError(f"ONNX file {p} ({size} bytes) cannot be parsed, it is truncated or not ONNX: {exc}",
+                            "re-run the export stage to rewrite the file") from exc
+    if len(model.graph.node) == 0:
+        raise ArtifactError(f"ONNX file {p} ({size} bytes) holds no graph nodes (truncated or empty file)",
+                            "re-run the export stage to rewrite the file")
+    return model
+
+
+def check_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """``onnx.checker`` (full check) plus strict shape inference; failures raise ``ArtifactError``."""
+    model = load_model(path)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:  # checker / inference raise several error types; all mean an invalid model
+        raise ArtifactError(f"ONNX file {path} is not a valid model: {str(exc).strip()[:2000]}",
+                            "re-export it; if it persists, the exporter produced an invalid graph (report a bug)") from exc
+    return model
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Node count per op type (sorted by name)."""
+    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+
+
+def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Every initializer and ``Constant`` node output, by tensor name."""
+    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    out[node.output[0]] = numpy_helper.to_array(attr.t)
+    return out
+
+
+def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """Tensor name -> node that produces it."""
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def initializer_dtypes(model: onnx.ModelProto) -> dict[str, int]:
+    """How many initializers of each numpy dtype name."""
+    return dict(Counter(str(numpy_helper.to_array(t).dtype) for t in model.graph.initializer))
+
+
+def set_metadata(model: onnx.ModelProto, metadata: dict[str, Any]) -> None:
+    """Write ``metadata`` into ``metadata_props`` (non-strings are JSON-encoded); replaces existing keys."""
+    keep = [p for p in model.metadata_props if p.key not in metadata]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in metadata.items():
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        model.metadata_props.add(key=str(key), value=text)
+
+
+def get_metadata(model_or_path: onnx.ModelProto | str | os.PathLike[str]) -> dict[str, str]:
+    model = model_or_path if isinstance(model_or_path, onnx.ModelProto) else load_model(model_or_path)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def input_shape(model: onnx.ModelProto, batch: int) -> list[int]:
+    """The first input's shape with the (dynamic) batch dimension set to ``batch``."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+    if any(s <= 0 for s in shape[1:]):
+        raise ArtifactError(f"input '{model.graph.input[0].name}' has a non-batch dynamic dimension {shape}",
+                            "export with fixed channel/height/width dimensions")
+    return [batch] + shape[1:]

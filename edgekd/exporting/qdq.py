@@ -1,0 +1,175 @@
+"""Post-processing of the exported QDQ graph, and the check that it carries the QAT scales.
+
+The exporter writes weights as ``DequantizeLinear(QuantizeLinear(float_weight))`` with float
+biases. We store int8 weights (``DequantizeLinear(int8_initializer)``, ~4x smaller) and int32
+biases with scale ``input_scale * weight_scale`` (what onnxruntime's QDQ Conv/Gemm selectors
+need to fuse into QLinearConv / QGemm). Rounding follows torch's fake quant (``x * (1/scale)``,
+round half to even), so the int8 values are exactly the ones the QAT model computed with.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import ArtifactError
+from .onnx_io import constants, producers
+
+
+def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            out[name].append(node)
+    return out
+
+
+def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _broadcast(scale: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    if scale.ndim == 0:
+        return scale
+    shape = [1] * ndim
+    shape[axis] = -1
+    return scale.reshape(shape)
+
+
+def _remove_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {name for n in model.graph.node for name in n.input} | {o.name for o in model.graph.output}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
+def inline_constant_identities(model: onnx.ModelProto) -> int:
+    """Drop ``Identity`` nodes that alias a constant (the exporter dedupes equal initializers so)."""
+    consts = constants(model)
+    graph_outputs = {o.name for o in model.graph.output}
+    alias = {n.output[0]: n.input[0] for n in model.graph.node
+             if n.op_type == "Identity" and n.input[0] in consts and n.output[0] not in graph_outputs}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    keep = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return len(alias)
+
+
+def store_int8_weights(model: onnx.ModelProto) -> int:
+    """Replace ``QuantizeLinear(float initializer)`` by a quantized initializer; returns how many."""
+    inits = {t.name: t for t in model.graph.initializer}
+    consts = constants(model)
+    consumers = _consumers(model)
+    removed: set[int] = set()
+    for q in model.graph.node:
+        if q.op_type != "QuantizeLinear" or q.input[0] not in inits:
+            continue
+        w = consts[q.input[0]].astype(np.float32)
+        scale = consts[q.input[1]].astype(np.float32)
+        zp = consts[q.input[2]] if len(q.input) > 2 and q.input[2] else np.zeros((), np.uint8)
+        axis = _attr(q, "axis", 1)
+        info = np.iinfo(zp.dtype)
+        inv = _broadcast(np.float32(1.0) / scale, w.ndim, axis)
+        qw = np.clip(np.rint(w * inv) + _broadcast(zp.astype(np.int64), w.ndim, axis), info.min, info.max)
+        qname = f"{q.input[0]}_quantized"
+        model.graph.initializer.append(numpy_helper.from_array(qw.astype(zp.dtype), qname))
+        for dq in consumers[q.output[0]]:
+            if dq.op_type != "DequantizeLinear":
+                raise ArtifactError(f"quantized weight {q.output[0]} feeds a {dq.op_type}, not a DequantizeLinear",
+                                    "the QDQ export is malformed; re-export the QAT model")
+            dq.input[0] = qname
+        removed.add(id(q))
+    keep = [n for n in model.graph.node if id(n) not in removed]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    _remove_unused_initializers(model)
+    return len(removed)
+
+
+def quantize_biases(model: onnx.ModelProto) -> int:
+    """Conv/Gemm float bias initializers -> int32 + ``DequantizeLinear`` (scale = x_scale * w_scale)."""
+    consts = constants(model)
+    prod = producers(model)
+    new_nodes: list[onnx.NodeProto] = []
+    count = 0
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2] in consts:
+            dq_x, dq_w = prod.get(node.input[0]), prod.get(node.input[1])
+            if dq_x is not None and dq_w is not None and dq_x.op_type == dq_w.op_type == "DequantizeLinear":
+                x_scale = consts[dq_x.input[1]].astype(np.float32)
+                w_scale = consts[dq_w.input[1]].astype(np.float32)
+                b_scale = (x_scale * w_scale).astype(np.float32).reshape(-1)
+                bias = consts[node.input[2]].astype(np.float32).reshape(-1)
+                qb = np.clip(np.rint(bias / b_scale), -(2**31), 2**31 - 1).astype(np.int32)
+                base = node.name.strip("/").replace("/", "_") or node.output[0]
+                qname, sname, out = f"{base}_bias_quantized", f"{base}_bias_scale", f"{base}_bias_dq"
+                model.graph.initializer.extend([numpy_helper.from_array(qb, qname),
+                                                numpy_helper.from_array(b_scale, sname)])
+                new_nodes.append(helper.make_node("DequantizeLinear", [qname, sname], [out],
+                                                  name=f"{base}_bias_DequantizeLinear", axis=0))
+                node.input[2] = out
+                count += 1
+        new_nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    _remove_unused_initializers(model)
+    return count
+
+
+def activation_qparams(model: onnx.ModelProto) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(node name, scale, zero point) of each activation QuantizeLinear, in graph (= execution) order."""
+    consts = constants(model)
+    return [(n.name, consts[n.input[1]], consts[n.input[2]]) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in consts]
+
+
+def weight_scales(model: onnx.ModelProto) -> list[tuple[str, np.ndarray]]:
+    """(node name, weight scale) of each Conv/Gemm fed by a DequantizeLinear, in graph order."""
+    consts = constants(model)
+    prod = producers(model)
+    out = []
+    for n in model.graph.node:
+        dq = prod.get(n.input[1]) if n.op_type in ("Conv", "Gemm") else None
+        if dq is not None and dq.op_type == "DequantizeLinear":
+            out.append((n.name, consts[dq.input[1]]))
+    return out
+
+
+def verify_scales(model: onnx.ModelProto, act: Sequence[tuple[str, np.ndarray, np.ndarray]],
+                  weights: Sequence[tuple[str, np.ndarray]]) -> int:
+    """The file's activation (scale, zero point) and weight scales equal the QAT model's, in order.
+
+    ``act`` / ``weights`` list the QAT quantizers in execution order (name, scale[, zero point]);
+    the exporter writes nodes in that same order. Any mismatch raises ``ArtifactError``.
+    """
+    file_act, file_w = activation_qparams(model), weight_scales(model)
+    problems = []
+    if len(file_act) != len(act) or len(file_w) != len(weights):
+        problems.append(f"the file has {len(file_act)} activation and {len(file_w)} weight quantizers, "
+                        f"the QAT model {len(act)} and {len(weights)}")
+    for (node, f_scale, f_zp), (name, scale, zp) in zip(file_act, act):
+        if not (np.array_equal(np.float32(f_scale), np.float32(scale)) and int(f_zp) == int(zp)):
+            problems.append(f"{name} ({node}): file scale {float(f_scale):.8g} zp {int(f_zp)} != QAT {float(scale):.8g} zp {int(zp)}")
+    for (node, f_scale), (name, scale) in zip(file_w, weights):
+        if not np.array_equal(np.asarray(f_scale, np.float32).reshape(-1), np.asarray(scale, np.float32).reshape(-1)):
+            problems.append(f"{name} ({node}): weight scales differ")
+    if problems:
+        raise ArtifactError("the INT8 file does not carry the QAT scales: " + "; ".join(problems[:5]),
+                            "re-export from the frozen QAT model; do not re-quantize the file")
+    return len(act) + len(weights)
+
+
+def int8_weight_stats(model: onnx.ModelProto) -> dict[str, int]:
+    """Counts that prove the weights are stored quantized: int8 initializers, float weights feeding Conv/Gemm."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    int8 = sum(1 for a in inits.values() if a.dtype in (np.int8, np.uint8) and a.size > 1)
+    float_weights = sum(1 for n in model.graph.node if n.op_type in ("Conv", "Gemm")
+                        and n.input[1] in inits and inits[n.input[1]].dtype == np.float32)
+    return {"int8_initializers": int8, "float_weight_initializers": float_weights}

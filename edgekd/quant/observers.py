@@ -1,0 +1,103 @@
+"""Fake-quant building blocks written with ``torch.fake_quantize_*`` so they export to QDQ.
+
+Activations: per-tensor uint8 affine with an EMA min/max observer whose state lives in buffers
+(scale, zero point, running min/max, enabled flag), so ``state_dict`` carries frozen scales.
+Weights: per-channel symmetric int8, scale = max|w| / 127, recomputed from the live weights.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ACT_QMIN, ACT_QMAX = 0, 255  # uint8 activations: one of the ranges the ONNX exporter accepts
+W_QMIN, W_QMAX = -128, 127  # int8 weights; symmetric scale uses 127 so -128 is never produced
+SCALE_EPS = 1e-8  # a scale of 0 is invalid in ONNX; dead channels/tensors get this instead
+
+
+def weight_scale(weight: torch.Tensor) -> torch.Tensor:
+    """Per-output-channel symmetric scale ``max|w| / 127`` (detached: no gradient into the scale)."""
+    w = weight.detach().float()
+    return (w.abs().reshape(w.shape[0], -1).amax(dim=1) / W_QMAX).clamp_min(SCALE_EPS)
+
+
+def fake_quant_weight(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Fake-quantize ``weight`` per output channel (axis 0), zero point 0; straight-through gradient."""
+    zero = torch.zeros(scale.shape, dtype=torch.int32, device=weight.device)
+    return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, W_QMIN, W_QMAX)
+
+
+class ActFakeQuant(nn.Module):
+    """Per-tensor uint8 fake quant of an activation with an EMA min/max observer.
+
+    ``kind`` fixes the range the observer may use: ``"relu"`` clamps min to 0 (zero point 0, so
+    onnxruntime drops the Relu before Q), ``"relu6"`` clamps to [0, 6] (so the Clip before Q is
+    dropped too), ``"any"`` is plain affine. Observation happens in training mode (or inside
+    :func:`calibrating`) while ``observer_enabled`` is set; :meth:`freeze` clears it for good.
+    The first ``1/averaging_constant`` batches are averaged uniformly (calibration), later ones
+    move the range by an EMA with ``averaging_constant``.
+    """
+
+    def __init__(self, kind: str = "any", averaging_constant: float = 0.01) -> None:
+        super().__init__()
+        if kind not in ("any", "relu", "relu6"):
+            raise ValueError(f"unknown activation kind {kind!r}; valid: any, relu, relu6")
+        self.kind = kind
+        self.averaging_constant = averaging_constant
+        self.force_observe = False  # set by calibrating(): observe even in eval mode
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int32))
+        self.register_buffer("min_val", torch.tensor(0.0))
+        self.register_buffer("max_val", torch.tensor(0.0))
+        self.register_buffer("num_batches", torch.tensor(0, dtype=torch.int64))
+        self.register_buffer("observer_enabled", torch.tensor(1, dtype=torch.uint8))
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.num_batches.item() > 0)
+
+    @property
+    def frozen(self) -> bool:
+        return not bool(self.observer_enabled.item())
+
+    def freeze(self) -> None:
+        """Stop observing: scale and zero point stay what they are now (and in ``state_dict``)."""
+        self.observer_enabled.fill_(0)
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        """Fold one batch's min/max into the running range and recompute scale / zero point."""
+        lo, hi = torch.aminmax(x.detach().float())
+        n = int(self.num_batches.item())
+        c = max(1.0 / (n + 1), self.averaging_constant)
+        if n == 0:
+            self.min_val.copy_(lo)
+            self.max_val.copy_(hi)
+        else:
+            self.min_val.add_(c * (lo - self.min_val))
+            self.max_val.add_(c * (hi - self.max_val))
+        self.num_batches.add_(1)
+        self._update_qparams()
+
+    def _update_qparams(self) -> None:
+        lo = torch.clamp(self.min_val, max=0.0)  # the range must contain 0 (exact zero padding)
+        hi = torch.clamp(self.max_val, min=0.0)
+        if self.kind in ("relu", "relu6"):
+            lo = torch.zeros_like(lo)
+        if self.kind == "relu6":
+            hi = torch.clamp(hi, max=6.0)
+        scale = ((hi - lo) / (ACT_QMAX - ACT_QMIN)).clamp_min(SCALE_EPS)
+        zp = torch.clamp(torch.round(ACT_QMIN - lo / scale), ACT_QMIN, ACT_QMAX)
+        self.scale.copy_(scale)
+        self.zero_point.copy_(zp.to(torch.int32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():  # frozen constants only: no data-dependent Python branches
+            return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, ACT_QMIN, ACT_QMAX)
+        if (self.training or self.force_observe) and bool(self.observer_enabled.item()):
+            self.observe(x)
+        if not self.calibrated:
+            return x  # nothing observed yet: no range to quantize to
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, ACT_QMIN, ACT_QMAX)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, scale={float(self.scale):.6g}, zero_point={int(self.zero_point)}, frozen={self.frozen}"
