@@ -19,6 +19,15 @@ def device_of(ctx: StageContext) -> torch.device:
     return resolve_device(ctx.cfg.device)
 
 
+def begin_training_stage(ctx: StageContext) -> torch.device:
+    """Seed before any model is built, so initial weights (and so the whole stage) repeat for a seed."""
+    from ..distributed import seed_everything
+
+    device = device_of(ctx)
+    seed_everything(ctx.cfg.seed, ctx.cfg.deterministic, device)
+    return device
+
+
 def loaders(ctx: StageContext, augment: bool = True, student_only_noise: bool = False) -> tuple[BatchLoader, BatchLoader, BatchLoader]:
     """Train/val/test loaders. With ``student_only_noise`` the noise/corruption part of the
     augmentation is left to the KD step, so the teacher sees the clean input."""

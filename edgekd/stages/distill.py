@@ -5,13 +5,13 @@ from ..data.loader import BatchLoader
 from ..distributed import rank_and_world
 from ..models import build_student
 from .base import StageContext, StageResult
-from .common import config_meta, device_of, load_teacher, save_weights, train_and_score
+from .common import begin_training_stage, config_meta, load_teacher, save_weights, train_and_score
 from .kd_step import build_distiller, make_kd_step, teacher_logits_for
 
 
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.cfg
-    device = device_of(ctx)
+    device = begin_training_stage(ctx)
     teacher = load_teacher(ctx, device)
     student = build_student(cfg.student, ctx.dataset()).to(device)
     distiller = build_distiller(cfg, student, teacher)

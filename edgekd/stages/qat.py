@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..quant import freeze_observers, prepare_qat
 from .base import StageContext, StageResult
-from .common import config_meta, device_of, load_student, load_teacher, loaders, save_weights, train_and_score
+from .common import begin_training_stage, config_meta, device_of, load_student, load_teacher, loaders, save_weights, train_and_score
 from .kd_step import build_distiller, make_kd_step
 
 
@@ -23,7 +23,7 @@ def build_qat_student(ctx: StageContext, calibrate: bool, device=None):
 
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.cfg
-    device = device_of(ctx)
+    device = begin_training_stage(ctx)
     teacher = load_teacher(ctx, device)
     qmodel = build_qat_student(ctx, calibrate=True)
     distiller = build_distiller(cfg, qmodel, teacher)

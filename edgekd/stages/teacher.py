@@ -4,12 +4,12 @@ from __future__ import annotations
 from ..engine import evaluate, make_criterion
 from ..models import build_teacher
 from .base import StageContext, StageResult
-from .common import config_meta, device_of, loaders, save_weights, train_and_score
+from .common import begin_training_stage, config_meta, loaders, save_weights, train_and_score
 
 
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.cfg
-    device = device_of(ctx)
+    device = begin_training_stage(ctx)
     model = build_teacher(cfg.teacher, ctx.dataset()).to(device)  # loads cfg.teacher.weights when set
     if cfg.teacher_train.epochs > 0:
         criterion = make_criterion(cfg.teacher_train)

@@ -1,0 +1,81 @@
+"""The Python API and the CLI are the same function; an interrupted stage resumes to the same weights."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import edgekd
+from conftest import requires_fashion_mnist
+from edgekd.config import load_config
+from edgekd.manifest import Manifest
+from edgekd.pipeline import STAGES, fingerprint
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+TINY = ["data.train_subset=600", "data.test_subset=200", "data.val_size=200", "teacher.width=0.25",
+        "teacher_train.max_steps_per_epoch=4", "teacher_train.epochs=2"]
+pytestmark = requires_fashion_mnist
+
+
+def cli(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "EDGEKD_PROGRESS": "0"}
+    return subprocess.Popen([sys.executable, "-m", "edgekd", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    path = Manifest.load(run_dir).artifact("teacher", "weights")
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_api_and_cli_give_identical_teachers(tmp_path: Path) -> None:
+    args = [f"--set={o}" for o in TINY]
+    proc = cli("teacher", "--config", str(SMOKE), "--out", str(tmp_path / "cli"), *args)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    run = edgekd.run(str(SMOKE), overrides=TINY, out=tmp_path / "api", stages=["teacher"], log=lambda m: None)
+    assert run.ran == ["teacher"]
+    assert_same(weights(tmp_path / "cli" / "smoke"), weights(run.run_dir))
+
+
+def test_killed_stage_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    overrides = TINY + ["teacher_train.max_steps_per_epoch=6", "teacher_train.epochs=3"]
+    straight = edgekd.run(str(SMOKE), overrides=overrides, out=tmp_path / "straight", stages=["teacher"],
+                          log=lambda m: None)
+    proc = cli("teacher", "--config", str(SMOKE), "--out", str(tmp_path / "killed"), *[f"--set={o}" for o in overrides])
+    ckpt = tmp_path / "killed" / "smoke" / "stages" / "teacher" / "checkpoint.pt"
+    deadline = time.time() + 600
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the stage finished before it could be interrupted"
+    os.kill(proc.pid, signal.SIGKILL)  # a real interruption, mid-training
+    proc.wait()
+    assert Manifest.load(tmp_path / "killed" / "smoke").stage("teacher") is None  # nothing recorded as done
+    resumed = edgekd.run(str(SMOKE), overrides=overrides, out=tmp_path / "killed", stages=["teacher"], resume=True,
+                         log=lambda m: None)
+    assert resumed.ran == ["teacher"]
+    assert_same(weights(straight.run_dir), weights(resumed.run_dir))
+
+
+def test_fingerprints_follow_config_sections(tmp_path: Path) -> None:
+    m = Manifest(tmp_path)
+    m.data["stages"]["teacher"] = {"artifacts": {"weights": {"path": "t.pt", "sha256": "aa", "bytes": 1}}}
+    a, b = load_config(SMOKE), load_config(SMOKE, ["distill.temperature=2"])
+    assert fingerprint(a, STAGES["teacher"], m) == fingerprint(b, STAGES["teacher"], m)
+    before = fingerprint(a, STAGES["distill"], m)[0]
+    assert before != fingerprint(b, STAGES["distill"], m)[0]
+    m.data["stages"]["teacher"]["artifacts"]["weights"]["sha256"] = "bb"  # a new teacher re-runs distill
+    assert fingerprint(a, STAGES["distill"], m)[0] != before
