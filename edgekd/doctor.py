@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 
 from .environment import cpu_info
 from .errors import ArtifactError, EdgekdError
+from .runtime import make_session, measure_latency
 
 # Kernels that compute in int8 (ONNX domain and com.microsoft contrib ops).
 INT8_KERNELS = frozenset({
@@ -62,19 +60,12 @@ def _load(path: Path) -> onnx.ModelProto:
         raise ArtifactError(f"{path} is not a readable ONNX model ({e})", "re-export it (edgekd export)") from e
 
 
-def optimized_graph(path: Path, provider: str, level: ort.GraphOptimizationLevel) -> onnx.ModelProto:
-    """The graph onnxruntime runs after its optimizations at ``level`` (read back from a temp file)."""
+def optimized_graph(path: Path, provider: str, level: str) -> onnx.ModelProto:
+    """The graph onnxruntime runs after its optimizations at ``level`` (none|basic|extended|all), read back."""
     with tempfile.TemporaryDirectory(prefix="edgekd-doctor-") as tmp:
         out = Path(tmp) / "optimized.onnx"
-        so = ort.SessionOptions()
-        so.graph_optimization_level = level
-        so.optimized_model_filepath = str(out)
-        so.log_severity_level = 3  # the "hardware specific optimizations" warning is expected here
-        try:
-            ort.InferenceSession(str(path), so, providers=[provider])
-        except Exception as e:  # onnxruntime raises its own pybind types
-            raise ArtifactError(f"onnxruntime could not load {path} with {provider}: {e}",
-                                "check the provider name and that the file is a valid model") from e
+        # the session exists only to write the optimized graph; it is never run
+        make_session(path, provider=provider, optimized_model_path=out, graph_optimization=level)
         return onnx.load(str(out))
 
 
@@ -151,8 +142,8 @@ def analyze(path: Path, provider: str) -> dict[str, Any]:
     src = _load(path)
     # EXTENDED fuses Q/DQ into int8 kernels and keeps node names; ALL adds the CPU-specific layouts
     # (NCHWc, NHWC) that a session actually runs, so both are reported.
-    ext = optimized_graph(path, provider, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
-    full = optimized_graph(path, provider, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    ext = optimized_graph(path, provider, "extended")
+    full = optimized_graph(path, provider, "all")
     src_ops = Counter(n.op_type for n in src.graph.node)
     ext_ops = Counter(n.op_type for n in ext.graph.node)
     families_src = Counter(FAMILY[o] for n in src.graph.node if (o := n.op_type) in FAMILY)
@@ -184,26 +175,8 @@ def analyze(path: Path, provider: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- latency
 
 def _median_ms(path: Path, provider: str, warmup: int = 5, runs: int = 30) -> float:
-    """Batch 1, 1 thread median latency (ms) on seeded uniform [0, 1] input.
-
-    Minimal on purpose: edgekd/runtime.py did not exist when this was written; once it does,
-    this should call runtime.measure_latency so the project has one timing routine.
-    """
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(str(path), so, providers=[provider])
-    inp = sess.get_inputs()[0]
-    shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]  # symbolic dims (batch) -> 1
-    feed = {inp.name: np.random.default_rng(0).random(shape, dtype=np.float32)}
-    for _ in range(warmup):
-        sess.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
+    """Batch 1, 1 thread median latency (ms) on the runtime's seeded uniform [0, 1] input."""
+    return measure_latency(path, batch=1, threads=1, warmup=warmup, runs=runs, provider=provider)["median_ms"]
 
 
 # ----------------------------------------------------------------------------- rules

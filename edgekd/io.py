@@ -45,20 +45,21 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file, read in chunks (artifacts can be large)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
 
 
-def md5_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    return file_digest(path, "sha256")
+
+
+def md5_file(path: str | os.PathLike[str]) -> str:
+    return file_digest(path, "md5")
 
 
 def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:

@@ -64,14 +64,16 @@ def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def _onnx_predict(model: nn.Module):  # noqa: ANN202 - returns a predict_fn over an onnxruntime session
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
+    from edgekd.runtime import make_session, predict_logits
+
     buf = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model, (torch.zeros(1, 1, 28, 28),), buf, dynamo=False, input_names=["x"],
                           output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17)
-    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
-    return lambda a: sess.run(None, {"x": np.ascontiguousarray(a, dtype=np.float32)})[0]
+    sess = make_session(buf.getvalue())
+    return lambda a: predict_logits(sess, a)
 
 
 @pytest.mark.parametrize("name", ["fgsm", "pgd", "fgsm_rs"])

@@ -17,8 +17,8 @@ from test_quant import FMNIST, fmnist_images, trained_student  # noqa: E402  (sh
 from edgekd.errors import ArtifactError, ParityError
 from edgekd.export_onnx import (check_model, export_fp32, export_int8, find_divergence, get_metadata, parity_fp32,
                                 parity_int8, simplify)
-from edgekd.exporting.ort import session
 from edgekd.quant import QConv2d, freeze_observers, prepare_qat
+from edgekd.runtime import make_session
 
 pytestmark = pytest.mark.skipif(not FMNIST.is_file(), reason=f"Fashion-MNIST not installed at {FMNIST}")
 SHAPE = (1, 1, 28, 28)
@@ -86,7 +86,7 @@ def test_simplify_folds_and_keeps_outputs(tmp_path: Path) -> None:
     info = simplify(src, tmp_path / "tiny.sim.onnx")
     assert info["kept"] == "simplified" and info["nodes_before"] == 5 and info["nodes_after"] < 3
     x = np.random.default_rng(0).random((3, 4), dtype=np.float32)
-    a, b = session(src), session(tmp_path / "tiny.sim.onnx")
+    a, b = make_session(src, threads=1), make_session(tmp_path / "tiny.sim.onnx", threads=1)
     np.testing.assert_array_equal(a.run(None, {"x": x})[0], b.run(None, {"x": x})[0])
 
 
@@ -141,7 +141,7 @@ def test_int8_file_carries_qat_scales(files: dict, qat) -> None:
 
 def test_onnxruntime_fuses_every_conv_into_int8(files: dict, tmp_path: Path) -> None:
     opt = tmp_path / "opt.onnx"
-    session(files["int8"]["path"], level="extended", optimized_path=str(opt))
+    make_session(files["int8"]["path"], threads=1, graph_optimization="extended", optimized_model_path=opt)
     ops = [n.op_type for n in onnx.load(str(opt)).graph.node]
     assert ops.count("QLinearConv") == 52 and "QGemm" in ops
     assert "Conv" not in ops and "Gemm" not in ops and "FusedConv" not in ops

@@ -16,14 +16,7 @@ from edgekd.losses.ce import CrossEntropyOnly
 from edgekd.losses.hinton import HintonKD, soft_kl
 from edgekd.models import build_student, build_teacher
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU, OpenMP's spinning threads make these
-    small batches many times slower (measured here: ~70 s with 2 threads vs ~11 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # A fixed 2x3 example: batch 2, 3 classes.

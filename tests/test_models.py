@@ -15,14 +15,7 @@ from edgekd.config import ModelConfig
 from edgekd.errors import CheckpointError, ConfigError
 from edgekd.models import STUDENTS, TEACHERS, Normalized, build_student, build_teacher, load_weights
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU, OpenMP's spinning threads make these
-    small batches many times slower (measured here: ~70 s with 2 threads vs ~11 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 CIFAR_LIKE = SimpleNamespace(channels=3, classes=[f"c{i}" for i in range(7)], image_size=(32, 32),

@@ -6,31 +6,45 @@ activation QuantizeLinear. Node names alone are not unique enough (fx-rewritten 
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 
-def record_calls(model: nn.Module, x: torch.Tensor, select: Callable[[nn.Module], bool],
-                 keep_outputs: bool = False) -> list[tuple[str, nn.Module, torch.Tensor | None]]:
-    """Run ``model(x)`` (eval, no grad) and list (name, module, output or None) of selected modules in call order."""
-    calls: list[tuple[str, nn.Module, torch.Tensor | None]] = []
+Hook = Callable[[nn.Module, object, torch.Tensor], None]
+
+
+def run_with_hooks(model: nn.Module, x: torch.Tensor, hooks: Iterable[tuple[nn.Module, Hook]]) -> None:
+    """Run ``model(x)`` in eval mode without grad with forward ``hooks`` attached to their modules.
+
+    The hooks are removed and the model's train/eval mode restored afterwards, even on error.
+    """
     handles = []
-    for name, mod in model.named_modules():
-        if select(mod):
-            def hook(m: nn.Module, _inp: object, out: torch.Tensor, name: str = name) -> None:
-                calls.append((name, m, out.detach().float().cpu() if keep_outputs else None))
-            handles.append(mod.register_forward_hook(hook))
     was_training = model.training
-    model.eval()
     try:
+        for mod, hook in hooks:
+            handles.append(mod.register_forward_hook(hook))
+        model.eval()
         with torch.no_grad():
             model(x)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
+
+
+def record_calls(model: nn.Module, x: torch.Tensor, select: Callable[[nn.Module], bool],
+                 keep_outputs: bool = False) -> list[tuple[str, nn.Module, torch.Tensor | None]]:
+    """Run ``model(x)`` (eval, no grad) and list (name, module, output or None) of selected modules in call order."""
+    calls: list[tuple[str, nn.Module, torch.Tensor | None]] = []
+
+    def recorder(name: str) -> Hook:
+        def hook(m: nn.Module, _inp: object, out: torch.Tensor) -> None:
+            calls.append((name, m, out.detach().float().cpu() if keep_outputs else None))
+        return hook
+
+    run_with_hooks(model, x, [(mod, recorder(name)) for name, mod in model.named_modules() if select(mod)])
     return calls
 
 

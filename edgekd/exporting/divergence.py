@@ -17,14 +17,15 @@ import torch
 from torch import nn
 
 from ..errors import ArtifactError
+from ..runtime.session import make_session
+from .call_order import run_with_hooks
 from .onnx_io import load_model
-from .ort import session
 
 
 def _torch_layer_outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, np.ndarray]]:
     """(module name, output) per Conv/Linear call; a directly following BatchNorm's output replaces it."""
     records: list[list[Any]] = []  # [name, output as returned, copy]: a later in-place op may change the former
-    handles = []
+    hooks: list[tuple[nn.Module, Any]] = []
 
     def layer_hook(name: str):
         def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
@@ -37,18 +38,10 @@ def _torch_layer_outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, n
 
     for name, mod in model.named_modules():
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
-            handles.append(mod.register_forward_hook(layer_hook(name)))
+            hooks.append((mod, layer_hook(name)))
         elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            handles.append(mod.register_forward_hook(bn_hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+            hooks.append((mod, bn_hook))
+    run_with_hooks(model, x, hooks)
     return [(name, copy.float().cpu().numpy()) for name, _, copy in records]
 
 
@@ -60,7 +53,7 @@ def _onnx_layer_outputs(model: onnx.ModelProto, images: np.ndarray) -> list[tupl
     for n in nodes:
         if n.output[0] not in existing:
             probe.graph.output.append(onnx.helper.make_tensor_value_info(n.output[0], onnx.TensorProto.FLOAT, None))
-    sess = session(probe.SerializeToString(), level="none")
+    sess = make_session(probe.SerializeToString(), threads=1, graph_optimization="none")
     outs = sess.run([n.output[0] for n in nodes], {sess.get_inputs()[0].name: images})
     return [(n.name or n.output[0], o) for n, o in zip(nodes, outs)]
 

@@ -7,8 +7,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..batching import map_batches
 from ..errors import ParityError
-from .ort import run_batched, session
+from ..runtime.session import make_session, predict_logits
 
 
 @torch.no_grad()
@@ -17,21 +18,21 @@ def torch_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = 2
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = [model(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(device)).float().cpu().numpy()
-           for i in range(0, len(images), batch_size)]
+    out = map_batches(lambda b: model(torch.from_numpy(np.ascontiguousarray(b)).to(device)).float().cpu().numpy(),
+                      images, batch_size)
     model.train(was_training)
-    return np.concatenate(out)
+    return out
 
 
 def parity_fp32(torch_model: torch.nn.Module, onnx_path: str | os.PathLike[str], images: np.ndarray,
                 batch_sizes: Sequence[int] = (1, 64), tol: float = 1e-4) -> dict[str, Any]:
     """Max |Δ logit| between torch and onnxruntime per batch size; ``ParityError`` above ``tol``."""
     ref = torch_logits(torch_model, images)
-    sess = session(onnx_path)
+    sess = make_session(onnx_path, threads=1)
     per_bs: dict[str, float] = {}
     worst: dict[str, Any] = {}
     for bs in batch_sizes:
-        got = run_batched(sess, images, bs)[0]
+        got = predict_logits(sess, images, bs)
         err = np.abs(got.astype(np.float64) - ref)
         per_bs[str(bs)] = float(err.max())
         if not worst or err.max() > worst["max_abs_diff"]:
@@ -57,7 +58,7 @@ def parity_int8(qat_model: torch.nn.Module, onnx_path: str | os.PathLike[str], i
     Below ``min_agreement`` raises ``ParityError`` that includes the divergence finder's verdict.
     """
     ref = torch_logits(qat_model, images)
-    got = run_batched(session(onnx_path), images, batch_size)[0]
+    got = predict_logits(make_session(onnx_path, threads=1), images, batch_size)
     agreement = float(np.mean(got.argmax(1) == ref.argmax(1)))
     result = {"agreement": agreement, "max_abs_diff": float(np.max(np.abs(got.astype(np.float64) - ref))),
               "images": int(len(images)), "min_agreement": min_agreement}

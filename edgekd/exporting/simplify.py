@@ -11,15 +11,15 @@ import onnx
 
 from ..errors import ArtifactError
 from ..io import atomic_path
+from ..runtime.session import make_session
 from .onnx_io import input_shape, load_model
-from .ort import session
 from .qdq import int8_weight_stats
 
 
 def _max_output_diff(a: onnx.ModelProto, b: onnx.ModelProto, batch: int = 2, seed: int = 0) -> float:
     """Max |Δ| over all outputs of the two models on the same random [0, 1] input."""
     x = np.random.default_rng(seed).random(input_shape(a, batch), dtype=np.float32)
-    sa, sb = session(a.SerializeToString()), session(b.SerializeToString())
+    sa, sb = make_session(a.SerializeToString(), threads=1), make_session(b.SerializeToString(), threads=1)
     ya = sa.run(None, {sa.get_inputs()[0].name: x})
     yb = sb.run(None, {sb.get_inputs()[0].name: x})
     return max(float(np.max(np.abs(u.astype(np.float64) - v))) for u, v in zip(ya, yb))

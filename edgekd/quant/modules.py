@@ -21,6 +21,13 @@ class _WeightFakeQuant:
     bias: torch.Tensor
     w_scale: torch.Tensor
 
+    def _load_float(self, src: nn.Conv2d | nn.Linear) -> None:
+        """Copy ``src``'s weight and bias (zeros when it has none) and initialise the weight scale."""
+        with torch.no_grad():
+            self.weight.copy_(src.weight)
+            self.bias.copy_(src.bias if src.bias is not None else torch.zeros_like(self.bias))
+        self._init_scale()
+
     def _init_scale(self) -> None:
         self.register_buffer("w_scale", weight_scale(self.weight))  # type: ignore[attr-defined]
         self._input_quant: list[Any] = []  # the ActFakeQuant feeding this layer (a list: not a submodule)
@@ -62,10 +69,7 @@ class QConv2d(_WeightFakeQuant, nn.Conv2d):
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                 conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
                 device=conv.weight.device, dtype=conv.weight.dtype)
-        with torch.no_grad():
-            q.weight.copy_(conv.weight)
-            q.bias.copy_(conv.bias if conv.bias is not None else torch.zeros_like(q.bias))
-        q._init_scale()
+        q._load_float(conv)
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,10 +82,7 @@ class QLinear(_WeightFakeQuant, nn.Linear):
     @classmethod
     def from_float(cls, lin: nn.Linear) -> "QLinear":
         q = cls(lin.in_features, lin.out_features, bias=True, device=lin.weight.device, dtype=lin.weight.dtype)
-        with torch.no_grad():
-            q.weight.copy_(lin.weight)
-            q.bias.copy_(lin.bias if lin.bias is not None else torch.zeros_like(q.bias))
-        q._init_scale()
+        q._load_float(lin)
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

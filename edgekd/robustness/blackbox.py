@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..batching import map_batches
 from ..errors import ConfigError
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -42,10 +43,6 @@ def margin(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
     return true - other.max(axis=1)
 
 
-def _predict(predict_fn: PredictFn, x: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.concatenate([predict_fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
 def square_attack(
     predict_fn: PredictFn,
     x: np.ndarray,
@@ -71,7 +68,7 @@ def square_attack(
     eps = np.float32(epsilon)
     # vertical stripes: one random sign per (image, channel, column)
     x_best = np.clip(x + rng.choice(np.array([-eps, eps]), size=(n, c, 1, w)), 0.0, 1.0).astype(np.float32)
-    margin_min = margin(_predict(predict_fn, x_best, batch_size), y)
+    margin_min = margin(map_batches(predict_fn, x_best, batch_size), y)
     rows = np.arange(h)[None, :, None]
     cols = np.arange(w)[None, None, :]
     for it in range(queries - 1):
@@ -95,7 +92,7 @@ def square_attack(
             if not todo.any():
                 break
         x_new = np.clip(xa + deltas, 0.0, 1.0).astype(np.float32)
-        m = margin(_predict(predict_fn, x_new, batch_size), y[active])
+        m = margin(map_batches(predict_fn, x_new, batch_size), y[active])
         better = m < margin_min[active]
         margin_min[active] = np.where(better, m, margin_min[active])
         x_best[active] = np.where(better[:, None, None, None], x_new, xb)

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..batching import map_batches
 from ..config import RobustnessEvalConfig
 from ..errors import ConfigError
 from .blackbox import square_attack
@@ -35,9 +36,7 @@ def _seed(seed: int, *parts: object) -> np.random.Generator:
 
 def predict_logits(predict_fn: PredictFn, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Logits of ``predict_fn`` over ``images`` in batches, as float32 [N, K]."""
-    out = [np.asarray(predict_fn(images[i : i + batch_size]), dtype=np.float32)
-           for i in range(0, len(images), batch_size)]
-    return np.concatenate(out)
+    return map_batches(lambda batch: np.asarray(predict_fn(batch), dtype=np.float32), images, batch_size)
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

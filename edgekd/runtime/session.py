@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
+from ..batching import map_batches
 from ..errors import ArtifactError, ConfigError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -79,7 +80,7 @@ def session_options(
 
 
 def make_session(
-    path: PathLike,
+    path: PathLike | bytes,
     provider: str = "CPUExecutionProvider",
     threads: int = 0,
     profile: bool = False,
@@ -87,22 +88,26 @@ def make_session(
     graph_optimization: str = "all",
     profile_prefix: PathLike | None = None,
 ) -> ort.InferenceSession:
-    """Open ``path`` in onnxruntime.
+    """Open ``path`` (a file, or a serialized model as ``bytes``) in onnxruntime.
 
     ``threads=0`` uses all cores. An unavailable provider raises ConfigError listing the
-    available ones; a missing, truncated or corrupt file raises ArtifactError naming it.
+    available ones; a missing, truncated or corrupt model raises ArtifactError naming it.
     """
     check_provider(provider)
-    p = Path(path)
-    if not p.is_file():
-        raise ArtifactError(f"ONNX model {p} does not exist", REEXPORT_FIX)
+    if isinstance(path, bytes):  # an in-memory model (export checks build probe graphs without a file)
+        src, what = path, f"the in-memory model ({len(path)} bytes)"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ArtifactError(f"ONNX model {p} does not exist", REEXPORT_FIX)
+        src, what = str(p), f"{p} ({p.stat().st_size} bytes)"
     opts = session_options(threads, profile, optimized_model_path, graph_optimization, profile_prefix)
     try:
-        return ort.InferenceSession(str(p), sess_options=opts, providers=[provider])
+        return ort.InferenceSession(src, sess_options=opts, providers=[provider])
     except _ORT_LOAD_ERRORS as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ArtifactError(
-            f"onnxruntime cannot load {p} ({p.stat().st_size} bytes): it is truncated or corrupt ({first})",
+            f"onnxruntime cannot load {what}: it is truncated or corrupt ({first})",
             REEXPORT_FIX,
         ) from e
 
@@ -113,15 +118,14 @@ def predict_logits(session: ort.InferenceSession, images: np.ndarray, batch_size
         raise ConfigError(f"images must be [N, C, H, W], got shape {images.shape}", "pass a 4-D NCHW array")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}", "pass a positive batch size")
+    if len(images) == 0:
+        return np.zeros((0, 0), dtype=np.float32)
     in_name = session.get_inputs()[0].name
     out_name = session.get_outputs()[0].name
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        batch = np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32)
-        chunks.append(session.run([out_name], {in_name: batch})[0])
-    if not chunks:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(chunks, axis=0)
+    return map_batches(
+        lambda batch: session.run([out_name], {in_name: np.ascontiguousarray(batch, dtype=np.float32)})[0],
+        images, batch_size,
+    )
 
 
 def as_float_images(images: np.ndarray) -> np.ndarray:
