@@ -80,12 +80,14 @@ class Manifest:
         }
         if seconds is not None:
             entry["seconds"] = round(seconds, 3)
+        root = self.run_dir.resolve()
         for key, p in artifacts.items():
-            p = Path(p)
+            p = Path(p).resolve()  # a relative path means relative to the working directory
             entry["artifacts"][key] = {
-                "path": str(p.relative_to(self.run_dir) if p.is_absolute() and p.is_relative_to(self.run_dir) else p),
-                "sha256": sha256_file(self.resolve(p)),
-                "bytes": self.resolve(p).stat().st_size,
+                # inside the run folder: stored relative to it, so the folder can be moved or copied
+                "path": str(p.relative_to(root) if p.is_relative_to(root) else p),
+                "sha256": sha256_file(p),
+                "bytes": p.stat().st_size,
             }
         if extra:
             entry.update(extra)

@@ -74,6 +74,17 @@ def test_manifest_records_and_verifies_artifacts(tmp_path: Path) -> None:
         again.artifact("qat", "weights")
 
 
+def test_manifest_paths_with_a_relative_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    run = Path("export") / "run"
+    (run / "stages").mkdir(parents=True)
+    (run / "stages" / "w.pt").write_bytes(b"weights")
+    m = Manifest(run)
+    entry = m.record_stage("teacher", {"weights": run / "stages" / "w.pt"})
+    assert entry["artifacts"]["weights"]["path"] == "stages/w.pt"
+    assert Manifest.load(run).artifact("teacher", "weights").read_bytes() == b"weights"
+
+
 def test_manifest_load_errors(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="no manifest.json"):
         Manifest.load(tmp_path)
