@@ -14,7 +14,7 @@ from ..errors import ArtifactError
 from ..io import atomic_path
 from .call_order import is_weight_layer, record_calls
 from .onnx_io import check_model, initializer_dtypes, op_counts, set_metadata
-from .qdq import (inline_constant_identities, int8_weight_stats, quantize_biases, store_int8_weights,
+from .qdq import (compact_names, inline_constant_identities, int8_weight_stats, quantize_biases, store_int8_weights,
                   verify_scales)
 from .torch_export import INPUT_NAME, OUTPUT_NAME, sample_input, to_onnx
 
@@ -102,9 +102,10 @@ def export_int8(qat_model: torch.nn.Module, path: str | os.PathLike[str],
                        "quantization": json.dumps({"weights": "int8 per-channel symmetric",
                                                    "activations": "uint8 per-tensor affine (QAT, frozen)"}),
                        **dict(metadata or {})})
+    names_saved = compact_names(onx)
     out = _save(onx, path)
     return {"path": str(out), "size_bytes": out.stat().st_size, "ops": op_counts(onx),
-            "int8_weights": n_weights, "int32_biases": n_biases, "scales_verified": n_scales,
+            "int8_weights": n_weights, "int32_biases": n_biases, "scales_verified": n_scales, "name_bytes_saved": names_saved,
             "initializer_dtypes": initializer_dtypes(onx), **stats}
 
 
