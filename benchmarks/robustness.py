@@ -29,7 +29,9 @@ from edgekd.io import atomic_write_json, atomic_write_text  # noqa: E402
 METHODS: dict[str, list[str]] = {
     "no_kd": ["distill.loss=ce"],
     "kd": ["distill.loss=hinton"],
-    "kd_noise": ["distill.loss=hinton", "data.augment.noise_std=0.1", "data.augment.corruption_prob=0.5"],
+    # noise/corruptions change the student's inputs every epoch, so the teacher runs online (on the clean input)
+    "kd_noise": ["distill.loss=hinton", "distill.cache_teacher_logits=false", "data.augment.noise_std=0.1",
+                 "data.augment.corruption_prob=0.5"],
     "ard": ["distill.loss=ard", "distill.robust.attack=fgsm_rs", "distill.robust.epsilon=0.1"],
     "rslad": ["distill.loss=rslad", "distill.robust.attack=fgsm_rs", "distill.robust.epsilon=0.1"],
 }
