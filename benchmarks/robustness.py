@@ -45,6 +45,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--train-subset", type=int, default=8000, help="training images (0 = all)")
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--test-images", type=int, default=2000, help="stratified test subset for clean accuracy (0 = all)")
     p.add_argument("--eval-images", type=int, default=500)
     p.add_argument("--adv-images", type=int, default=200)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -54,9 +55,11 @@ def parse_args() -> argparse.Namespace:
 
 def budget_overrides(a: argparse.Namespace) -> list[str]:
     sub = f"data.train_subset={a.train_subset}" if a.train_subset else "data.train_subset=null"
-    return [sub, f"distill.train.epochs={a.epochs}",
+    return [sub, f"data.test_subset={a.test_images}" if a.test_images else "data.test_subset=null",
+            f"distill.train.epochs={a.epochs}",
             f"check.robustness.images={a.eval_images}", f"check.robustness.adversarial_images={a.adv_images}",
-            "check.robustness.square_queries=50", "check.robustness.pgd_steps=20"]
+            # the student is attacked white-box (PGD-20); the black-box square attack is off
+            "check.robustness.square_queries=0", "check.robustness.pgd_steps=20"]
 
 
 def teacher_weights(a: argparse.Namespace) -> str:
@@ -114,8 +117,9 @@ def markdown(table: dict[str, dict[str, tuple[float, float]]], meta: dict[str, A
         cells = [f"{100 * m:.2f} ± {100 * s:.2f}" if k in pct else f"{m:.4f} ± {s:.4f}" for k, (m, s) in vals.items()]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     note = (f"\nMean ± std over seeds {meta['seeds']}; student {meta['student']}, teacher {meta['teacher_arch']}; "
-            f"{meta['train_images']} training images, {meta['epochs']} epochs; accuracies in % on the Fashion-MNIST "
-            f"test set ({meta['eval_images']} images for corruptions/OOD, {meta['adv_images']} for PGD-20); "
+            f"{meta['train_images']} training images, {meta['epochs']} epochs; accuracies in % on a stratified "
+            f"{meta['test_images']}-image Fashion-MNIST test subset ({meta['eval_images']} of them for "
+            f"corruptions/OOD, {meta['adv_images']} for PGD-20); "
             f"pgd_<ε> keys are ε on the [0,1] scale. Wall time {meta['seconds'] / 60:.1f} min on {meta['cpu']}.\n")
     return head + "\n".join(lines) + "\n" + note
 
@@ -136,7 +140,7 @@ def main() -> int:
 
     cfg = load_config(a.config)
     meta = {"seeds": a.seeds, "student": f"{cfg.student.arch} x{cfg.student.width}", "teacher_arch": cfg.teacher.arch,
-            "train_images": a.train_subset or "all", "epochs": a.epochs, "eval_images": a.eval_images,
+            "train_images": a.train_subset or "all", "epochs": a.epochs, "test_images": a.test_images or "all", "eval_images": a.eval_images,
             "adv_images": a.adv_images, "seconds": time.time() - t0, "cpu": cpu_info()["model"], "teacher": teacher}
     table = summarize(rows)
     out = Path(a.out)

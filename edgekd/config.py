@@ -138,7 +138,7 @@ class RobustnessEvalConfig:
     images: int = 1000  # test images used for corruption/adversarial evaluation
     epsilons: list[float] = field(default_factory=lambda: [2 / 255, 8 / 255, 0.1])
     pgd_steps: int = 20
-    square_queries: int = 200
+    square_queries: int = 200  # black-box Square attack on the ONNX file; 0 turns it off
     adversarial_images: int = 200
     ood: list[str] = field(default_factory=lambda: ["uniform", "blobs", "inverted"])
     ood_folder: Optional[str] = None

@@ -168,8 +168,8 @@ def adversarial(
     torch_model: Any = None, device: str = "cpu", batch_size: int = 256,
 ) -> dict[str, dict[str, float]]:
     """Accuracy under square (black-box on ``predict_fn``), and with a torch model pgd, fgsm, transfer."""
-    out: dict[str, dict[str, float]] = {"square": {}}
-    for eps in cfg.epsilons:
+    out: dict[str, dict[str, float]] = {"square": {}} if cfg.square_queries > 0 else {}
+    for eps in cfg.epsilons if cfg.square_queries > 0 else ():  # square_queries: 0 turns the black-box attack off
         x_adv = square_attack(predict_fn, images, labels, eps, cfg.square_queries, _seed(seed, "square", eps_key(eps)),
                               p_init=square_p_init(*images.shape[-2:]), batch_size=batch_size)
         out["square"][eps_key(eps)] = _accuracy(predict_logits(predict_fn, x_adv, batch_size), labels)
