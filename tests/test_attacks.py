@@ -1,6 +1,8 @@
 """White-box and black-box attacks on a small CNN trained here on real Fashion-MNIST images."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import gzip
 import io
 import warnings
@@ -170,6 +172,11 @@ def test_evaluate_robustness_schema(trained) -> None:
     # without a torch model only the black-box attack runs (the ONNX-only path)
     onnx_only = evaluate_robustness(predict, xs[:200], ys[:200], cfg, seed=0)
     assert set(onnx_only["adversarial"]) == {"square"} and onnx_only["calibration"]["temperature"] is None
+    # square_queries 0 turns the black-box attack off; the white-box numbers are unchanged
+    no_square = evaluate_robustness(predict, xs[:200], ys[:200], replace(cfg, square_queries=0), seed=0, val=val,
+                                    torch_model=model)
+    assert set(no_square["adversarial"]) == {"pgd", "fgsm", "transfer"}
+    assert no_square["adversarial"]["pgd"] == res["adversarial"]["pgd"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
