@@ -180,7 +180,7 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = True
-    num_threads: Optional[int] = None
+    num_threads: Optional[int] = None  # torch threads in the training stages (None: torch default)
     stages: list[str] = field(default_factory=lambda: ["teacher", "distill", "qat", "export", "check", "gate"])
     data: DataConfig = field(default_factory=DataConfig)
     teacher: ModelConfig = field(default_factory=lambda: ModelConfig(arch="resnet18"))

@@ -154,7 +154,6 @@ def run(
     for s in wanted:
         if s not in STAGES:
             raise ConfigError(f"unknown stage '{s}'; valid: {', '.join(STAGE_ORDER)}")
-    _apply_threads(cfg)
     run_dir, manifest = prepare_run_dir(cfg, out)
     ctx = StageContext(cfg=cfg, run_dir=run_dir, manifest=manifest, resume=resume)
     if log is not None:
@@ -172,10 +171,3 @@ def run(
 
         result.report_md, result.report_html = render_report(run_dir)
     return result
-
-
-def _apply_threads(cfg: Config) -> None:
-    if cfg.num_threads:
-        import os
-
-        os.environ.setdefault("OMP_NUM_THREADS", str(cfg.num_threads))

@@ -24,6 +24,8 @@ def begin_training_stage(ctx: StageContext) -> torch.device:
     from ..distributed import seed_everything
 
     device = device_of(ctx)
+    if ctx.cfg.num_threads:
+        torch.set_num_threads(ctx.cfg.num_threads)
     seed_everything(ctx.cfg.seed, ctx.cfg.deterministic, device)
     return device
 
