@@ -33,17 +33,12 @@ def _torch_models(ctx: StageContext) -> dict[str, Any]:
     """White-box/transfer sources: teacher, FP32 student, and the QAT twin of the INT8 file."""
     import torch
 
-    from ..models import read_checkpoint
-    from ..quant import freeze_observers
     from .common import load_student, load_teacher
-    from .qat import build_qat_student
+    from .qat import load_qat_student
 
     cpu = torch.device("cpu")
-    qmodel = build_qat_student(ctx, calibrate=False, device=cpu)
-    qmodel.load_state_dict(read_checkpoint(ctx.manifest.artifact("qat", "weights"))[0])
-    freeze_observers(qmodel)
     return {"teacher": load_teacher(ctx, cpu), "student_fp32": load_student(ctx, cpu).eval(),
-            "student_int8": qmodel.eval()}
+            "student_int8": load_qat_student(ctx, cpu)}
 
 
 def _robustness(ctx: StageContext, paths: dict[str, Any], metrics: dict[str, Any]) -> None:

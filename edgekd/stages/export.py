@@ -16,11 +16,9 @@ from .. import __version__
 from ..data.base import to_float
 from ..exporting import export_fp32, export_int8, parity_fp32, parity_int8, simplify
 from ..io import atomic_path
-from ..models import read_checkpoint
-from ..quant import freeze_observers
 from .base import StageContext, StageResult
 from .common import load_student, load_teacher
-from .qat import build_qat_student
+from .qat import load_qat_student
 
 FILES = {"teacher_fp32": "teacher.fp32.onnx", "student_fp32": "model.fp32.onnx", "student_int8": "model.int8.onnx"}
 
@@ -49,11 +47,7 @@ def run(ctx: StageContext) -> StageResult:
     images = to_float(bundle.test.images[: cfg.export.parity_images])
     teacher = load_teacher(ctx, cpu)
     student = load_student(ctx, cpu).eval()
-    qmodel = build_qat_student(ctx, calibrate=False, device=cpu)
-    state, _ = read_checkpoint(ctx.manifest.artifact("qat", "weights"))
-    qmodel.load_state_dict(state)
-    freeze_observers(qmodel)
-    qmodel.eval()
+    qmodel = load_qat_student(ctx, cpu)
 
     def meta(name: str, arch: str) -> dict[str, str]:
         return {"labels": json.dumps(list(bundle.classes)), "model": name, "arch": arch,

@@ -21,6 +21,16 @@ def build_qat_student(ctx: StageContext, calibrate: bool, device=None):
     return prepare_qat(student, calib, n).to(device)
 
 
+def load_qat_student(ctx: StageContext, device):
+    """The trained QAT student from this run's qat artifact, observers frozen, in eval mode."""
+    from ..models import read_checkpoint
+
+    qmodel = build_qat_student(ctx, calibrate=False, device=device)
+    qmodel.load_state_dict(read_checkpoint(ctx.manifest.artifact("qat", "weights"))[0])
+    freeze_observers(qmodel)
+    return qmodel.eval()
+
+
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.cfg
     device = begin_training_stage(ctx)
