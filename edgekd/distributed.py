@@ -10,7 +10,7 @@ import atexit
 import contextlib
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import ConfigError
+from .hardware import CpuFeatures, cpu_bf16_is_fast, detect_cpu_features
 
 
 @dataclass(frozen=True)
@@ -181,14 +182,26 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
 @dataclass(frozen=True)
 class Precision:
-    """Autocast settings: ``dtype`` None means full fp32; ``scaler`` is the fp16 GradScaler."""
+    """Autocast settings: ``dtype`` None means full fp32; ``scaler`` is the fp16 GradScaler.
+
+    ``reason`` says why this precision was picked (for the manifest); it takes no part in equality.
+    """
 
     dtype: torch.dtype | None = None
     scaler: bool = False
+    reason: str = field(default="", compare=False)
 
     @property
     def enabled(self) -> bool:
         return self.dtype is not None
+
+    @property
+    def name(self) -> str:
+        """``float32`` | ``bfloat16`` | ``float16``: what the manifest records."""
+        return "float32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dtype": self.name, "grad_scaler": self.scaler, "reason": self.reason}
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         if self.dtype is None:
@@ -196,24 +209,68 @@ class Precision:
         return torch.autocast(device_type=device.type, dtype=self.dtype)
 
 
-def resolve_amp(mode: str | bool, device: torch.device) -> Precision:
-    """``auto`` | ``on`` | ``off`` (or a bool) -> Precision.
-
-    CUDA: auto/on = bf16 autocast where the GPU supports it (no scaler needed), else fp16 + GradScaler.
-    CPU: on = bf16 autocast (fast only with AMX, and not for every net: the configs decide); auto = off.
-    """
-    mode = {True: "on", False: "off"}.get(mode, mode) if isinstance(mode, bool) else mode
+def _amp_mode(mode: str | bool) -> str:
+    """Normalize ``amp`` (YAML may hand a bool for on/off) and reject anything else."""
+    if isinstance(mode, bool):
+        return "on" if mode else "off"
+    mode = str(mode).strip().lower()
     if mode not in ("auto", "on", "off"):
         raise ConfigError(f"amp must be auto, on or off, got {mode!r}", "set train.amp to auto, on or off")
-    if mode == "off" or (device.type == "cpu" and mode == "auto"):
-        return Precision()
+    return mode
+
+
+def cuda_bf16_supported() -> bool:
+    """Native bf16 on the current GPU (Ampere and later).
+
+    torch >= 2.4 answers True for bf16 *emulated* on older GPUs unless asked not to; emulated bf16 is
+    slower than fp16, so ask for native support (older torch has no such argument).
+    """
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:
+        return bool(torch.cuda.is_bf16_supported())
+
+
+def _cuda_precision(mode: str) -> Precision:
+    if cuda_bf16_supported():
+        return Precision(torch.bfloat16, scaler=False,
+                         reason=f"cuda, amp {mode}: native bf16 (same range as fp32, no GradScaler needed)")
+    return Precision(torch.float16, scaler=True,
+                     reason=f"cuda, amp {mode}: no native bf16 on this GPU, so fp16 with a GradScaler against underflow")
+
+
+def _cpu_precision(mode: str, cpu_features: CpuFeatures | None) -> Precision:
+    fast, why = cpu_bf16_is_fast(cpu_features if cpu_features is not None else detect_cpu_features())
+    if mode == "on":  # an explicit request wins, even where bf16 is emulated; the reason says so
+        note = "" if fast else " (requested; this CPU emulates bf16, amp auto would pick fp32)"
+        return Precision(torch.bfloat16, scaler=False, reason=f"cpu, amp on: bf16 autocast{note}")
+    return Precision(torch.bfloat16, reason=f"amp auto, {why}") if fast else Precision(reason=f"amp auto, {why}")
+
+
+def resolve_amp(mode: str | bool, device: torch.device | str,
+                cpu_features: CpuFeatures | None = None) -> Precision:
+    """``auto`` | ``on`` | ``off`` (or a bool) on ``device`` -> Precision: the one place precision is decided.
+
+    - off: fp32 everywhere.
+    - CUDA, auto or on: bf16 autocast where the GPU has native bf16 (no scaler needed), else fp16 +
+      GradScaler.
+    - CPU, auto: bf16 autocast only where it is faster than fp32, i.e. the CPU has AMX-BF16 or
+      AVX512-BF16 and ONEDNN_MAX_CPU_ISA lets oneDNN use it (edgekd.hardware.cpu_bf16_is_fast);
+      else fp32. CPU, on: bf16 autocast regardless.
+    - other devices (mps, ...): fp32, never measured there.
+
+    ``cpu_features`` replaces this machine's (tests play other CPUs with it); the CUDA branch
+    reads ``torch.cuda.is_bf16_supported``, which tests may monkeypatch.
+    """
+    mode = _amp_mode(mode)
+    device = torch.device(device)
+    if mode == "off":
+        return Precision(reason="amp off: fp32")
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return Precision(torch.bfloat16, scaler=False)
-        return Precision(torch.float16, scaler=True)
+        return _cuda_precision(mode)
     if device.type == "cpu":
-        return Precision(torch.bfloat16, scaler=False)
-    return Precision()  # other backends: full precision
+        return _cpu_precision(mode, cpu_features)
+    return Precision(reason=f"{device.type}: autocast not supported by edgekd here: fp32")
 
 
 def resolve_channels_last(mode: str, device: torch.device) -> bool:

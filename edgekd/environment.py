@@ -1,4 +1,8 @@
-"""Hardware and software facts for the manifest and report. Imports no torch."""
+"""Hardware and software facts for the manifest and report.
+
+Imports no torch at module level (the deploy side reads manifests without it); only
+``environment(cfg)`` imports it, to record the precision each training stage will use.
+"""
 from __future__ import annotations
 
 import importlib.metadata
@@ -6,7 +10,9 @@ import os
 import platform
 from typing import Any
 
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "fma")
+from .hardware import detect_cpu_features, thread_settings
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "fma")
 
 
 def cpu_info() -> dict[str, Any]:
@@ -38,10 +44,54 @@ def package_versions(names: tuple[str, ...] = ("torch", "torchvision", "onnx", "
     return out
 
 
-def environment() -> dict[str, Any]:
-    return {
+# The training stages and where their schedule lives in the config.
+TRAINING_STAGES = (("teacher", ("teacher_train",)), ("distill", ("distill", "train")), ("qat", ("qat", "train")))
+
+
+def _section(cfg: Any, path: tuple[str, ...]) -> Any:
+    for name in path:
+        cfg = getattr(cfg, name)
+    return cfg
+
+
+def training_precision(cfg: Any) -> dict[str, Any]:
+    """Per training stage: its ``amp`` setting, the device and the precision ``resolve_amp`` picks there, and why.
+
+    Needs torch (imported here, not at module level). The same function the engine calls decides,
+    so the record cannot drift from what training does.
+    """
+    try:
+        import torch  # noqa: F401  (a deploy-only install has no torch and no training to describe)
+
+        from .distributed import resolve_amp, resolve_device
+    except ImportError as e:
+        return {"error": f"torch is not importable ({e}): no training precision to record"}
+    from .errors import EdgekdError
+
+    try:
+        device = resolve_device(cfg.device)
+    except EdgekdError as e:  # the training stage itself reports this; the record just says so
+        return {"error": str(e)}
+    out: dict[str, Any] = {}
+    for stage, path in TRAINING_STAGES:
+        mode = _section(cfg, path).amp
+        out[stage] = {"amp": mode, "device": str(device), **resolve_amp(mode, device).to_dict()}
+    return out
+
+
+def environment(cfg: Any = None) -> dict[str, Any]:
+    """Python, platform, CPU, versions, the CPU features and thread settings that drive speed and precision.
+
+    With ``cfg`` (a Config) it also records the precision of each training stage (``precision``).
+    """
+    env: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu_info(),
         "versions": package_versions(),
     }
+    if cfg is not None:
+        env["precision"] = training_precision(cfg)  # imports torch first, so the records below see it
+    env["cpu_features"] = detect_cpu_features().to_dict()
+    env["threads"] = thread_settings()
+    return env

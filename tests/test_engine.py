@@ -6,6 +6,7 @@ that really dies mid-epoch or mid-save; the DDP test launches it under torchrun 
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import json
@@ -21,8 +22,9 @@ from torch import nn
 
 from edgekd.checkpoint import load_checkpoint
 from edgekd.config import TrainConfig
-from edgekd.engine import evaluate, fit, make_criterion, resolve_amp, resolve_device
-from edgekd.errors import CheckpointError, ConfigError
+from edgekd.engine import Precision, evaluate, fit, make_criterion, resolve_amp, resolve_device
+from edgekd.errors import CheckpointError, ConfigError, EdgekdError
+from edgekd.hardware import cpu_bf16_is_fast, detect_cpu_features
 from edgekd.optim import Schedule, build_optimizer, param_groups
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -297,7 +299,9 @@ def test_resolve_device_and_amp_policy():
             resolve_device("cuda:0")
         assert "device: cpu" in e.value.fix
     cpu = torch.device("cpu")
-    assert not resolve_amp("auto", cpu).enabled and not resolve_amp("off", cpu).enabled
+    # auto: bf16 only where this CPU runs it natively (AMX / AVX512-BF16); tests/test_precision.py plays other CPUs
+    assert resolve_amp("auto", cpu).enabled is cpu_bf16_is_fast(detect_cpu_features())[0]
+    assert not resolve_amp("off", cpu).enabled
     assert resolve_amp("on", cpu).dtype == torch.bfloat16 and not resolve_amp("on", cpu).scaler
 
 
@@ -308,6 +312,54 @@ def test_cpu_bf16_autocast_trains_with_finite_loss(tmp_path):
     cfg = TrainConfig(epochs=1, lr=0.05, amp="on", max_steps_per_epoch=3)
     result = fit(tiny_cnn(), ce_step(cfg), train, val, cfg, work_dir=tmp_path, device="cpu", seed=0)
     assert np.isfinite(result.history[0]["train_loss"]) and result.history[0]["steps"] == 3
+
+
+def _scaler_precision(monkeypatch) -> None:
+    """Make fit() take the fp16 path's GradScaler branch on CPU: fp32 math, the CUDA path's scaler logic."""
+    import edgekd.engine as engine
+
+    monkeypatch.setattr(engine, "resolve_amp", lambda mode, device: Precision(None, scaler=True, reason="test"))
+
+
+@requires_fmnist
+def test_grad_scaler_branch_runs_and_resumes_on_cpu(tmp_path, monkeypatch):
+    """The GradScaler branch (scale, unscale before clipping, step, update, checkpoint, resume) without a GPU."""
+    _scaler_precision(monkeypatch)
+    train, val = resume_data()
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=2, lr=0.05, amp="on", grad_clip=1.0, max_steps_per_epoch=3)
+    result = fit(tiny_cnn(), ce_step(cfg), train, val, cfg, work_dir=tmp_path, device="cpu", seed=0)
+    assert all(np.isfinite(h["train_loss"]) for h in result.history)
+    scaler_state = load_checkpoint(tmp_path / "checkpoint.pt")["scaler"]
+    assert scaler_state and scaler_state["scale"] == 65536.0  # no overflow: the initial scale stays
+    loaded = []
+    original = torch.amp.GradScaler.load_state_dict
+    monkeypatch.setattr(torch.amp.GradScaler, "load_state_dict", lambda self, sd: (loaded.append(sd), original(self, sd)))
+    again = fit(tiny_cnn(), ce_step(cfg), train, val, cfg, work_dir=tmp_path, device="cpu", seed=0, resume=True)
+    assert loaded and loaded[0]["scale"] == 65536.0 and len(again.history) == 2  # resume restores the scaler
+
+
+@requires_fmnist
+def test_grad_scaler_skips_an_overflowing_step_instead_of_stopping(tmp_path, monkeypatch):
+    """fp16 overflow: with a scaler an inf loss skips that step and halves the scale; without one, training stops."""
+    train, val = resume_data()
+    cfg = TrainConfig(epochs=1, lr=0.05, amp="on", max_steps_per_epoch=3, log_every=1)
+    base, calls = ce_step(cfg), []
+
+    def overflow_once(model, batch):
+        loss, logits = base(model, batch)
+        calls.append(1)
+        return (loss * float("inf") if len(calls) == 2 else loss), logits
+
+    _scaler_precision(monkeypatch)
+    torch.manual_seed(0)
+    fit(tiny_cnn(), overflow_once, train, val, cfg, work_dir=tmp_path / "scaled", device="cpu", seed=0)
+    assert load_checkpoint(tmp_path / "scaled" / "checkpoint.pt")["scaler"]["scale"] == 32768.0
+    monkeypatch.undo()
+    calls.clear()
+    with pytest.raises(EdgekdError, match="diverged"):
+        cfg_off = dataclasses.replace(cfg, amp="off")
+        fit(tiny_cnn(), overflow_once, train, val, cfg_off, work_dir=tmp_path / "plain", device="cpu", seed=0)
 
 
 @pytest.mark.cuda
