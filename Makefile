@@ -14,10 +14,11 @@ help:
 	@echo "make test   set up, then the test suite"
 	@echo "make bench  set up, then the benchmarks (long)"
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins the tested versions (torch from this machine's disk); pyproject.toml keeps ranges.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,dev]'
 	touch $@
 
 setup: $(VENV)/.installed data

@@ -18,9 +18,12 @@ from typing import Any, Optional, Union
 import yaml
 
 from .errors import ConfigError
+from .validation import validate_budgets, validate_config  # noqa: F401 - validate_budgets is re-exported for the gate
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
-CONFIG_DIR = PACKAGE_ROOT.parent / "configs"
+# The example configs ship inside the package (package data), so an installed edgekd finds them from
+# any folder; the repository's top-level configs/ is the same folder (edgekd/configs links to it).
+CONFIG_DIR = PACKAGE_ROOT / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "fashion_mnist.yaml"
 
 
@@ -285,66 +288,79 @@ def parse_override(item: str) -> dict[str, Any]:
     return value
 
 
-def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Config:
-    """Validate a plain dict (plus ``key=value`` overrides) into a Config."""
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None, *, registries: bool = True) -> Config:
+    """Validate a plain dict (plus ``key=value`` overrides) into a Config.
+
+    ``registries=False`` skips the registry-name checks (they import the dataset and robustness
+    modules): the gate, which reads only the budgets, uses it and stays light.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__} {data!r:.80}",
+                          "write the config as 'section: {key: value}' pairs")
     for item in overrides or []:
         data = _merge(data, parse_override(item))
     cfg = _build(Config, data)
-    validate(cfg)
+    validate(cfg, registries=registries)
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (the Fashion-MNIST default when ``path`` is None) and validate it."""
-    p = Path(path) if path is not None else DEFAULT_CONFIG
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}", "pass an existing YAML file to --config")
+def budgets_from_dict(section: dict[str, Any] | None) -> BudgetsConfig:
+    """A validated BudgetsConfig from a config's ``budgets`` section (None: no budgets); torch-free."""
+    return config_from_dict({"budgets": section or {}}, registries=False).budgets
+
+
+def builtin_configs() -> list[str]:
+    """Names of the configs shipped inside the package (``smoke``, ``fashion_mnist``, ...)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path | None) -> Path:
+    """The YAML file for ``--config``: an existing file, else a built-in config name, else a ConfigError.
+
+    A path that exists always wins, so a local ``smoke.yaml`` is never shadowed by the built-in one.
+    """
+    if path is None:
+        return DEFAULT_CONFIG
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.exists():
+        raise ConfigError(f"config path {p} is a folder, not a YAML file", "pass a YAML file to --config")
+    name = p.name.removesuffix(".yaml").removesuffix(".yml")
+    builtin = CONFIG_DIR / f"{name}.yaml"
+    if p.parent == Path(".") and builtin.is_file():
+        return builtin
+    raise ConfigError(f"config file not found: {p}",
+                      f"pass an existing YAML file to --config, or a built-in name: {', '.join(builtin_configs())}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *,
+                registries: bool = True) -> Config:
+    """Load and validate a YAML config: a file, a built-in name (``smoke``), or None for the default.
+
+    An empty file or one that is not a mapping is an error: silently running the defaults (the
+    30-minute Fashion-MNIST run) is never what an empty file meant.
+    """
+    p = resolve_config_path(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {p} is not valid YAML: {e}", "fix the YAML syntax") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {p} cannot be read: {e}", "pass a readable UTF-8 YAML file") from None
+    if data is None:
+        raise ConfigError(f"config file {p} is empty",
+                          "write the settings to change (e.g. 'name: my-run'), or pass a built-in config: "
+                          + ", ".join(builtin_configs()))
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a mapping at the top level", "write key: value pairs")
-    return config_from_dict(data, overrides)
+        raise ConfigError(f"config file {p} must hold a mapping at the top level, got {type(data).__name__}",
+                          "write 'section: {key: value}' pairs, e.g. 'distill: {temperature: 4}'")
+    return config_from_dict(data, overrides, registries=registries)
 
 
-def validate(cfg: Config) -> None:
-    """Cross-field checks that types alone cannot express."""
-    choices = {
-        "device": (cfg.device.split(":")[0], ("auto", "cpu", "cuda")),
-        "teacher_train.optimizer": (cfg.teacher_train.optimizer, ("sgd", "adamw")),
-        "teacher_train.schedule": (cfg.teacher_train.schedule, ("onecycle", "cosine", "constant")),
-        "distill.train.optimizer": (cfg.distill.train.optimizer, ("sgd", "adamw")),
-        "distill.train.schedule": (cfg.distill.train.schedule, ("onecycle", "cosine", "constant")),
-        "qat.train.optimizer": (cfg.qat.train.optimizer, ("sgd", "adamw")),
-        "qat.train.schedule": (cfg.qat.train.schedule, ("onecycle", "cosine", "constant")),
-        "distill.robust.attack": (cfg.distill.robust.attack, ("fgsm_rs", "pgd")),
-    }
-    for key, (value, valid) in choices.items():
-        if value not in valid:
-            raise ConfigError(f"config key '{key}' has value {value!r}; valid: {', '.join(valid)}")
-    for key, tc in (("teacher_train", cfg.teacher_train), ("distill.train", cfg.distill.train), ("qat.train", cfg.qat.train)):
-        for sub in ("amp", "channels_last"):
-            if getattr(tc, sub) not in ("auto", "on", "off"):
-                raise ConfigError(f"config key '{key}.{sub}' has value {getattr(tc, sub)!r}; valid: auto, on, off")
-        if tc.epochs < 0 or tc.lr <= 0:
-            raise ConfigError(f"config key '{key}' needs epochs >= 0 and lr > 0")
-    if not 0.0 <= cfg.distill.alpha <= 1.0:
-        raise ConfigError(f"config key 'distill.alpha' must be in [0, 1], got {cfg.distill.alpha}")
-    if cfg.distill.temperature <= 0:
-        raise ConfigError(f"config key 'distill.temperature' must be > 0, got {cfg.distill.temperature}")
-    aug = cfg.data.augment
-    if cfg.distill.cache_teacher_logits and (aug.crop_padding or aug.hflip or aug.noise_std or aug.corruption_prob):
-        raise ConfigError(
-            "distill.cache_teacher_logits needs fixed inputs, but data.augment changes them each epoch",
-            "set data.augment.crop_padding=0, hflip=false, noise_std=0, corruption_prob=0, or turn caching off",
-        )
-    if cfg.export.opset < 17:
-        raise ConfigError(f"config key 'export.opset' must be >= 17, got {cfg.export.opset}")
-    valid_stages = ("teacher", "distill", "qat", "export", "check", "gate")
-    for s in cfg.stages:
-        if s not in valid_stages:
-            raise ConfigError(f"unknown stage '{s}' in 'stages'; valid: {', '.join(valid_stages)}")
+def validate(cfg: Config, registries: bool = True) -> None:
+    """Every range, switch and registry name, checked once at load (see ``edgekd.validation``)."""
+    validate_config(cfg, registries=registries)
 
 
 def dump_config(cfg: Config) -> str:

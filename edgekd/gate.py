@@ -17,7 +17,7 @@ from xml.etree import ElementTree as ET
 
 import yaml
 
-from .config import BudgetsConfig, LatencyBudget, config_from_dict, load_config
+from .config import BudgetsConfig, LatencyBudget, budgets_from_dict, load_config, validate_budgets
 from .errors import ArtifactError, ConfigError, EdgekdError
 from .manifest import Manifest
 
@@ -72,7 +72,7 @@ def load_run_budgets(manifest: Manifest) -> BudgetsConfig:
                 section = (yaml.safe_load(cfg_file.read_text()) or {}).get("budgets")
             except yaml.YAMLError as e:
                 raise ConfigError(f"{cfg_file} is not valid YAML: {e}", "re-run the pipeline to rewrite it") from None
-    return config_from_dict({"budgets": section or {}}).budgets
+    return budgets_from_dict(section)
 
 
 def apply_overrides(budgets: BudgetsConfig, overrides: Mapping[str, Any] | None) -> BudgetsConfig:
@@ -83,7 +83,9 @@ def apply_overrides(budgets: BudgetsConfig, overrides: Mapping[str, Any] | None)
     for key in overrides:
         if key not in names:
             raise ConfigError(f"unknown budget '{key}'; valid: {', '.join(names)}", "check the spelling")
-    return dataclasses.replace(budgets, **{k: v for k, v in overrides.items() if v is not None})
+    out = dataclasses.replace(budgets, **{k: v for k, v in overrides.items() if v is not None})
+    validate_budgets(out)  # a nonsense flag (--min-accuracy 150, nan) is bad input (exit 2), not a missed budget
+    return out
 
 
 def verify_artifacts(manifest: Manifest, provider: str = "CPUExecutionProvider") -> list[Path]:
@@ -348,7 +350,7 @@ def gate_command(args: argparse.Namespace) -> int:
     """Run the gate for parsed ``add_gate_arguments`` args; print the table; return 0, 1 or 2."""
     try:
         if args.config:
-            base = load_config(args.config).budgets
+            base = load_config(args.config, registries=False).budgets  # the gate needs the budgets only
         else:
             base = load_run_budgets(Manifest.load(args.run_dir))
         result = gate(args.run_dir, base, _flag_overrides(args, base))

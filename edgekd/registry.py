@@ -1,7 +1,9 @@
 """One registry helper for everything users extend (datasets, models, losses, corruptions, attacks)."""
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+import ast
+from pathlib import Path
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 from .errors import ConfigError
 
@@ -43,6 +45,11 @@ class Registry(Generic[T]):
                 f"set the {self.kind} to one of the valid names, or register a new one",
             ) from None
 
+    def check(self, name: str, key: str) -> None:
+        """Raise ConfigError unless ``name`` is registered, naming the config ``key`` and the valid names."""
+        if name not in self._items:
+            raise unknown_name(self.kind, name, key, self.names())
+
     def names(self) -> list[str]:
         return sorted(self._items)
 
@@ -54,3 +61,35 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def unknown_name(kind: str, name: object, key: str, valid: Iterable[str]) -> ConfigError:
+    """The error for a config value that names no registered ``kind``: the key, the value, the valid names."""
+    names = ", ".join(sorted(valid))
+    return ConfigError(f"config key '{key}' has unknown {kind} {name!r}; valid: {names}",
+                       f"set {key} to one of the valid names, or register a new {kind}")
+
+
+def declared_names(files: Iterable[Path], registrars: Iterable[str]) -> set[str]:
+    """Names registered in ``files`` by a call with a literal name, ``TEACHERS.register("n")`` or
+    ``register_kd_loss("n")`` (``registrars`` lists those callables as written).
+
+    Reads the source (ast) instead of importing it, so the names of registries that live in torch
+    modules are known in milliseconds; the validation uses the live registry instead once its
+    module is imported (plugins registered at run time are then included).
+    """
+    wanted = set(registrars)
+    names: set[str] = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            func = node.func
+            if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+                called = f"{func.value.id}.{func.attr}"  # TEACHERS.register
+            else:
+                called = getattr(func, "id", None)  # register_kd_loss
+            first = node.args[0]
+            if called in wanted and isinstance(first, ast.Constant) and isinstance(first.value, str):
+                names.add(first.value)
+    return names

@@ -104,19 +104,73 @@ def test_absent_data_names_the_searched_places(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("EDGEKD_DATA", str(tmp_path / "env"))
     monkeypatch.setattr(fm, "DEBIAN_DIR", tmp_path / "debian")
     with pytest.raises(DataError) as err:
-        build_dataset(DataConfig(root=str(tmp_path / "root"), download=False), 0)
+        build_dataset(DataConfig(download=False), 0)
     msg = str(err.value)
-    for place in ("root", "env", "debian", "FashionMNIST/raw"):
+    for place in ("env", "debian", "FashionMNIST/raw"):
         assert str(tmp_path / place) in msg or place in msg
     assert "apt-get install -y dataset-fashion-mnist" in msg and "EDGEKD_DATA" in msg and "data.root" in msg
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_missing_data_root_is_an_error_never_the_system_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              download: bool) -> None:
+    """An explicit data.root is used or fails: a typo never trains on $EDGEKD_DATA, the system copy or a download."""
+    require_fashion_mnist()
+    monkeypatch.setenv("EDGEKD_DATA", str(FMNIST_DIR))  # a valid copy that must not be used
+    monkeypatch.setattr(fm, "_download", lambda *a: pytest.fail("an explicit data.root must never download"))
+    missing = tmp_path / "typo"
+    with pytest.raises(DataError) as err:
+        build_dataset(DataConfig(root=str(missing), download=download), 0)
+    msg = str(err.value)
+    assert f"data.root {missing} does not exist" in msg and "train-images-idx3-ubyte" in msg
+    assert not missing.exists()  # nothing created under the typo
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(DataError, match="is not a folder"):
+        build_dataset(DataConfig(root=str(a_file), download=download), 0)
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_data_root_without_the_files_names_folder_and_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             download: bool) -> None:
+    require_fashion_mnist()
+    monkeypatch.setenv("EDGEKD_DATA", str(FMNIST_DIR))
+    monkeypatch.setattr(fm, "_download", lambda *a: pytest.fail("an explicit data.root must never download"))
+    empty = tmp_path / "empty"
+    (empty / "fashion-mnist").mkdir(parents=True)
+    (empty / "readme.txt").write_text("not the data")
+    with pytest.raises(DataError) as err:
+        build_dataset(DataConfig(root=str(empty), download=download), 0)
+    msg = str(err.value)
+    assert f"data.root {empty} holds no Fashion-MNIST files" in msg
+    for spec in fm.FILES.values():
+        assert spec.stem in msg
+    assert str(empty / "FashionMNIST/raw") in msg and "fix:" in msg
 
 
 def test_cifar10_absent_without_download_is_a_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("EDGEKD_DATA", raising=False)
     with pytest.raises(DataError, match="CIFAR-10 not found") as err:
-        build_dataset(DataConfig(dataset="cifar10", root=str(tmp_path / "c"), download=False), 0)
-    assert str(tmp_path / "c" / "cifar-10-batches-py") in str(err.value)
+        build_dataset(DataConfig(dataset="cifar10", download=False), 0)
+    assert str(tmp_path / "home" / ".cache" / "edgekd" / "cifar-10-batches-py") in str(err.value)
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_cifar10_explicit_root_is_used_or_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, download: bool) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(DataError, match="does not exist") as err:
+        build_dataset(DataConfig(dataset="cifar10", root=str(tmp_path / "c"), download=download), 0)
+    assert str(tmp_path / "c" / "cifar-10-batches-py") in str(err.value) and "data_batch_1" in str(err.value)
+    (tmp_path / "c" / "cifar-10-batches-py").mkdir(parents=True)
+    (tmp_path / "c" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"")
+    with pytest.raises(DataError, match="missing data_batch_2.*test_batch"):
+        build_dataset(DataConfig(dataset="cifar10", root=str(tmp_path / "c"), download=download), 0)
+
+
+def test_image_folder_missing_root_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=f"data.root {tmp_path / 'nope'} does not exist"):
+        build_dataset(DataConfig(dataset="image_folder", root=str(tmp_path / "nope"), image_size=16), 0)
 
 
 def test_registry_miss_lists_valid_datasets() -> None:

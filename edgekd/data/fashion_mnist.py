@@ -1,10 +1,13 @@
 """Fashion-MNIST from the four official IDX files (``.gz`` or uncompressed), verified by MD5 (numpy only).
 
-Where the files are looked for, in order: ``data.root``, ``$EDGEKD_DATA``, the Debian package path
-``/usr/share/datasets/fashion-mnist``; in each, the folder itself and the layouts ``fashion-mnist/``
-and ``FashionMNIST/raw/`` (torchvision's). The first folder holding any of the four files is used,
-and all four must then be present and intact: a broken copy is reported, never skipped silently.
-When none is found and ``data.download`` is on, torchvision (imported lazily) downloads them.
+Where the files are looked for: when ``data.root`` is set, there and only there (an explicit folder
+is used or the run fails with a DataError naming it and the expected files; it never falls through
+to another copy or a download). Otherwise, in order: ``$EDGEKD_DATA``, the Debian package path
+``/usr/share/datasets/fashion-mnist``. In each, the folder itself and the layouts ``fashion-mnist/``
+and ``FashionMNIST/raw/`` (torchvision's) are tried. The first folder holding any of the four files
+is used, and all four must then be present and intact: a broken copy is reported, never skipped
+silently. When none is found and ``data.download`` is on, torchvision (imported lazily) downloads
+them into ``$EDGEKD_DATA`` or ``~/.cache/edgekd``.
 """
 from __future__ import annotations
 
@@ -130,9 +133,16 @@ def _file_in(folder: Path, spec: IdxFile) -> Path | None:
     return None
 
 
+def expected_files() -> str:
+    """The four file names, as an error message lists them."""
+    return ", ".join(f"{spec.stem}[.gz]" for spec in FILES.values())
+
+
 def search_roots(cfg: DataConfig) -> list[Path]:
-    """The base folders searched, in order: data.root, $EDGEKD_DATA, the Debian package path."""
-    roots = [Path(cfg.root).expanduser()] if cfg.root else []
+    """The base folders searched: data.root alone when set, else $EDGEKD_DATA, then the Debian package path."""
+    if cfg.root:
+        return [Path(cfg.root).expanduser()]
+    roots = []
     env = os.environ.get("EDGEKD_DATA")
     if env:
         roots.append(Path(env).expanduser())
@@ -151,8 +161,8 @@ def find_folder(roots: list[Path]) -> Path | None:
 
 
 def _download(cfg: DataConfig, searched: list[str]) -> Path:
-    """Fetch the files with torchvision into data.root / $EDGEKD_DATA / ~/.cache/edgekd."""
-    target = Path(cfg.root or os.environ.get("EDGEKD_DATA") or Path.home() / ".cache" / "edgekd").expanduser()
+    """Fetch the files with torchvision into $EDGEKD_DATA / ~/.cache/edgekd (never data.root: see ``locate``)."""
+    target = Path(os.environ.get("EDGEKD_DATA") or Path.home() / ".cache" / "edgekd").expanduser()
     where = "\n    ".join(searched)
     try:
         from torchvision.datasets import FashionMNIST
@@ -172,13 +182,43 @@ def _download(cfg: DataConfig, searched: list[str]) -> Path:
     return target / "FashionMNIST" / "raw"
 
 
+def _searched(roots: list[Path]) -> list[str]:
+    return [str(r / layout) if layout != "." else str(r) for r in roots for layout in LAYOUTS]
+
+
+def locate_explicit(root: Path) -> Path:
+    """The folder under an explicit ``data.root`` that holds the files, or a DataError naming the folder.
+
+    A typo in data.root must not silently train on another copy (or download one): the user asked
+    for this folder, so it is used or the run stops here.
+    """
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise DataError(
+            f"data.root {root} {what}; expected a folder holding the Fashion-MNIST files {expected_files()}",
+            "fix data.root (it is used as given, never replaced by another copy), or remove it to use "
+            "$EDGEKD_DATA or the system copy",
+        )
+    folder = find_folder([root])
+    if folder is None:
+        where = "\n    ".join(_searched([root]))
+        raise DataError(
+            f"data.root {root} holds no Fashion-MNIST files; expected {expected_files()} in one of:\n    {where}",
+            f"put the four official files in {root}, or remove data.root to use $EDGEKD_DATA, the system copy "
+            "or a download (data.download)",
+        )
+    return folder
+
+
 def locate(cfg: DataConfig) -> Path:
     """The folder holding the four files (downloading them if allowed), or a DataError naming where it looked."""
+    if cfg.root:
+        return locate_explicit(Path(cfg.root).expanduser())
     roots = search_roots(cfg)
     folder = find_folder(roots)
     if folder is not None:
         return folder
-    searched = [str(r / layout) if layout != "." else str(r) for r in roots for layout in LAYOUTS]
+    searched = _searched(roots)
     if cfg.download:
         return _download(cfg, searched)
     where = "\n    ".join(searched)

@@ -105,7 +105,9 @@ def image_folder(cfg: DataConfig) -> ReaderResult:
         )
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist", "set data.root to an existing folder")
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise DataError(f"data.root {root} {what}; expected a folder of <class>/<image> (or train/ and test/) files",
+                        "set data.root to an existing image folder")
     if (root / "train").is_dir() and (root / "test").is_dir():
         classes, train_files = list_images(root / "train")
         test_classes, test_files = list_images(root / "test")
