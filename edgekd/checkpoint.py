@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pickle
 import random
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,41 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+# Errors torch.load raises for an unreadable, truncated or foreign file.
+LOAD_ERRORS = (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError)
+_UNPICKLER_DETAIL = re.compile(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\s+Please\b|\n|$)", re.S)
+_UNSAFE_HINT = re.compile(r"weights_only|trusted source|trust the source|safe_globals", re.I)
+
+
+def describe_load_error(e: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, in words safe to show a user.
+
+    torch's own message advises retrying with ``weights_only=False`` (or allow-listing globals),
+    which would unpickle arbitrary code from the file; edgekd never passes that advice on, so only
+    the concrete reason is kept (e.g. the unsupported Python object the file holds).
+    """
+    text = str(e).strip()
+    if isinstance(e, EOFError) or not text:
+        return f"{type(e).__name__}: the file is empty or ends early"
+    if isinstance(e, pickle.UnpicklingError):
+        m = _UNPICKLER_DETAIL.search(text)
+        detail = m.group(1).strip() if m else "unsupported content"
+        if _UNSAFE_HINT.search(detail):
+            detail = "unsupported content"
+        return ("it is not a plain tensor file: it holds Python objects other than tensors, or is not a torch file "
+                f"at all ({detail})")
+    first = text.splitlines()[0]
+    first = first.split(". ")[0] if _UNSAFE_HINT.search(first) is None else "the file is not a valid torch archive"
+    return f"{type(e).__name__}: {first[:200]}"
+
+
+def safe_torch_load(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU, without torch's pickle-protocol warnings (noise for a user)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*pickle protocol.*", category=UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _fix(path: Path) -> str:
     return f"delete {path} to start this stage over, or run without --resume"
 
@@ -75,11 +112,11 @@ def _fix(path: Path) -> str:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; unreadable or foreign files raise CheckpointError."""
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = safe_torch_load(path)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist", "train without --resume first") from None
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError) as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({type(e).__name__}: {str(e)[:200]})",
+    except LOAD_ERRORS as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({describe_load_error(e)})",
                               _fix(path)) from None
     if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION or "model" not in data:
         raise CheckpointError(f"{path} is not an edgekd epoch checkpoint (format {FORMAT_VERSION})", _fix(path))

@@ -1,16 +1,96 @@
 """Command line: argument parsing only; every command calls the public API.
 
-Exit codes: 0 success (and gate passed), 1 gate failed, 2 error (bad input, missing files).
+Exit codes: 0 success (and gate passed), 1 gate failed, 2 error (bad input, missing files),
+3 internal error (a bug). A traceback is printed only with ``--debug``.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable
 
-from .errors import EdgekdError
+from . import __version__
+from .errors import report_error
 
 TRAIN_STAGES = ("teacher", "distill", "qat", "export", "check")
+PROG = "edgekd"
+
+DESCRIPTION = """\
+Distill a large image classifier into a small, robust INT8 ONNX model for edge CPUs, and prove it.
+
+A run trains (or loads) a teacher, distills it into a small student, fine-tunes the student
+with INT8 quantization-aware training, exports fp32 and INT8 ONNX files, measures accuracy,
+robustness, size and latency in onnxruntime, and gates the result against your budgets.
+Everything lands in one run folder (export/<run-name>/) described by its manifest.json."""
+
+EPILOG = """\
+examples:
+  edgekd run                                   the default Fashion-MNIST run (configs/fashion_mnist.yaml)
+  edgekd run -c configs/smoke.yaml --out /tmp/runs
+                                               a two-minute smoke run of the whole chain
+  edgekd run --set distill.temperature=2 --set budgets.max_size_mb=1.5
+                                               override config keys on the command line
+  edgekd export -c configs/smoke.yaml --out /tmp/runs
+                                               run one stage (earlier ones must have finished)
+  edgekd gate export/fashion_mnist --min-accuracy 0.85 --junit gate.xml
+                                               pass/fail a finished run in CI
+  edgekd doctor export/fashion_mnist           why INT8 is (or is not) faster on this CPU
+  edgekd report export/fashion_mnist           render report.md / report.html again
+
+exit codes: 0 success (gate passed), 1 gate failed, 2 bad input or missing/corrupt files,
+3 internal error. Add --debug to any command to see the traceback of an error."""
+
+RUN_EPILOG = """\
+examples:
+  edgekd {cmd} -c configs/smoke.yaml --out /tmp/runs
+  edgekd {cmd} -c configs/smoke.yaml --out /tmp/runs --set data.batch_size=128
+  edgekd {cmd} -c configs/smoke.yaml --out /tmp/runs --resume      continue after an interruption
+
+A stage whose config and inputs are unchanged is skipped (--force re-runs it). A failed stage
+exits 2 and leaves the run's verified files as they were."""
+
+STAGE_HELP = {
+    "teacher": "train (or load) the teacher",
+    "distill": "distill the teacher into the student",
+    "qat": "INT8 quantization-aware fine-tuning with KD",
+    "export": "ONNX export (fp32 + int8 QDQ), onnxsim, parity checks",
+    "check": "onnxruntime accuracy, robustness, size and latency on CPU",
+}
+
+GATE_EPILOG = """\
+examples:
+  edgekd gate export/fashion_mnist                     the budgets the run was configured with
+  edgekd gate export/fashion_mnist --max-size-mb 2 --min-accuracy 0.85
+  edgekd gate export/fashion_mnist --max-latency-ms 3 --latency-batch 1 --latency-threads 1
+  edgekd gate export/fashion_mnist --junit reports/gate.xml --summary reports/gate.md
+
+Every ONNX file is verified against its sha256 first. Exit 0: every budget met; 1: a budget
+missed; 2: an error (missing or corrupt run, unmeasured budget, unwritable --junit/--summary)."""
+
+DOCTOR_EPILOG = """\
+examples:
+  edgekd doctor export/fashion_mnist           the run's INT8 model, timed against its fp32 model
+  edgekd doctor model.int8.onnx                any ONNX file (no timing)"""
+
+REPORT_EPILOG = """\
+examples:
+  edgekd report export/fashion_mnist           rewrites report.md, report.html and plots/
+
+The recorded models are verified against their sha256 first: a changed file is an error (exit 2)."""
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options every subcommand accepts (SUPPRESS keeps a top-level --debug when the subcommand lacks it)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the Python traceback of an error")
+    return p
+
+
+def _sub(sub: argparse._SubParsersAction, name: str, help: str, epilog: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter, parents=[_common()])
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -23,29 +103,27 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``edgekd`` parser: run, one command per stage, gate, doctor and report."""
     from .gate import add_gate_arguments
 
-    parser = argparse.ArgumentParser(prog="edgekd", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("run", help="the whole pipeline: teacher > distill > qat > export > check > gate")
+    p = _sub(sub, "run", "the whole pipeline: teacher > distill > qat > export > check > gate",
+             RUN_EPILOG.format(cmd="run") + "\n  edgekd run -c configs/smoke.yaml --out /tmp/runs --stages export,check")
     _add_run_options(p)
-    p.add_argument("--stages", help="comma-separated subset of stages to run")
-    helps = {
-        "teacher": "train (or load) the teacher",
-        "distill": "distill the teacher into the student",
-        "qat": "INT8 quantization-aware fine-tuning with KD",
-        "export": "ONNX export (fp32 + int8 QDQ), onnxsim, parity checks",
-        "check": "onnxruntime accuracy, robustness, size and latency on CPU",
-    }
+    p.add_argument("--stages", help="comma-separated subset of stages to run, e.g. export,check")
     for name in TRAIN_STAGES:
-        _add_run_options(sub.add_parser(name, help=helps[name]))
-    g = sub.add_parser("gate", help="pass/fail a run against size, accuracy, latency and robustness budgets")
+        _add_run_options(_sub(sub, name, STAGE_HELP[name], RUN_EPILOG.format(cmd=name)))
+    g = _sub(sub, "gate", "pass/fail a run against size, accuracy, latency and robustness budgets", GATE_EPILOG)
     add_gate_arguments(g)
-    d = sub.add_parser("doctor", help="explain why INT8 is (or is not) faster for a run or an ONNX file")
+    d = _sub(sub, "doctor", "explain why INT8 is (or is not) faster for a run or an ONNX file", DOCTOR_EPILOG)
     d.add_argument("target", help="a run folder or an .onnx file")
-    d.add_argument("--provider", default="CPUExecutionProvider")
-    r = sub.add_parser("report", help="render report.md and report.html for a run folder again")
-    r.add_argument("run_dir")
+    d.add_argument("--provider", default="CPUExecutionProvider", help="onnxruntime execution provider")
+    r = _sub(sub, "report", "render report.md and report.html for a run folder again", REPORT_EPILOG)
+    r.add_argument("run_dir", help="a run folder written by 'edgekd run'")
     return parser
 
 
@@ -65,12 +143,13 @@ def _cmd_run(args: argparse.Namespace, stages: list[str] | None) -> int:
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import diagnose, format_diagnosis
-    from .manifest import Manifest
+    from .gate import load_manifest
 
     target = Path(args.target)
     fp32 = None
-    if target.is_dir():
-        m = Manifest.load(target)
+    # a file is an ONNX model; anything else is a run folder (a missing one is named as such)
+    if not target.is_file() and not (target.suffix == ".onnx" and not target.exists()):
+        m = load_manifest(target)
         fp32 = m.artifact("export", "student_fp32")
         target = m.artifact("export", "student_int8")
     print(format_diagnosis(diagnose(target, provider=args.provider, fp32_path=fp32)))
@@ -85,29 +164,34 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "run":
-            stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
-            return _cmd_run(args, stages)
-        if args.command in TRAIN_STAGES:
-            return _cmd_run(args, [args.command])
-        if args.command == "gate":
-            from .gate import gate_command
+def _cmd_gate(args: argparse.Namespace) -> int:
+    from .gate import gate_command
 
-            return gate_command(args)
-        if args.command == "doctor":
-            return _cmd_doctor(args)
-        if args.command == "report":
-            return _cmd_report(args)
-    except EdgekdError as e:
-        print(f"edgekd: error: {e}", file=sys.stderr)
-        return 2
+    return gate_command(args)
+
+
+def _command(args: argparse.Namespace) -> Callable[[], int]:
+    """The function that carries out the parsed command."""
+    if args.command == "run":
+        stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
+        return lambda: _cmd_run(args, stages)
+    if args.command in TRAIN_STAGES:
+        return lambda: _cmd_run(args, [args.command])
+    handler = {"gate": _cmd_gate, "doctor": _cmd_doctor, "report": _cmd_report}[args.command]
+    return lambda: handler(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; user errors print a message and return 2 (see the module doc)."""
+    args = build_parser().parse_args(argv)
+    prog = f"{PROG} {args.command}"
+    try:
+        return _command(args)()
     except KeyboardInterrupt:
-        print("edgekd: interrupted; finished stages are kept, resume with --resume", file=sys.stderr)
+        print(f"{prog}: interrupted; finished stages are kept, resume with --resume", file=sys.stderr)
         return 130
-    return 2
+    except Exception as e:  # printed as a message (exit 2, or 3 for a bug), or re-raised with --debug
+        return report_error(e, prog, args.debug)
 
 
 if __name__ == "__main__":

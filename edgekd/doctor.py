@@ -18,7 +18,7 @@ from typing import Any, Callable
 import onnx
 
 from .environment import cpu_info
-from .errors import ArtifactError, EdgekdError
+from .errors import ArtifactError, report_error
 from .runtime import make_session, measure_latency
 
 # Kernels that compute in int8 (ONNX domain and com.microsoft contrib ops).
@@ -133,6 +133,16 @@ def _float_compute(opt: onnx.ModelProto) -> list[dict[str, str]]:
     return out
 
 
+def _boundary_qdq(model: onnx.ModelProto) -> int:
+    """Q/DQ nodes at the model's boundary: a QuantizeLinear on a graph input, a DequantizeLinear
+    producing a graph output. Every int8 model needs them, so they are not a missed fusion."""
+    inputs = {i.name for i in model.graph.input}
+    outputs = {o.name for o in model.graph.output}
+    return sum(1 for n in model.graph.node
+               if (n.op_type == "QuantizeLinear" and n.input and n.input[0] in inputs)
+               or (n.op_type == "DequantizeLinear" and n.output and n.output[0] in outputs))
+
+
 def _param_count(model: onnx.ModelProto) -> int:
     return sum(_numel(t) for t in model.graph.initializer if len(t.dims) > 1)
 
@@ -160,7 +170,8 @@ def analyze(path: Path, provider: str) -> dict[str, Any]:
         "ops_optimized": dict(ext_ops),
         "ops_runtime": dict(Counter(n.op_type for n in full.graph.node)),
         "qdq": {"original": qdq_before, "remaining": qdq_after,
-                "fused": sum(qdq_before.values()) - sum(qdq_after.values())},
+                "fused": sum(qdq_before.values()) - sum(qdq_after.values()),
+                "boundary": _boundary_qdq(ext)},
         "int8_kernels": {op: c for op, c in ext_ops.items() if op in INT8_KERNELS},
         "compute": {fam: {"total": families_src[fam], "int8": int8_by_family.get(fam, 0),
                           "float": sum(1 for f in float_ops if f["family"] == fam)} for fam in sorted(families_src)},
@@ -213,12 +224,13 @@ def rule_float_elementwise(d: dict[str, Any]) -> Finding | None:
 
 
 def rule_leftover_qdq(d: dict[str, Any]) -> Finding | None:
-    left = sum(d["qdq"]["remaining"].values())
-    n_io = len(d["io"]["inputs"]) + len(d["io"]["outputs"])
-    if not is_quantized(d) or left <= n_io:
+    boundary = d["qdq"].get("boundary", 0)
+    inner = sum(d["qdq"]["remaining"].values()) - boundary  # the boundary ones are needed, not missed fusions
+    if not is_quantized(d) or inner <= 0:
         return None
-    return {"level": "info", "text": f"{left} QuantizeLinear/DequantizeLinear remain after optimization "
-            "(beyond the model's input/output boundary, each is a float<->int8 conversion at run time)."}
+    return {"level": "info", "text": f"{inner} QuantizeLinear/DequantizeLinear remain after optimization beyond "
+            f"the model's input/output boundary (not counting the {boundary} at the boundary); each is a "
+            "float<->int8 conversion at run time."}
 
 
 def rule_weights_stored_float(d: dict[str, Any]) -> Finding | None:
@@ -332,7 +344,8 @@ def format_diagnosis(d: dict[str, Any]) -> str:
     q = d["qdq"]
     lines.append(f"Q/DQ nodes: {q['original']['QuantizeLinear']} Q + {q['original']['DequantizeLinear']} DQ in the file; "
                  f"{q['remaining']['QuantizeLinear']} Q + {q['remaining']['DequantizeLinear']} DQ remain after "
-                 f"optimization ({q['fused']} fused into int8 kernels)")
+                 f"optimization ({q['fused']} fused into int8 kernels, {q.get('boundary', 0)} at the "
+                 "input/output boundary)")
     if d["int8_kernels"]:
         lines.append("int8 kernels: " + ", ".join(f"{op} x{c}" for op, c in sorted(d["int8_kernels"].items())))
     for fam, c in d["compute"].items():
@@ -360,12 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model")
     p.add_argument("--fp32", help="the fp32 model, to compare latency at batch 1 / 1 thread")
     p.add_argument("--provider", default="CPUExecutionProvider")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
     try:
         print(format_diagnosis(diagnose(args.model, provider=args.provider, fp32_path=args.fp32)))
-    except EdgekdError as e:
-        print(f"edgekd doctor: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # printed as a message (exit 2, or 3 for a bug), or re-raised with --debug
+        return report_error(e, "edgekd doctor", args.debug)
     return 0
 
 

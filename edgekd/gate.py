@@ -18,10 +18,12 @@ from xml.etree import ElementTree as ET
 import yaml
 
 from .config import BudgetsConfig, LatencyBudget, budgets_from_dict, load_config, validate_budgets
-from .errors import ArtifactError, ConfigError, EdgekdError
-from .manifest import Manifest
+from .errors import ArtifactError, ConfigError, EdgekdError, from_os_error, report_error, user_error
+from .manifest import MANIFEST_NAME, Manifest
 
 CHECK_FIX = "run the check stage first (edgekd check, or edgekd run)"
+RUN_FOLDER_FIX = "pass a run folder written by 'edgekd run' (export/<run-name>/) or its manifest.json"
+REWRITE_FIX = "re-run the pipeline to rewrite it, or restore the run folder from a copy"
 
 
 @dataclass
@@ -62,6 +64,57 @@ class GateResult:
 # ------------------------------------------------------------------------ inputs
 
 
+def _malformed(manifest: Manifest, what: str) -> ArtifactError:
+    return ArtifactError(f"{manifest.path} is malformed: {what}", REWRITE_FIX)
+
+
+def check_manifest_shape(manifest: Manifest) -> None:
+    """Raise ArtifactError when the manifest's structure is not what edgekd writes.
+
+    A hand-edited or foreign manifest would otherwise surface as a KeyError or AttributeError
+    deep in the gate, the doctor or the report.
+    """
+    data = manifest.data
+    if not isinstance(data.get("stages"), dict):
+        raise _malformed(manifest, f"'stages' is a {type(data.get('stages')).__name__}, not a mapping of stage names")
+    if data.get("config") is not None and not isinstance(data["config"], dict):
+        raise _malformed(manifest, "'config' is not a mapping")
+    for name, entry in data["stages"].items():
+        if not isinstance(entry, dict):
+            raise _malformed(manifest, f"stage '{name}' is a {type(entry).__name__}, not a mapping")
+        for key in ("artifacts", "metrics"):
+            if not isinstance(entry.get(key, {}), dict):
+                raise _malformed(manifest, f"stages.{name}.{key} is not a mapping")
+        for key, rec in entry.get("artifacts", {}).items():
+            if not isinstance(rec, dict) or not isinstance(rec.get("path"), str) or not isinstance(rec.get("sha256"), str):
+                raise _malformed(manifest, f"artifact stages.{name}.artifacts.{key} needs a 'path' and a 'sha256'")
+    models = (data["stages"].get("check") or {}).get("metrics", {}).get("models", {})
+    if not isinstance(models, dict) or not all(isinstance(m, dict) for m in models.values()):
+        raise _malformed(manifest, "stages.check.metrics.models is not a mapping of model name -> metrics")
+
+
+def load_manifest(run_dir: str | Path) -> Manifest:
+    """Read a run's manifest for the deployment commands: a missing folder, a folder without a
+    manifest and a malformed manifest each get their own error, naming the path."""
+    p = Path(run_dir)
+    if not p.exists():
+        raise ArtifactError(f"run folder {p} does not exist", RUN_FOLDER_FIX)
+    if p.is_file() and p.name != MANIFEST_NAME:
+        raise ArtifactError(f"{p} is a file, not a run folder", RUN_FOLDER_FIX)
+    manifest = Manifest.load(p)
+    check_manifest_shape(manifest)
+    return manifest
+
+
+def measured(m: Mapping[str, Any], key: str, model: str) -> float:
+    """A number from a model's check metrics; missing or non-numeric is an ArtifactError, not a KeyError."""
+    v = m.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ArtifactError(f"the check metrics of '{model}' have no numeric '{key}' (found {v!r})",
+                            "re-run the check stage (edgekd check --force) to measure it again")
+    return float(v)
+
+
 def load_run_budgets(manifest: Manifest) -> BudgetsConfig:
     """The budgets the run was configured with: manifest["config"]["budgets"], else config.yaml's."""
     section = (manifest.data.get("config") or {}).get("budgets")
@@ -69,9 +122,12 @@ def load_run_budgets(manifest: Manifest) -> BudgetsConfig:
         cfg_file = manifest.run_dir / "config.yaml"
         if cfg_file.is_file():
             try:
-                section = (yaml.safe_load(cfg_file.read_text()) or {}).get("budgets")
+                loaded = yaml.safe_load(cfg_file.read_text()) or {}
             except yaml.YAMLError as e:
                 raise ConfigError(f"{cfg_file} is not valid YAML: {e}", "re-run the pipeline to rewrite it") from None
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{cfg_file} is not a mapping of config sections", "re-run the pipeline to rewrite it")
+            section = loaded.get("budgets")
     return budgets_from_dict(section)
 
 
@@ -126,7 +182,7 @@ def _load_baseline(path: str | Path, run_dir: Path) -> tuple[Manifest, dict[str,
         p = run_dir / p
     if not p.exists():
         raise ArtifactError(f"baseline {p} does not exist", "pass a baseline run folder or its manifest.json")
-    base = Manifest.load(p)
+    base = load_manifest(p)
     metrics = base.metrics("check")
     if not metrics.get("models"):
         raise ArtifactError(f"baseline {base.path} has no check metrics", "pass a baseline run that finished its check")
@@ -146,13 +202,18 @@ def _at_least(name: str, limit: float, measured: float, detail: str) -> Row:
 
 def _latency_row(metrics: Mapping[str, Any], lb: LatencyBudget) -> Row:
     m = model_metrics(metrics, lb.model, "the run")
-    for r in m.get("latency", []):
-        if r["batch"] == lb.batch and r["threads"] == lb.threads:
-            return _at_most(f"max_latency_ms[{lb.model} b{lb.batch} t{lb.threads}]", lb.value_ms, r["median_ms"],
+    records = m.get("latency") or []
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ArtifactError(f"the latency metrics of '{lb.model}' are not a list of records",
+                            "re-run the check stage (edgekd check --force)")
+    for r in records:
+        if r.get("batch") == lb.batch and r.get("threads") == lb.threads:
+            return _at_most(f"max_latency_ms[{lb.model} b{lb.batch} t{lb.threads}]", lb.value_ms,
+                            measured(r, "median_ms", lb.model),
                             f"median of {r.get('runs', '?')} runs, batch {lb.batch}, threads {lb.threads}")
-    measured = ", ".join(f"b{r['batch']} t{r['threads']}" for r in m.get("latency", [])) or "none"
+    found = ", ".join(f"b{r.get('batch')} t{r.get('threads')}" for r in records) or "none"
     raise ConfigError(f"latency budget is at batch {lb.batch}, threads {lb.threads}, which the run did not measure "
-                      f"for '{lb.model}' (measured: {measured})",
+                      f"for '{lb.model}' (measured: {found})",
                       "set budgets.max_latency_ms.batch/threads to a measured setting, or add it to check.latency")
 
 
@@ -182,11 +243,12 @@ def evaluate_budgets(metrics: Mapping[str, Any], b: BudgetsConfig, run_dir: Path
     rows: list[Row] = []
     if b.max_size_mb is not None:
         m = model_metrics(metrics, b.model, "the run")
-        rows.append(_at_most(f"max_size_mb[{b.model}]", b.max_size_mb, m["size_mb"],
-                             f"{m.get('file', '?')}, {m['size_bytes']} bytes"))
+        rows.append(_at_most(f"max_size_mb[{b.model}]", b.max_size_mb, measured(m, "size_mb", b.model),
+                             f"{m.get('file', '?')}, {m.get('size_bytes', '?')} bytes"))
     if b.min_accuracy is not None:
         m = model_metrics(metrics, b.model, "the run")
-        rows.append(_at_least(f"min_accuracy[{b.model}]", b.min_accuracy, m["accuracy"], "top-1 on the test set"))
+        rows.append(_at_least(f"min_accuracy[{b.model}]", b.min_accuracy, measured(m, "accuracy", b.model),
+                              "top-1 on the test set"))
     if b.max_latency_ms is not None:
         rows.append(_latency_row(metrics, b.max_latency_ms))
     if b.max_accuracy_drop is not None:
@@ -194,8 +256,8 @@ def evaluate_budgets(metrics: Mapping[str, Any], b: BudgetsConfig, run_dir: Path
             raise ConfigError("budgets.max_accuracy_drop is set but no baseline run is given",
                               "set budgets.baseline (or --baseline) to a run folder or its manifest.json")
         base, base_metrics = _load_baseline(b.baseline, run_dir)
-        base_acc = model_metrics(base_metrics, b.model, f"baseline {base.path}")["accuracy"]
-        acc = model_metrics(metrics, b.model, "the run")["accuracy"]
+        base_acc = measured(model_metrics(base_metrics, b.model, f"baseline {base.path}"), "accuracy", b.model)
+        acc = measured(model_metrics(metrics, b.model, "the run"), "accuracy", b.model)
         rows.append(_at_most(f"max_accuracy_drop[{b.model}]", b.max_accuracy_drop, base_acc - acc,
                              f"baseline {base_acc:.4f} ({base.run_dir}) -> {acc:.4f}"))
     if b.min_corruption_accuracy is not None:
@@ -205,7 +267,7 @@ def evaluate_budgets(metrics: Mapping[str, Any], b: BudgetsConfig, run_dir: Path
             raise ArtifactError(f"the run has no corruption accuracy for '{b.model}'",
                                 "enable check.robustness and re-run the check stage")
         rows.append(_at_least(f"min_corruption_accuracy[{b.model}]", b.min_corruption_accuracy,
-                              corr["mean_accuracy"], "mean over corruptions and severities"))
+                              measured(corr, "mean_accuracy", b.model), "mean over corruptions and severities"))
     if b.min_adversarial_accuracy is not None:
         rows.append(_adversarial_row(model_metrics(metrics, b.model, "the run"), b))
     return rows
@@ -225,7 +287,7 @@ def gate(run_dir: str | Path, budgets: BudgetsConfig | None = None,
     (BudgetsConfig field -> value, None meaning "keep") replace single fields, as the CLI flags do.
     Raises EdgekdError subclasses for errors; a missed budget is a failed Row, not an exception.
     """
-    manifest = Manifest.load(run_dir)
+    manifest = load_manifest(run_dir)
     b = apply_overrides(budgets if budgets is not None else load_run_budgets(manifest), overrides)
     files = verify_artifacts(manifest)  # on CPU: always available, even where the check used another provider
     notes = [f"verified {len(files)} artifact(s): {', '.join(p.name for p in files)}"]
@@ -332,34 +394,59 @@ def _flag_overrides(args: argparse.Namespace, base: BudgetsConfig) -> dict[str, 
     return over
 
 
+def _write(what: str, path: str | Path, write: Any) -> None:
+    """Run ``write()``; an OSError becomes an error naming ``what`` and the path (e.g. an unwritable --junit)."""
+    try:
+        write()
+    except OSError as e:
+        raise from_os_error(e, f"write {what}", str(path)) from e
+
+
 def _emit(args: argparse.Namespace, result: GateResult | None, error: EdgekdError | None) -> None:
+    """Write the --junit, --summary and $GITHUB_STEP_SUMMARY outputs; raises InputError when one is unwritable."""
     if args.junit:
-        write_junit(args.junit, result, error)
+        _write("the JUnit report", args.junit, lambda: write_junit(args.junit, result, error))
     if result is None:
         return
     text = markdown_summary(result, args.run_dir)
     if args.summary:
-        Path(args.summary).write_text(text)
+        _write("the summary", args.summary, lambda: Path(args.summary).write_text(text))
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:
-        with open(step_summary, "a", encoding="utf-8") as fh:
-            fh.write(text)
+        def append() -> None:
+            with open(step_summary, "a", encoding="utf-8") as fh:
+                fh.write(text)
+        _write("$GITHUB_STEP_SUMMARY", step_summary, append)
+
+
+def _judge(args: argparse.Namespace) -> GateResult:
+    """The gate over the budgets of --config (else the run's own) with the flags applied."""
+    if args.config:
+        base = load_config(args.config, registries=False).budgets  # the gate needs the budgets only
+    else:
+        base = load_run_budgets(load_manifest(args.run_dir))
+    return gate(args.run_dir, base, _flag_overrides(args, base))
 
 
 def gate_command(args: argparse.Namespace) -> int:
-    """Run the gate for parsed ``add_gate_arguments`` args; print the table; return 0, 1 or 2."""
+    """Run the gate for parsed ``add_gate_arguments`` args; print the table; return 0, 1 or 2.
+
+    The --junit/--summary files are written before anything is printed, so a failed write never
+    follows a printed verdict; an error is written into the JUnit file too, so CI shows it.
+    An unwritable output raises InputError (the CLI turns it into exit 2).
+    """
     try:
-        if args.config:
-            base = load_config(args.config, registries=False).budgets  # the gate needs the budgets only
-        else:
-            base = load_run_budgets(Manifest.load(args.run_dir))
-        result = gate(args.run_dir, base, _flag_overrides(args, base))
-    except EdgekdError as e:
-        print(f"edgekd gate: error: {e}", file=sys.stderr)
-        _emit(args, None, e)
+        result = _judge(args)
+    except (EdgekdError, OSError, ValueError) as e:  # bad input; anything else is a bug and propagates
+        if getattr(args, "debug", False):
+            raise
+        err = user_error(e)
+        assert err is not None  # user_error maps each of the caught types
+        print(f"edgekd gate: error: {err}", file=sys.stderr)
+        _emit(args, None, err)
         return 2
-    print(format_table(result))
     _emit(args, result, None)
+    print(format_table(result))
     return 0 if result.passed else 1
 
 
@@ -367,7 +454,12 @@ def main_gate(argv: Sequence[str] | None = None) -> int:
     """``python -m edgekd.gate RUN_DIR [budget flags]`` without the rest of the CLI."""
     parser = argparse.ArgumentParser(prog="edgekd gate", description=__doc__.splitlines()[0])
     add_gate_arguments(parser)
-    return gate_command(parser.parse_args(argv))
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    args = parser.parse_args(argv)
+    try:
+        return gate_command(args)
+    except Exception as e:  # printed (exit 2 or 3), or re-raised with --debug; never silently dropped
+        return report_error(e, "edgekd gate", args.debug)
 
 
 if __name__ == "__main__":

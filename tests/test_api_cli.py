@@ -79,3 +79,46 @@ def test_fingerprints_follow_config_sections(tmp_path: Path) -> None:
     assert before != fingerprint(b, STAGES["distill"], m)[0]
     m.data["stages"]["teacher"]["artifacts"]["weights"]["sha256"] = "bb"  # a new teacher re-runs distill
     assert fingerprint(a, STAGES["distill"], m)[0] != before
+
+
+def _edgekd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgekd", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_help_is_written_for_users_with_examples() -> None:
+    top = _edgekd("--help")
+    assert top.returncode == 0 and "examples:" in top.stdout and "exit codes:" in top.stdout
+    assert "argument parsing only" not in top.stdout  # the developer docstring it used to show
+    for cmd in ("run", "teacher", "distill", "qat", "export", "check", "gate", "doctor", "report"):
+        sub = _edgekd(cmd, "--help")
+        assert sub.returncode == 0 and "examples:" in sub.stdout and "--debug" in sub.stdout, cmd
+
+
+def test_version() -> None:
+    proc = _edgekd("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"edgekd {edgekd.__version__}"
+
+
+def test_debug_shows_the_traceback_only_when_asked(tmp_path: Path) -> None:
+    plain = _edgekd("gate", str(tmp_path / "nowhere"))
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr and "does not exist" in plain.stderr
+    for args in (["--debug", "gate", str(tmp_path / "nowhere")], ["gate", str(tmp_path / "nowhere"), "--debug"]):
+        debug = _edgekd(*args)
+        assert debug.returncode != 0 and "Traceback" in debug.stderr and "ArtifactError" in debug.stderr, args
+
+
+def test_an_internal_error_is_exit_3_with_a_hint(monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A bug is not a user error (2) nor a failed gate (1): exit 3, one line, and how to get the traceback."""
+    from edgekd import cli, report
+
+    def broken(run_dir: str) -> None:
+        raise TypeError("unexpected None")
+
+    monkeypatch.setattr(report, "render_report", broken)
+    assert cli.main(["report", "somewhere"]) == 3
+    err = capsys.readouterr().err
+    assert "internal error: TypeError: unexpected None" in err and "--debug" in err
+    with pytest.raises(TypeError):
+        cli.main(["--debug", "report", "somewhere"])

@@ -155,3 +155,63 @@ def test_float_stored_weights_are_flagged(tmp_path):
     assert d["types"]["weights"] == {"int8": 1} and d["types"]["weight_granularity"] == {"per-channel": 1}
     assert d["types"]["activations"] == {"uint8": 1}
     assert any("stored as float32" in f["text"] for f in d["findings"])
+
+
+def _qdq_graph(path: Path, middle: str | None, input_type: int = onnx.TensorProto.FLOAT) -> Path:
+    """Q -> DQ -> Conv(int8 weight) -> Q -> DQ [-> middle op -> Q -> DQ]: a model whose first Q and last DQ
+    sit at the input/output boundary; ``middle`` (a float-only op) leaves one inner Q/DQ pair unfused."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.integers(-20, 20, (4, 1, 3, 3)).astype(np.int8), "w"),
+             numpy_helper.from_array(np.array(0.01, np.float32), "w_scale"),
+             numpy_helper.from_array(np.array(0, np.int8), "w_zp"),
+             numpy_helper.from_array(np.array(1 / 255, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.uint8), "zp")]
+    if input_type == TensorProto.UINT8:  # raw pixels: the model starts at DequantizeLinear
+        nodes = [helper.make_node("DequantizeLinear", ["pixels", "s", "zp"], ["xd"], name="xd")]
+    else:
+        nodes = [helper.make_node("QuantizeLinear", ["pixels", "s", "zp"], ["xq"], name="xq"),
+                 helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"], name="xd")]
+    nodes += [helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zp"], ["wd"], name="wd"),
+              helper.make_node("Conv", ["xd", "wd"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+              helper.make_node("QuantizeLinear", ["y", "s", "zp"], ["yq"], name="yq"),
+              helper.make_node("DequantizeLinear", ["yq", "s", "zp"], ["yd"], name="yd")]
+    last = "yd"
+    if middle:
+        nodes += [helper.make_node(middle, ["yd"], ["e"], name="middle"),
+                  helper.make_node("QuantizeLinear", ["e", "s", "zp"], ["eq"], name="eq"),
+                  helper.make_node("DequantizeLinear", ["eq", "s", "zp"], ["ed"], name="ed")]
+        last = "ed"
+    nodes.append(helper.make_node("Identity", [last], ["out"], name="out"))
+    graph = helper.make_graph(nodes, "boundary", [helper.make_tensor_value_info("pixels", input_type, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_boundary_qdq_are_not_counted_as_leftovers(tmp_path):
+    """Only the input Q and the output DQ remain: no 'beyond the boundary' finding."""
+    d = doctor.diagnose(_qdq_graph(tmp_path / "clean.onnx", None))
+    remaining = sum(d["qdq"]["remaining"].values())
+    assert remaining == d["qdq"]["boundary"] == 2
+    assert not any("beyond" in f["text"] for f in d["findings"])
+
+
+def test_inner_qdq_are_counted_without_the_boundary_ones(tmp_path):
+    """A float-only op (Erf) keeps one DQ before and one Q after it: 2 beyond the boundary, not 4."""
+    d = doctor.diagnose(_qdq_graph(tmp_path / "erf.onnx", "Erf"))
+    inner = sum(d["qdq"]["remaining"].values()) - d["qdq"]["boundary"]
+    assert d["qdq"]["boundary"] == 2 and inner == 2
+    finding = next(f["text"] for f in d["findings"] if "beyond" in f["text"])
+    assert finding.startswith("2 QuantizeLinear/DequantizeLinear remain") and "the 2 at the boundary" in finding
+
+
+def test_uint8_input_model_is_timed_not_a_traceback(tmp_path):
+    """A model that takes raw uint8 pixels gets a uint8 timing input (it used to crash in onnxruntime)."""
+    path = _qdq_graph(tmp_path / "u8.onnx", None, onnx.TensorProto.UINT8)
+    d = doctor.diagnose(path, fp32_path=path)
+    assert d["latency"]["int8_ms"] > 0
+    proc = subprocess.run([sys.executable, "-m", "edgekd.doctor", str(path), "--fp32", str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr

@@ -154,12 +154,39 @@ def test_truncated_onnx_file_is_an_error(run: Path, capsys: pytest.CaptureFixtur
     assert main_gate([str(run)]) == 2
 
 
-def test_missing_or_corrupt_manifest_is_an_error(run: Path, tmp_path: Path) -> None:
+def test_missing_or_corrupt_manifest_is_an_error(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main_gate([str(tmp_path / "no-such-run")]) == 2
+    assert "run folder" in capsys.readouterr().err  # the folder is missing, not just its manifest
     (run / "manifest.json").write_text('{"stages": {"export": ')
     assert main_gate([str(run)]) == 2
     (run / "manifest.json").unlink()
     assert main_gate([str(run)]) == 2
+
+
+def _edit_manifest(run: Path, edit: Any) -> None:
+    data = json.loads((run / "manifest.json").read_text())
+    edit(data)
+    (run / "manifest.json").write_text(json.dumps(data))
+
+
+def test_malformed_manifest_is_named_not_a_traceback(run: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """'stages' as a list used to raise AttributeError; a missing size_mb a KeyError, with no JUnit file."""
+    _edit_manifest(run, lambda d: d["stages"]["check"]["metrics"]["models"]["student_int8"].pop("size_mb"))
+    junit = tmp_path / "gate.xml"
+    assert main_gate([str(run), "--max-size-mb", "5", "--junit", str(junit)]) == 2
+    assert "'size_mb'" in capsys.readouterr().err
+    assert "size_mb" in ET.parse(junit).getroot().find("testcase/error").get("message")
+    _edit_manifest(run, lambda d: d.update(stages=list(d["stages"])))
+    assert main_gate([str(run)]) == 2
+    assert "'stages' is a list" in capsys.readouterr().err
+
+
+def test_unwritable_junit_is_an_error_before_any_verdict(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The JUnit file is written before the verdict is printed: no 'gate: PASS' followed by a crash."""
+    assert main_gate([str(run), "--junit", str(run / "manifest.json" / "gate.xml")]) == 2
+    out, err = capsys.readouterr()
+    assert "gate: PASS" not in out and "JUnit" in err and "gate.xml" in err
 
 
 def test_budget_on_unmeasured_setting_is_an_error(run: Path) -> None:

@@ -162,10 +162,27 @@ def test_html_escapes_manifest_text(run_dir):
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
 
-def test_doctor_failure_is_shown_not_hidden(run_dir):
-    (run_dir / "model.int8.onnx").write_bytes(b"changed after export")
+def test_doctor_failure_is_shown_not_hidden(run_dir, monkeypatch):
+    from edgekd import doctor
+
+    def fail(*args, **kwargs):
+        raise ArtifactError("onnxruntime cannot load the model", "re-export it")
+
+    monkeypatch.setattr(doctor, "diagnose", fail)
     md = render_report(run_dir)[0].read_text()
-    assert "The doctor failed" in md and "ArtifactError" in md and "sha256" in md
+    assert "The doctor failed" in md and "ArtifactError" in md and "cannot load" in md
+
+
+def test_changed_int8_file_is_an_error_and_writes_nothing(run_dir):
+    """A report about a file that no longer matches its sha256 would describe an unshippable model."""
+    md_before = render_report(run_dir)[0].read_bytes()
+    (run_dir / "model.int8.onnx").write_bytes(b"changed after export")
+    with pytest.raises(ArtifactError, match="sha256"):
+        render_report(run_dir)
+    assert (run_dir / "report.md").read_bytes() == md_before
+    proc = subprocess.run([sys.executable, "-m", "edgekd", "report", str(run_dir)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "sha256" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_missing_sections_are_omitted_with_a_note(run_dir):
@@ -204,7 +221,7 @@ def test_module_main_renders(run_dir):
     assert (run_dir / "report.md").is_file() and "report.html" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "edgekd.report", str(run_dir / "nowhere")], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "manifest.json" in bad.stderr
+    assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_report_and_doctor_never_import_torch(run_dir):

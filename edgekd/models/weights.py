@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..checkpoint import LOAD_ERRORS, describe_load_error, safe_torch_load
 from ..errors import CheckpointError, ConfigError
 
 _SHOW = 5  # keys listed per category in an error message
@@ -31,14 +32,14 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if not p.is_file():
         raise CheckpointError(f"weights file not found: {p}", "check the path, or run the stage that writes it")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        first_line = str(e).splitlines()[0] if str(e) else "empty file"
+        obj = safe_torch_load(p)
+    except LOAD_ERRORS as e:
+        # from None: the chained torch error would print its advice to load unsafely (see describe_load_error)
         raise CheckpointError(
-            f"weights file {p} is unreadable or corrupt ({type(e).__name__}: {first_line})",
-            "re-create it (re-run the stage that wrote it) or point to an intact copy; files must hold a plain "
-            "state_dict saved with torch.save, loadable with weights_only=True",
-        ) from e
+            f"weights file {p} is unreadable or corrupt ({describe_load_error(e)})",
+            "re-create it (re-run the stage that wrote it) or point to an intact copy; edgekd reads only plain "
+            "tensor files: save them with torch.save(model.state_dict(), path)",
+        ) from None
     meta: dict[str, Any] = {}
     state: Any = obj
     if isinstance(obj, Mapping):
@@ -121,10 +122,10 @@ def _fetch(weights: Any) -> dict[str, torch.Tensor]:
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:  # URLError is an OSError
         target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         raise CheckpointError(
-            f"could not load torchvision weights {weights} ({type(e).__name__}: {e}); no network access?",
+            f"could not load torchvision weights {weights} ({describe_load_error(e)}); no network access?",
             f"download {weights.url} elsewhere and put it at {target} (the torch hub cache; set $TORCH_HOME to move it), "
             "or set weights to a local file or null",
-        ) from e
+        ) from None  # the chained torch error would advise loading unsafely
 
 
 def load_torchvision_weights(net: nn.Module, arch: str, name: str) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..gate import load_manifest
 from ..io import atomic_write_text
 from ..manifest import Manifest
 from .doc import Document, Paragraph, Section
@@ -17,7 +18,18 @@ from .render_html import render_html
 from .render_md import render_md
 from .run_sections import environment_section, gate_section, stages_section, student_section, robustness_section
 
-__all__ = ["build_document", "render_report"]
+__all__ = ["build_document", "render_report", "verify_models"]
+
+
+def verify_models(manifest: Manifest) -> None:
+    """Every exported file exists and matches its recorded sha256, else ArtifactError.
+
+    A report about files that changed after the run measured them would describe models nobody
+    can ship, so a changed file is an error rather than a note in the report.
+    """
+    export = manifest.stage("export") or {}
+    for key in export.get("artifacts", {}):
+        manifest.artifact("export", key, verify=True)
 
 
 def _run_section(data: dict[str, Any]) -> Section:
@@ -28,7 +40,8 @@ def _run_section(data: dict[str, Any]) -> Section:
 
 def build_document(run_dir: str | Path) -> Document:
     """Read the run's manifest, draw the plots, and assemble the report's sections."""
-    manifest = Manifest.load(run_dir)  # ArtifactError when the manifest is missing or corrupt
+    manifest = load_manifest(run_dir)  # ArtifactError when the folder or manifest is missing or malformed
+    verify_models(manifest)
     data = manifest.data
     check = (data["stages"].get("check") or {}).get("metrics") or {}
     sections = [_run_section(data)]

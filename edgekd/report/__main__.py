@@ -1,23 +1,29 @@
-"""``python -m edgekd.report RUN_DIR``: render the run's report again."""
+"""``python -m edgekd.report RUN_DIR [--debug]``: render the run's report again."""
 from __future__ import annotations
 
 import sys
 
-from ..errors import EdgekdError
+from ..errors import report_error
 from . import render_report
+
+USAGE = "usage: python -m edgekd.report RUN_DIR [--debug]"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Render the report of the run folder given as the only argument; exit 2 on a user error."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or args[0] in ("-h", "--help"):
-        print("usage: python -m edgekd.report RUN_DIR", file=sys.stderr)
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    if args in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
+    if len(args) != 1:
+        print(USAGE, file=sys.stderr)
         return 2
     try:
         md, html = render_report(args[0])
-    except EdgekdError as e:
-        print(f"edgekd report: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # printed as a message (exit 2, or 3 for a bug), or re-raised with --debug
+        return report_error(e, "edgekd report", debug)
     print(f"report: {md}\nreport: {html}")
     return 0
 

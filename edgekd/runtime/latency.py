@@ -6,8 +6,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
-from .session import PathLike, make_session
+from ..errors import ArtifactError, ConfigError
+from .session import _ORT_LOAD_ERRORS, PathLike, make_session
+
+# onnxruntime's input type names -> numpy dtypes a timing input can be made of
+_INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+                 "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 
 
 def input_shape_of(session: Any) -> tuple[int, ...]:
@@ -18,9 +22,30 @@ def input_shape_of(session: Any) -> tuple[int, ...]:
     return tuple(dims)
 
 
-def fixed_input(batch: int, input_shape: Sequence[int], seed: int = 0) -> np.ndarray:
-    """Seeded uniform [0, 1] float32 images: the same tensor for every model and every run."""
-    return np.random.default_rng(seed).random((batch, *input_shape), dtype=np.float32)
+def fixed_input(batch: int, input_shape: Sequence[int], seed: int = 0, dtype: Any = np.float32) -> np.ndarray:
+    """Seeded images, the same tensor for every model and every run: uniform [0, 1] floats, or the
+    full range of an 8-bit integer type (a model that takes raw uint8 pixels)."""
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return rng.random((batch, *input_shape), dtype=np.float32).astype(dtype, copy=False)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, size=(batch, *input_shape), endpoint=True, dtype=dtype)
+
+
+def fixed_feed(session: Any, batch: int, input_shape: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """The session's first input fed with :func:`fixed_input` of the type the model declares.
+
+    A model whose input is neither float nor 8-bit integer cannot be timed on images: ArtifactError.
+    """
+    first = session.get_inputs()[0]
+    dtype = _INPUT_DTYPES.get(first.type)
+    if dtype is None:
+        raise ArtifactError(f"the model's input '{first.name}' is {first.type}; edgekd times models whose image "
+                            f"input is one of {', '.join(_INPUT_DTYPES)}",
+                            "export the model with a float32 (or uint8) image input")
+    shape = tuple(input_shape) if input_shape is not None else input_shape_of(session)
+    return {first.name: fixed_input(batch, shape, dtype=dtype)}
 
 
 def summarize_ms(times_ms: Sequence[float]) -> dict[str, float]:
@@ -33,6 +58,18 @@ def summarize_ms(times_ms: Sequence[float]) -> dict[str, float]:
         "mean_ms": float(t.mean()),
         "min_ms": float(t.min()),
     }
+
+
+def _timed_runs(sess: Any, out_names: list[str], feed: dict[str, np.ndarray], warmup: int, runs: int) -> list[float]:
+    """Wall times (ms) of ``runs`` calls after ``warmup`` untimed ones; only ``session.run`` is timed."""
+    for _ in range(warmup):
+        sess.run(out_names, feed)
+    times: list[float] = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(out_names, feed)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return times
 
 
 def measure_latency(
@@ -54,14 +91,12 @@ def measure_latency(
         raise ConfigError(f"latency needs batch >= 1, runs >= 1, warmup >= 0; got {batch}, {runs}, {warmup}",
                           "fix check.latency in the config")
     sess = make_session(path, provider=provider, threads=threads)
-    shape = tuple(input_shape) if input_shape is not None else input_shape_of(sess)
-    feed = {sess.get_inputs()[0].name: fixed_input(batch, shape)}
+    feed = fixed_feed(sess, batch, input_shape)
     out_names = [sess.get_outputs()[0].name]
-    for _ in range(warmup):
-        sess.run(out_names, feed)
-    times: list[float] = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(out_names, feed)
-        times.append((time.perf_counter() - t0) * 1000.0)
+    try:
+        times = _timed_runs(sess, out_names, feed, warmup, runs)
+    except _ORT_LOAD_ERRORS as e:  # the model loads but cannot run: name it instead of an onnxruntime traceback
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"onnxruntime cannot run {path} on a batch of {batch}: {first}",
+                            "check that the model takes one NCHW image batch, or re-export it") from e
     return {"batch": batch, "threads": threads, **summarize_ms(times), "runs": runs}

@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from .latency import fixed_input, input_shape_of
+from .latency import fixed_feed
 from .session import PathLike, make_session
 
 
@@ -53,8 +53,7 @@ def profile_top_ops(
     with tempfile.TemporaryDirectory(prefix="edgekd-profile-") as tmp:
         sess = make_session(path, provider=provider, threads=threads, profile=True,
                             profile_prefix=Path(tmp) / "ort_profile")
-        shape = tuple(input_shape) if input_shape is not None else input_shape_of(sess)
-        feed = {sess.get_inputs()[0].name: fixed_input(batch, shape)}
+        feed = fixed_feed(sess, batch, input_shape)
         for _ in range(runs + 1):
             sess.run(None, feed)
         events = _read_events(sess.end_profiling())
