@@ -5,6 +5,7 @@ has to unpickle an arbitrary object. RNG states are stored as tensors/lists for 
 """
 from __future__ import annotations
 
+import io
 import pickle
 import random
 import re
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError
-from .io import atomic_path
+from .io import atomic_write_bytes
 
 FORMAT_VERSION = 1
 
@@ -62,11 +63,24 @@ def restore_rng(state: dict[str, Any]) -> None:
 # ------------------------------------------------------------------ save / load
 
 
+def torch_bytes(obj: Any) -> bytes:
+    """``torch.save(obj)`` into memory.
+
+    Saving to a file name embeds that name (the zip archive's record prefix) in the bytes, so a
+    temp file's random name made equal weights hash differently on every run; an in-memory buffer
+    always uses the same prefix, so equal tensors give equal bytes and equal sha256.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` to ``path`` atomically: a crash leaves the previous file (or none), never half of one."""
     payload = {"format_version": FORMAT_VERSION, **payload}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # fault point for the kill tests: the work folder is named after the stage (stages/<stage>/)
+    fault = f"{Path(path).parent.name}:checkpoint-write:{payload.get('epoch')}"
+    atomic_write_bytes(path, torch_bytes(payload), fault=fault)
     return path
 
 

@@ -34,6 +34,7 @@ from .distributed import (
     wrap_ddp,
 )
 from .errors import CheckpointError, ConfigError, EdgekdError
+from .faults import fault_point
 from .io import append_jsonl, atomic_write_text
 from .optim import build_optimizer, build_schedule
 
@@ -302,6 +303,7 @@ def _train_epoch(model, step_fn, loader, optimizer, schedule, scaler, precision,
                 acc_seen += n
             seen += n
             state.global_step += 1
+            fault_point(f"{desc}:step:{state.global_step}")  # test hook (edgekd.faults): no-op unless set
             if (i + 1) % max(1, cfg.log_every) == 0 or i + 1 == steps:
                 _check_finite(bad, i + 1, scaler, desc, epoch)
                 if bar is not None:

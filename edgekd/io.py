@@ -10,9 +10,53 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it where /proc allows; else set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass  # not Linux, or no /proc: fall back to the classic set-and-restore
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file: 0o666 minus the umask.
+
+    ``tempfile.mkstemp`` creates 0600 files; renaming one over an artifact would make the run
+    folder unreadable to the group/others that the user's umask allows.
+    """
+    return 0o666 & ~current_umask()
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync a folder so a rename in it survives a power cut (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # e.g. Windows: folders cannot be opened; the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the rename itself already happened
+    finally:
+        os.close(fd)
+
+
+def replace_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """``os.replace(src, dst)`` (atomic on one file system), creating ``dst``'s folder first."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dst)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success it is fsynced and renamed over ``path``.
+    """Yield a temp path beside ``path``; on success it is fsynced, given the umask's mode and renamed over ``path``.
 
     On any exception the temp file is removed and ``path`` is left as it was.
     """
@@ -25,15 +69,26 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, final)
+        fsync_dir(final.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, fault: str | None = None) -> Path:
+    """Write ``data`` to ``path`` atomically. ``fault`` names a test fault point hit mid-write (see edgekd.faults)."""
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as fh:
+            half = len(data) // 2
+            fh.write(data[:half])
+            if fault:
+                from .faults import fault_point
+
+                fh.flush()
+                fault_point(fault)  # the temp file holds half the bytes; the final name is untouched
+            fh.write(data[half:])
     return Path(path)
 
 

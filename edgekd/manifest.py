@@ -35,6 +35,7 @@ class Manifest:
         if run_dir.is_file() and run_dir.name.endswith(".json"):
             run_dir = run_dir.parent
         path = run_dir / MANIFEST_NAME
+        _finish_pending_commit(run_dir)
         if not path.exists():
             if must_exist:
                 raise ArtifactError(
@@ -59,17 +60,22 @@ class Manifest:
     def stage(self, name: str) -> dict[str, Any] | None:
         return self.data["stages"].get(name)
 
-    def record_stage(
+    def make_entry(
         self,
-        name: str,
         artifacts: dict[str, str | Path],
         metrics: dict[str, Any] | None = None,
         config_hash: str | None = None,
         inputs: dict[str, str] | None = None,
         seconds: float | None = None,
         extra: dict[str, Any] | None = None,
+        files_root: str | Path | None = None,
     ) -> dict[str, Any]:
-        """Record a finished stage: each artifact with its sha256, then save the manifest."""
+        """A finished stage's manifest entry: each artifact with its sha256 and size; nothing is saved.
+
+        ``files_root`` is where the files lie now when that is not the run folder (a stage's staging
+        folder): a path under it is recorded relative to it, i.e. as the path it will have in the
+        run folder once the staged files are moved there.
+        """
         entry: dict[str, Any] = {
             "status": "done",
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -80,7 +86,7 @@ class Manifest:
         }
         if seconds is not None:
             entry["seconds"] = round(seconds, 3)
-        root = self.run_dir.resolve()
+        root = Path(files_root if files_root is not None else self.run_dir).resolve()
         for key, p in artifacts.items():
             p = Path(p).resolve()  # a relative path means relative to the working directory
             entry["artifacts"][key] = {
@@ -91,6 +97,24 @@ class Manifest:
             }
         if extra:
             entry.update(extra)
+        return entry
+
+    def record_stage(
+        self,
+        name: str,
+        artifacts: dict[str, str | Path],
+        metrics: dict[str, Any] | None = None,
+        config_hash: str | None = None,
+        inputs: dict[str, str] | None = None,
+        seconds: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Record a finished stage in place: each artifact with its sha256, then save the manifest.
+
+        The pipeline does not use this (it stages and commits, edgekd.staging); tools and tests
+        that build a manifest by hand do.
+        """
+        entry = self.make_entry(artifacts, metrics, config_hash, inputs, seconds, extra)
         self.data["stages"][name] = entry
         self.save()
         return entry
@@ -129,3 +153,16 @@ class Manifest:
     def metrics(self, stage: str) -> dict[str, Any]:
         entry = self.stage(stage)
         return dict(entry.get("metrics", {})) if entry else {}
+
+
+def _finish_pending_commit(run_dir: Path) -> None:
+    """Complete a commit that a killed ``edgekd run`` had decided but not finished (edgekd.staging).
+
+    Its journal is written only after every staged file was verified, so finishing it (moving the
+    remaining files, then writing the manifest) is what that run would have done; reading the
+    half-moved folder instead would fail every sha256 check.
+    """
+    from .staging import commit_pending, finish_commit
+
+    if commit_pending(run_dir):
+        finish_commit(run_dir)

@@ -3,12 +3,20 @@
 A stage's fingerprint is the hash of the config sections it reads plus the sha256 of the
 artifacts it consumes. A stage whose fingerprint matches the manifest and whose artifacts
 still verify is skipped; anything else re-runs it.
+
+Writes are staged (edgekd.staging): a stage writes into ``<run>/.staging/stage-<name>/``, is checked
+there, and is promoted into the shadow run folder ``<run>/.staging/run/``; only when every
+requested stage succeeded is the shadow committed to the run folder, manifest last. Each stage's
+manifest entry keeps the config sections it ran with (``config``); the top-level ``config``,
+``config_hash`` and ``config.yaml`` are those of the last command that committed.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib
 import json
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +25,8 @@ from typing import Any
 from .config import Config, config_from_dict, dump_config, load_config
 from .environment import environment
 from .errors import ArtifactError, ConfigError
-from .io import atomic_write_text
 from .manifest import Manifest
+from .staging import STAGING_DIR, Transaction, record_failure
 from .stages import STAGE_ORDER, StageContext, StageResult
 
 
@@ -28,15 +36,17 @@ class StageSpec:
     sections: tuple[str, ...]  # config sections the stage reads
     inputs: tuple[tuple[str, str], ...]  # (stage, artifact key) it consumes
     always: bool = False  # cheap verdict stages run every time
+    all_ranks: bool = False  # training stages run on every torchrun rank; the rest on rank 0 alone
 
 
 STAGES: dict[str, StageSpec] = {
     s.name: s
     for s in (
-        StageSpec("teacher", ("seed", "deterministic", "data", "teacher", "teacher_train"), ()),
-        StageSpec("distill", ("seed", "deterministic", "data", "student", "distill"), (("teacher", "weights"),)),
+        StageSpec("teacher", ("seed", "deterministic", "data", "teacher", "teacher_train"), (), all_ranks=True),
+        StageSpec("distill", ("seed", "deterministic", "data", "student", "distill"), (("teacher", "weights"),),
+                  all_ranks=True),
         StageSpec("qat", ("seed", "deterministic", "data", "student", "distill", "qat"),
-                  (("teacher", "weights"), ("distill", "weights"))),
+                  (("teacher", "weights"), ("distill", "weights")), all_ranks=True),
         StageSpec("export", ("data", "teacher", "student", "export", "qat"),
                   (("teacher", "weights"), ("distill", "weights"), ("qat", "weights"))),
         StageSpec("check", ("seed", "data", "check", "student", "teacher"),
@@ -102,22 +112,67 @@ def _up_to_date(manifest: Manifest, spec: StageSpec, fp: str) -> bool:
     return True
 
 
-def prepare_run_dir(cfg: Config, out: str | Path | None) -> tuple[Path, Manifest]:
+@dataclass(frozen=True)
+class _Ranks:
+    """This process's place under torchrun: rank 0 alone writes; the others wait at barriers."""
+
+    main: bool = True
+    distributed: bool = False
+    world_size: int = 1
+
+    def sync(self) -> None:
+        if self.distributed:
+            from .distributed import barrier
+
+            barrier()
+
+
+def _join_ranks(cfg: Config) -> _Ranks:
+    """Join the process group early when launched by torchrun, so rank 0 can stage before the others read.
+
+    Outside torchrun (WORLD_SIZE unset or 1) torch is not even imported here.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return _Ranks()
+    from .distributed import distributed_context, init_distributed, resolve_device
+
+    init_distributed(resolve_device(cfg.device))
+    dctx = distributed_context()
+    return _Ranks(main=dctx.is_main, distributed=True, world_size=dctx.world_size)
+
+
+def _run_fields(cfg: Config) -> dict[str, Any]:
+    """Top-level manifest fields for the command's config (they land with the commit, never before)."""
+    return {"run_name": cfg.name, "config": cfg.to_dict(), "config_hash": cfg.hash(), "environment": environment(cfg),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def open_run(cfg: Config, out: str | Path | None, resume: bool, ranks: _Ranks,
+             log: Any = None) -> tuple[Path, Transaction]:
+    """The run folder and this command's staged work on it (rank 0 opens; the others attach)."""
     run_dir = Path(out if out is not None else cfg.out_dir) / cfg.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest.load(run_dir, must_exist=False)
-    manifest.data["run_name"] = cfg.name
-    manifest.data["config"] = cfg.to_dict()
-    manifest.data["config_hash"] = cfg.hash()
-    manifest.data["environment"] = environment()
-    manifest.data.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    manifest.save()
-    return run_dir, manifest
+    txn: Transaction | None = None
+    if ranks.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        txn = Transaction.open(run_dir, resume, log=log or _stderr)
+        fields = _run_fields(cfg)
+        fields["created"] = txn.manifest.data.get("created") or fields["created"]
+        txn.set_run_config(fields, dump_config(cfg))
+    ranks.sync()
+    return run_dir, txn if txn is not None else Transaction.attach(run_dir)
 
 
-def run_stage(ctx: StageContext, name: str, force: bool = False) -> bool:
-    """Run one stage unless up to date; returns True when it ran."""
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_stage(ctx: StageContext, txn: Transaction, name: str, force: bool = False,
+              ranks: _Ranks = _Ranks()) -> bool:
+    """Run one stage unless up to date; returns True when it ran.
+
+    The stage writes into its scratch folder (``ctx.run_dir``); on success rank 0 promotes the files
+    and the manifest entry into the shadow run folder, where later stages read them.
+    """
     spec = STAGES[name]
     fp, inputs = fingerprint(ctx.cfg, spec, ctx.manifest)
     if not force and _up_to_date(ctx.manifest, spec, fp):
@@ -125,12 +180,23 @@ def run_stage(ctx: StageContext, name: str, force: bool = False) -> bool:
         return False
     ctx.log(f"[edgekd] {name}: running")
     ctx.fingerprint = fp
-    module = importlib.import_module(f"edgekd.stages.{name}")
+    ctx.run_dir = txn.scratch(name)
     t0 = time.perf_counter()
-    result: StageResult = module.run(ctx)
-    seconds = time.perf_counter() - t0
-    ctx.manifest.record_stage(name, result.artifacts, result.metrics, fp, inputs, seconds, result.extra)
-    ctx.log(f"[edgekd] {name}: done in {seconds:.1f} s")
+    if ranks.main or spec.all_ranks:
+        module = importlib.import_module(f"edgekd.stages.{name}")
+        result: StageResult = module.run(ctx)
+    if ranks.main:
+        seconds = time.perf_counter() - t0
+        d = ctx.cfg.to_dict()
+        extra = {**result.extra, "config": {k: d[k] for k in spec.sections}}  # what this stage was run with
+        entry = ctx.manifest.make_entry(result.artifacts, result.metrics, fp, inputs, seconds, extra,
+                                        files_root=ctx.run_dir)
+        txn.promote(name, entry)
+        ctx.log(f"[edgekd] {name}: done in {seconds:.1f} s (staged; committed when the run succeeds)")
+    ranks.sync()
+    if not ranks.main:
+        txn.reload()
+    ctx.manifest = txn.manifest
     return True
 
 
@@ -146,28 +212,74 @@ def run(
     """Run the pipeline (or the named stages) and return the Run.
 
     ``config`` is a Config, a dict, a YAML path, or None for ``configs/fashion_mnist.yaml``.
-    ``resume`` continues an interrupted training stage from its last epoch checkpoint;
-    ``force`` re-runs stages even when their inputs and config are unchanged.
+    ``resume`` continues an interrupted command's staged work (finished stages, and the last epoch
+    checkpoint of the stage it stopped in); ``force`` re-runs stages even when their inputs and
+    config are unchanged.
+
+    Nothing in the run folder changes unless every requested stage succeeds (edgekd.staging): then
+    the new artifacts, ``config.yaml``, the report and, last, ``manifest.json`` are committed. A
+    failure leaves the folder as it was and writes a note to ``<run>/failed/``.
     """
     cfg = resolve_config(config, overrides)
     wanted = list(stages) if stages else list(cfg.stages)
     for s in wanted:
         if s not in STAGES:
             raise ConfigError(f"unknown stage '{s}'; valid: {', '.join(STAGE_ORDER)}")
-    run_dir, manifest = prepare_run_dir(cfg, out)
-    ctx = StageContext(cfg=cfg, run_dir=run_dir, manifest=manifest, resume=resume)
+    if not cfg.qat.enabled and "qat" in wanted:
+        raise ConfigError("qat.enabled is false but the INT8 chain needs the qat stage",
+                          "drop 'qat' (and 'export', 'check') from stages, or enable qat")
+    ranks = _join_ranks(cfg)
+    run_dir, txn = open_run(cfg, out, resume, ranks, log)
+    ctx = StageContext(cfg=cfg, run_dir=run_dir, manifest=txn.manifest, resume=resume)
     if log is not None:
         ctx.log = log
-    result = Run(run_dir=run_dir, manifest=manifest)
-    for name in STAGE_ORDER:
-        if name not in wanted:
-            continue
-        if not cfg.qat.enabled and name == "qat":
-            raise ConfigError("qat.enabled is false but the INT8 chain needs the qat stage",
-                              "drop 'qat' (and 'export', 'check') from stages, or enable qat")
-        (result.ran if run_stage(ctx, name, force) else result.skipped).append(name)
-    if "check" in manifest.data["stages"]:
-        from .report import render_report
+    if not ranks.main:
+        ctx.log = _quiet  # rank 0 speaks for the run
+    result = Run(run_dir=run_dir, manifest=txn.manifest)
+    current = "open"
+    try:
+        for name in (n for n in STAGE_ORDER if n in wanted):
+            current = name
+            (result.ran if run_stage(ctx, txn, name, force, ranks) else result.skipped).append(name)
+        current = "commit"
+        if ranks.main:
+            if "check" in txn.manifest.data["stages"]:
+                current = "report"
+                from .report import render_report
 
-        result.report_md, result.report_html = render_report(run_dir)
+                render_report(txn.shadow)  # into the shadow: committed with everything else
+                current = "commit"
+            txn.commit({"ran": result.ran, "skipped": result.skipped, "config_hash": cfg.hash(),
+                        "overrides": list(overrides or []), "resume": resume, "force": force,
+                        "world_size": ranks.world_size})
+        ranks.sync()
+    except BaseException as e:  # noted, then re-raised: the run folder keeps its verified state
+        if ranks.main:
+            _note_failure(run_dir, current, e, cfg, overrides, wanted, resume)
+        raise
+    result.manifest = Manifest.load(run_dir)
+    if (run_dir / "report.md").is_file() and "check" in result.manifest.data["stages"]:
+        result.report_md, result.report_html = run_dir / "report.md", run_dir / "report.html"
     return result
+
+
+def _quiet(msg: str) -> None:
+    """Log sink of ranks other than 0."""
+
+
+def _note_failure(run_dir: Path, stage: str, error: BaseException, cfg: Config, overrides: list[str] | None,
+                  wanted: list[str], resume: bool) -> None:
+    """Record a failed command in ``<run>/failed/`` without touching the manifest or any artifact."""
+    record = {
+        "stage": stage, "error": type(error).__name__,
+        "message": getattr(error, "problem", None) or str(error) or type(error).__name__,
+        "fix": getattr(error, "fix", None), "overrides": list(overrides or []), "stages": wanted,
+        "config_hash": cfg.hash(), "resume": resume,
+        "staged_work": f"kept in {STAGING_DIR}/: 'edgekd run ... --resume' continues it, a plain run drops it",
+    }
+    try:
+        path = record_failure(run_dir, record)
+    except OSError as note_error:  # the original error matters more; say why the note is missing
+        _stderr(f"[edgekd] could not write the failure note in {run_dir / 'failed'}: {note_error}")
+        return
+    _stderr(f"[edgekd] {stage} failed; the run folder is unchanged; note: {path}")

@@ -1,4 +1,4 @@
-"""What every stage receives and returns. A stage reads verified artifacts and writes its own atomically."""
+"""What every stage receives and returns. A stage reads verified artifacts and writes its own into its staging folder."""
 from __future__ import annotations
 
 import sys
@@ -22,8 +22,8 @@ class StageContext:
     """The run a stage works in: config, run folder, manifest, and shared lazily built data."""
 
     cfg: Config
-    run_dir: Path
-    manifest: Manifest
+    run_dir: Path  # where the running stage writes: its staging folder, laid out like the run folder
+    manifest: Manifest  # the staged run's manifest: read inputs through it (paths resolve in the shadow run folder)
     resume: bool = False
     fingerprint: str = ""  # hash of the stage's config sections + input artifacts; guards resume
     log: Callable[[str], None] = _print

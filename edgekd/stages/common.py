@@ -10,7 +10,7 @@ import torch
 from ..config import Config, TrainConfig
 from ..data.loader import BatchLoader, make_loaders
 from ..engine import evaluate, fit, resolve_device
-from ..io import atomic_path
+from ..io import atomic_write_bytes
 from ..models import build_student, build_teacher, load_weights
 from .base import StageContext
 
@@ -46,10 +46,19 @@ def loaders(ctx: StageContext, augment: bool = True, student_only_noise: bool = 
 
 
 def save_weights(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> Path:
-    """Plain state_dict + metadata, written atomically; loadable with weights_only=True."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": state, "meta": meta}, tmp)
+    """Plain state_dict + metadata, written atomically by rank 0 only; loadable with weights_only=True.
+
+    Saved through memory (edgekd.checkpoint.torch_bytes), so equal weights give an equal sha256.
+    Under torchrun every rank holds the same weights (DDP), and one writer avoids two processes
+    racing on one file; the other ranks get the path back and wait at the pipeline's barrier.
+    """
+    from ..checkpoint import torch_bytes
+    from ..distributed import is_main
+
+    if is_main():
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        atomic_write_bytes(path, torch_bytes({"state_dict": state, "meta": meta}),
+                           fault=f"{meta.get('stage', path.stem)}:weights-write")
     return path
 
 

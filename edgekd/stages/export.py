@@ -15,6 +15,7 @@ import torch
 from .. import __version__
 from ..data.base import to_float
 from ..exporting import export_fp32, export_int8, parity_fp32, parity_int8, simplify
+from ..faults import fault_point
 from ..io import atomic_path
 from .base import StageContext, StageResult
 from .common import load_student, load_teacher
@@ -75,6 +76,7 @@ def run(ctx: StageContext) -> StageResult:
                 f"nodes {simp.get('nodes_before', '-')} -> {simp.get('nodes_after', '-')}, parity {_parity_text(parity)}")
         metrics[key] = {"file": FILES[key], "export": _jsonable(info), "simplify": simp, "parity": parity}
         artifacts[key] = final
+        fault_point(f"export:after:{key}")  # test hook (edgekd.faults): a kill between two staged files
     metrics["size_ratio_int8_fp32"] = artifacts["student_int8"].stat().st_size / artifacts["student_fp32"].stat().st_size
     extra = {
         "io": {"input": "pixels", "output": "logits", "labels": list(bundle.classes),

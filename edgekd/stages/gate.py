@@ -6,7 +6,7 @@ from .base import StageContext, StageResult
 
 
 def run(ctx: StageContext) -> StageResult:
-    result = gate(ctx.run_dir, ctx.cfg.budgets)
+    result = gate(ctx.manifest.run_dir, ctx.cfg.budgets)  # the staged run folder, as it will be committed
     for line in format_table(result).splitlines():
         ctx.log(f"[edgekd] gate: {line}")
     return StageResult(metrics=result.to_metrics())

@@ -1,0 +1,208 @@
+"""Staged, journaled writes (edgekd.staging): nothing is visible before success, and a kill at any
+rename is finished by the next reader. Plus reproducible weight hashes and umask-respecting files.
+
+The pipeline-level versions of these guarantees (a real ``edgekd run`` killed and resumed, a
+failed export leaving a finished run unchanged) are in tests/test_kill_resume.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from edgekd.errors import ArtifactError
+from edgekd.io import atomic_write_bytes, sha256_file
+from edgekd.manifest import Manifest
+from edgekd.staging import COMMIT_JOURNAL, STAGING_DIR, Transaction, commit_pending
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def _stage_files(txn: Transaction, stage: str, files: dict[str, bytes]) -> dict[str, Path]:
+    """What a stage does: write its outputs into its scratch folder."""
+    out = {}
+    for rel, data in files.items():
+        atomic_write_bytes(txn.scratch(stage) / rel, data)
+        out[Path(rel).stem] = txn.scratch(stage) / rel
+    return out
+
+
+def _promote(txn: Transaction, stage: str, files: dict[str, bytes]) -> None:
+    arts = _stage_files(txn, stage, files)
+    txn.promote(stage, txn.manifest.make_entry(arts, {"n": len(files)}, files_root=txn.scratch(stage)))
+
+
+@pytest.fixture
+def committed_run(tmp_path: Path) -> Path:
+    """A run folder with one committed stage ('export': a.onnx, b.onnx) and a config.yaml."""
+    run_dir = tmp_path / "run"
+    txn = Transaction.open(run_dir, resume=False, log=_quiet)
+    txn.set_run_config({"config": {"v": 1}}, "v: 1\n")
+    _promote(txn, "export", {"a.onnx": b"A1", "b.onnx": b"B1"})
+    txn.commit({"ran": ["export"]})
+    return run_dir
+
+
+def _snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.relative_to(run_dir).parts[0] not in (STAGING_DIR, "failed")}
+
+
+def test_commit_makes_staged_files_visible_only_at_the_end(committed_run: Path) -> None:
+    m = Manifest.load(committed_run)
+    assert m.artifact("export", "a").read_bytes() == b"A1" and (committed_run / "config.yaml").read_text() == "v: 1\n"
+    before = _snapshot(committed_run)
+    txn = Transaction.open(committed_run, resume=False, log=_quiet)
+    assert os.path.samefile(txn.shadow / "a.onnx", committed_run / "a.onnx")  # linked, not copied
+    txn.set_run_config({"config": {"v": 2}}, "v: 2\n")
+    _promote(txn, "export", {"a.onnx": b"A2", "b.onnx": b"B2"})
+    _promote(txn, "check", {})
+    assert Manifest.load(txn.shadow).artifact("export", "a").read_bytes() == b"A2"  # later stages read this
+    assert _snapshot(committed_run) == before  # nothing visible yet
+    final = txn.commit({"ran": ["export", "check"]})
+    assert final.artifact("export", "a").read_bytes() == b"A2" and final.artifact("export", "b").read_bytes() == b"B2"
+    assert final.data["config"] == {"v": 2} and (committed_run / "config.yaml").read_text() == "v: 2\n"
+    assert [h["ran"] for h in final.data["history"]] == [["export"], ["export", "check"]]
+    assert not (committed_run / STAGING_DIR).exists()
+
+
+def test_plain_open_drops_staged_work_resume_keeps_it(committed_run: Path) -> None:
+    txn = Transaction.open(committed_run, resume=False, log=_quiet)
+    _promote(txn, "export", {"a.onnx": b"A2", "b.onnx": b"B2"})
+    kept = Transaction.open(committed_run, resume=True, log=_quiet)  # e.g. after a crash or a failed stage
+    assert kept.manifest.artifact("export", "a").read_bytes() == b"A2"
+    fresh = Transaction.open(committed_run, resume=False, log=_quiet)
+    assert fresh.manifest.artifact("export", "a").read_bytes() == b"A1"
+    assert Manifest.load(committed_run).artifact("export", "a").read_bytes() == b"A1"
+
+
+KILLED_WRITER = r"""
+import sys
+from edgekd.io import atomic_write_bytes
+from edgekd.staging import Transaction
+run_dir, stage, commit = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+txn = Transaction.open(run_dir, resume=True, log=lambda m: None)
+files = {"a.onnx": b"A2", "b.onnx": b"B2", "sub/c.onnx": b"C2"}
+arts = {}
+for rel, data in files.items():
+    atomic_write_bytes(txn.scratch(stage) / rel, data)
+    arts[rel.split("/")[-1].split(".")[0]] = txn.scratch(stage) / rel
+txn.promote(stage, txn.manifest.make_entry(arts, files_root=txn.scratch(stage)))
+if commit:
+    txn.commit({"ran": [stage]})
+"""
+
+
+def _killed(run_dir: Path, fault: str, commit: bool) -> None:
+    env = {**os.environ, "EDGEKD_FAULT_AT": fault}
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(run_dir), "export", "1" if commit else "0"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+def test_kill_between_commit_renames_is_finished_by_the_next_reader(committed_run: Path) -> None:
+    _killed(committed_run, "commit:move:0", commit=True)  # a.onnx moved; b.onnx and sub/c.onnx not yet
+    assert commit_pending(committed_run)
+    assert (committed_run / "a.onnx").read_bytes() == b"A2" and (committed_run / "b.onnx").read_bytes() == b"B1"
+    m = Manifest.load(committed_run)  # what `edgekd gate` does first: it finishes the decided commit
+    assert not commit_pending(committed_run) and not (committed_run / STAGING_DIR).exists()
+    assert {k: m.artifact("export", k).read_bytes() for k in ("a", "b", "c")} == {"a": b"A2", "b": b"B2", "c": b"C2"}
+
+
+def test_kill_between_promotion_renames_is_finished_on_resume(committed_run: Path) -> None:
+    before = _snapshot(committed_run)
+    _killed(committed_run, "promote:export:move:1", commit=False)
+    assert _snapshot(committed_run) == before  # promotion happens in the shadow only
+    txn = Transaction.open(committed_run, resume=True, log=_quiet)
+    assert txn.manifest.artifact("export", "c").read_bytes() == b"C2"
+    assert not list((committed_run / STAGING_DIR).glob("promote-*.json"))
+    txn.commit({"ran": ["export"]})
+    assert Manifest.load(committed_run).artifact("export", "b").read_bytes() == b"B2"
+
+
+def test_roll_forward_refuses_a_changed_destination(committed_run: Path) -> None:
+    _killed(committed_run, "commit:move:0", commit=True)
+    (committed_run / "a.onnx").write_bytes(b"tampered")  # moved already; then changed behind our back
+    with pytest.raises(ArtifactError, match="cannot finish"):
+        Manifest.load(committed_run)
+    assert (committed_run / STAGING_DIR / COMMIT_JOURNAL).is_file()  # the journal stays for a later retry
+
+
+def test_kill_mid_write_leaves_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "w.pt"
+    atomic_write_bytes(target, b"old")
+    code = ("import sys; from edgekd.io import atomic_write_bytes; "
+            "atomic_write_bytes(sys.argv[1], b'new' * 100000, fault='teacher:weights-write')")
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], cwd=ROOT, timeout=60,
+                          env={**os.environ, "EDGEKD_FAULT_AT": "teacher:weights-write"})
+    assert proc.returncode == -signal.SIGKILL
+    assert target.read_bytes() == b"old"
+
+
+# ------------------------------------------------------------------ hashes and modes
+
+
+def test_equal_weights_give_equal_sha256(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from edgekd.checkpoint import save_checkpoint
+    from edgekd.stages.common import save_weights
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    a = save_weights(model, tmp_path / "a" / "teacher.pt", {"stage": "teacher"})
+    b = save_weights(model, tmp_path / "b" / "teacher.pt", {"stage": "teacher"})
+    assert sha256_file(a) == sha256_file(b)  # the temp file names differed; the bytes must not
+    c1 = save_checkpoint(tmp_path / "c1" / "checkpoint.pt", {"model": model.state_dict(), "epoch": 0})
+    c2 = save_checkpoint(tmp_path / "c2" / "checkpoint.pt", {"model": model.state_dict(), "epoch": 0})
+    assert sha256_file(c1) == sha256_file(c2)
+    data = torch.load(a, weights_only=True)
+    assert torch.equal(data["state_dict"]["0.weight"], model[0].weight)
+
+
+@pytest.fixture
+def umask() -> Iterator[None]:
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664), (0o077, 0o600)])
+def test_artifacts_respect_the_umask(tmp_path: Path, umask: None, mask: int, mode: int) -> None:
+    os.umask(mask)
+    path = atomic_write_bytes(tmp_path / "model.onnx", b"x")
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+
+
+# ------------------------------------------------------------------ the pipeline's failure path
+
+
+def test_failed_stage_leaves_the_run_and_its_config_unchanged(committed_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime failure (here the gate stage raising) records a note and changes no committed byte."""
+    import edgekd.stages.gate as gate_stage
+    from edgekd.errors import EdgekdError
+    from edgekd.pipeline import run
+
+    def boom(ctx):  # a stage failing at runtime after it started
+        raise EdgekdError("gate exploded", "do not do that")
+
+    monkeypatch.setattr(gate_stage, "run", boom)
+    before = _snapshot(committed_run)
+    with pytest.raises(EdgekdError, match="gate exploded"):
+        run({"name": committed_run.name, "budgets": {"max_size_mb": 0.5}}, out=committed_run.parent,
+            stages=["gate"], overrides=["seed=3"], log=_quiet)
+    assert _snapshot(committed_run) == before  # config.yaml, manifest, artifacts
+    (note,) = (committed_run / "failed").glob("*.json")
+    record = json.loads(note.read_text())
+    assert record["stage"] == "gate" and record["message"] == "gate exploded" and record["overrides"] == ["seed=3"]
