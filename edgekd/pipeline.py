@@ -79,7 +79,8 @@ class Run:
 
 def resolve_config(config: Config | dict | str | Path | None, overrides: list[str] | None = None) -> Config:
     if isinstance(config, Config):
-        return config_from_dict(config.to_dict(), overrides) if overrides else config
+        # a Config built in Python skipped load-time validation: validate it the same way
+        return config_from_dict(config.to_dict(), overrides)
     if isinstance(config, dict):
         return config_from_dict(config, overrides)
     return load_config(config, overrides)
