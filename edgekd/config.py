@@ -119,8 +119,25 @@ class ExportConfig:
     simplify: bool = True
     parity_images: int = 256
     parity_batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
-    fp32_tolerance: float = 1e-4
+    # fp32 parity: every logit within fp32_atol + fp32_rtol * max|logit| of its image (edgekd.exporting.parity).
+    # rtol 1e-4: float32 eps is 1.2e-7; rounding grows ~sqrt(K) over K-term dot products (K up to ~10^4
+    # here: x100) and again over ~50 layers (x7), and torch (oneDNN) and onnxruntime pick different kernels
+    # per CPU. Measured: 6e-7 of max|logit| on an AMD EPYC (logits ~320), 1.8e-5 on an Intel Xeon (logits
+    # ~6, where O(1) activations, not the logits, set the rounding). A real export bug (a wrong weight, a
+    # missing normalization) moves logits by >= 1e-2 of their scale: two decades above.
+    fp32_rtol: float = 1e-4
+    # atol 1e-4: the floor for logits near zero whose inputs are O(1-10), so the activations' rounding,
+    # not the logits', sets the error (it was the whole, absolute, tolerance before).
+    fp32_atol: float = 1e-4
+    # int8: top-1 agreement on images whose torch top-2 margin exceeds the quantization noise, and the
+    # fraction of images whose logits lie within the scale-derived bound, must each reach this. 0.99 lets
+    # a rare double rounding flip through and fails real damage (a wrong scale or weight moves most images).
     int8_min_agreement: float = 0.99
+    # drift the int8 kernels may add to each input of the last layer, in its quantization steps
+    # (edgekd.exporting.qnoise): onnxruntime requantizes with its own arithmetic, so values near a rounding
+    # boundary land one step away, and such flips in earlier layers propagate. Measured on a correct
+    # MobileNetV2-0.5 export: worst image 1.6x the one-step bound (99th percentile 1.3x); 3 leaves ~2x headroom.
+    int8_noise_steps: float = 3.0
 
 
 @dataclass

@@ -108,8 +108,11 @@ def test_fp32_export_contract_and_parity(files: dict, student, images: np.ndarra
     meta = get_metadata(path)
     assert json.loads(meta["labels"]) == [f"c{i}" for i in range(10)]
     assert json.loads(meta["preprocessing"])["size"] == [28, 28] and meta["input_name"] == "pixels"
-    result = parity_fp32(student, path, images[:96], batch_sizes=(1, 64), tol=1e-4)
-    assert set(result["per_batch_size"]) == {"1", "64"} and result["max_abs_diff"] <= 1e-4
+    result = parity_fp32(student, path, images[:96], batch_sizes=(1, 64))
+    # judged relative to the logits' scale (atol + rtol * max|logit|, defaults 1e-4 each): float rounding
+    # differs between CPUs' kernels in proportion to the values, so an absolute bound is not portable
+    assert set(result["per_batch_size"]) == {"1", "64"} and result["max_bound_ratio"] <= 1.0
+    assert result["max_rel_diff"] < 1e-4 and result["rtol"] == 1e-4 and result["atol"] == 1e-4
 
 
 def test_int8_file_is_qdq_int8_and_smaller(files: dict) -> None:
@@ -138,7 +141,9 @@ def test_int8_file_carries_qat_scales(files: dict, qat) -> None:
     dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "net.features.2.conv.0.0.weight_quantized")
     np.testing.assert_array_equal(inits[dq.input[1]], conv.w_scale.numpy())
     q8 = inits["net.features.2.conv.0.0.weight_quantized"].astype(np.float32) * conv.w_scale.numpy()[:, None, None, None]
-    np.testing.assert_allclose(q8, conv.quantized_weight().detach().numpy(), atol=1e-7)
+    # both sides are one float32 product int8 * scale: equal up to 1 ulp of the weight (2.4e-7 = 2 eps covers it
+    # at any magnitude; folded-BN weights reach |w| > 1, where the old absolute 1e-7 is below one ulp)
+    np.testing.assert_allclose(q8, conv.quantized_weight().detach().numpy(), rtol=2.4e-7, atol=0)
 
 
 def test_onnxruntime_fuses_every_conv_into_int8(files: dict, tmp_path: Path) -> None:
@@ -151,7 +156,10 @@ def test_onnxruntime_fuses_every_conv_into_int8(files: dict, tmp_path: Path) -> 
 
 def test_int8_agrees_with_qat_model(files: dict, qat, images: np.ndarray) -> None:
     result = parity_int8(qat, files["int8"]["path"], images, min_agreement=0.99)
-    assert result["agreement"] >= 0.99 and result["images"] == 256
+    assert result["agreement"] >= 0.99 and result["images"] == 256 and result["logits_within_bound"] >= 0.99
+    # a barely trained model (24 steps): some images are near-ties, reported and not counted as disagreements
+    assert result["near_ties"] > 0 and result["near_ties"] + result["decided_images"] == 256
+    assert result["decided_images"] >= 64  # the agreement is measured on enough images to mean something
     assert len(np.unique(qat(torch.from_numpy(images)).argmax(1).numpy())) >= 4  # agreement is not vacuous
 
 
@@ -169,7 +177,7 @@ def test_divergence_finder_names_corrupted_fp32_layer(files: dict, student, imag
     init = next(t for t in model.graph.initializer if t.name == node.input[1])
     init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init), init.name))
     onnx.save(model, str(tmp_path / "bad.onnx"))
-    with pytest.raises(ParityError, match="max"):
+    with pytest.raises(ParityError, match=r"first diverging layer #\d+ 'net\.features\.5\.conv\.1\.0'"):
         parity_fp32(student, tmp_path / "bad.onnx", images[:16], batch_sizes=(16,))
     found = find_divergence(student, tmp_path / "bad.onnx", images[:8])
     assert found["layer"] == "net.features.5.conv.1.0" and found["relative_error"] > 0.5
@@ -185,3 +193,15 @@ def test_int8_parity_failure_reports_the_layer(files: dict, qat, images: np.ndar
     onnx.save(model, str(tmp_path / "bad.int8.onnx"))
     with pytest.raises(ParityError, match=r"first diverging layer #2 'net\.features\.1\.conv\.1'"):
         parity_int8(qat, tmp_path / "bad.int8.onnx", images[:128])
+
+
+def test_int8_tampered_weight_scale_fails(files: dict, qat, images: np.ndarray, tmp_path: Path) -> None:
+    """A wrong scale in the file (here: one layer's weight scales doubled) is a real disagreement, not noise."""
+    model = onnx.load(files["int8"]["path"])
+    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear"
+              and n.input[0] == "net.features.1.conv.1.weight_quantized")
+    init = next(t for t in model.graph.initializer if t.name == dq.input[1])
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(2.0), init.name))
+    onnx.save(model, str(tmp_path / "scale.int8.onnx"))
+    with pytest.raises(ParityError, match=r"logits within the scale-derived bound on"):
+        parity_int8(qat, tmp_path / "scale.int8.onnx", images[:128])

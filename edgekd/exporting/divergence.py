@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import ArtifactError
 from ..runtime.session import make_session
 from .call_order import run_with_hooks
-from .onnx_io import load_model
+from .onnx_io import load_model, unique_node_names
 
 
 def _torch_layer_outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, np.ndarray]]:
@@ -49,6 +49,7 @@ def _onnx_layer_outputs(model: onnx.ModelProto, images: np.ndarray) -> list[tupl
     nodes = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
+    unique_node_names(probe)  # a probe of a file with repeated node names must still load
     existing = {o.name for o in probe.graph.output}
     for n in nodes:
         if n.output[0] not in existing:

@@ -13,8 +13,8 @@ import torch
 from ..errors import ArtifactError
 from ..io import atomic_path
 from .call_order import is_weight_layer, record_calls
-from .onnx_io import check_model, initializer_dtypes, op_counts, set_metadata
-from .qdq import (compact_names, inline_constant_identities, int8_weight_stats, quantize_biases, store_int8_weights,
+from .onnx_io import check_model, initializer_dtypes, op_counts, set_metadata, unique_node_names
+from .qdq import (compact_names, inline_constant_identities, int8_weight_stats, name_weight_layers, postprocess_qdq,
                   verify_scales)
 from .torch_export import INPUT_NAME, OUTPUT_NAME, sample_input, to_onnx
 
@@ -90,10 +90,10 @@ def export_int8(qat_model: torch.nn.Module, path: str | os.PathLike[str],
         qat_model.sync_weight_scales()
     shape = _shape_of(sample_shape)
     onx = to_onnx(qat_model, sample_shape, opset)
-    inline_constant_identities(onx)
-    n_weights = store_int8_weights(onx)
-    n_biases = quantize_biases(onx)
-    n_scales = verify_scales(onx, *qat_quantizers(qat_model, sample_input(sample_shape)))
+    act, weights = qat_quantizers(qat_model, sample_input(sample_shape))
+    name_weight_layers(onx, [name for name, _ in weights])  # unique by construction (see its docstring)
+    post = postprocess_qdq(onx)
+    n_scales = verify_scales(onx, act, weights)
     stats = int8_weight_stats(onx)
     if stats["float_weight_initializers"]:
         raise ArtifactError(f"{stats['float_weight_initializers']} Conv/Gemm still read float weights after quantization",
@@ -103,9 +103,11 @@ def export_int8(qat_model: torch.nn.Module, path: str | os.PathLike[str],
                                                    "activations": "uint8 per-tensor affine (QAT, frozen)"}),
                        **dict(metadata or {})})
     names_saved = compact_names(onx)
+    post["nodes_renamed"] += unique_node_names(onx)  # again after every rewrite: whatever a pass emitted
     out = _save(onx, path)
     return {"path": str(out), "size_bytes": out.stat().st_size, "ops": op_counts(onx),
-            "int8_weights": n_weights, "int32_biases": n_biases, "scales_verified": n_scales, "name_bytes_saved": names_saved,
+            "int8_weights": post["int8_weights"], "int32_biases": post["int32_biases"], "scales_verified": n_scales,
+            "name_bytes_saved": names_saved, "nodes_renamed": post["nodes_renamed"],
             "initializer_dtypes": initializer_dtypes(onx), **stats}
 
 

@@ -64,6 +64,30 @@ def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in model.graph.node for o in n.output}
 
 
+def unique_node_names(model: onnx.ModelProto) -> int:
+    """Give every named node a name no other node has (``name``, ``name_1``, ...); returns how many were renamed.
+
+    ONNX requires unique node names and onnxruntime refuses a graph with two equal ones
+    ("two nodes with same node name"). Exporters and graph rewrites can repeat a scope-derived name,
+    so every export passes through here. Empty names are left empty (ORT accepts those).
+    """
+    taken = {n.name for n in model.graph.node if n.name}
+    seen: set[str] = set()
+    renamed = 0
+    for node in model.graph.node:
+        if not node.name:
+            continue
+        if node.name in seen:
+            k = 1
+            while f"{node.name}_{k}" in taken:
+                k += 1
+            node.name = f"{node.name}_{k}"
+            taken.add(node.name)
+            renamed += 1
+        seen.add(node.name)
+    return renamed
+
+
 def initializer_dtypes(model: onnx.ModelProto) -> dict[str, int]:
     """How many initializers of each numpy dtype name."""
     return dict(Counter(str(numpy_helper.to_array(t).dtype) for t in model.graph.initializer))

@@ -16,7 +16,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ArtifactError
-from .onnx_io import constants, producers
+from .onnx_io import constants, producers, unique_node_names
 
 
 def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
@@ -121,6 +121,44 @@ def quantize_biases(model: onnx.ModelProto) -> int:
     model.graph.node.extend(new_nodes)
     _remove_unused_initializers(model)
     return count
+
+
+def name_weight_layers(model: onnx.ModelProto, layer_names: Sequence[str]) -> int:
+    """Name the k-th Conv/Gemm node after the k-th Conv/Linear call of the torch model (its module name).
+
+    The TorchScript exporter derives a node's scope from the module's *unqualified* name
+    (``features.2.conv.0.0`` -> ``conv.0.0``) under its calling module. An fx-rewritten QAT model calls
+    every layer straight from its GraphModule, so dozens of layers share a handful of scopes and the
+    names are only as unique as the exporter's de-duplication makes them (torch 2.11 on a GPU
+    machine emitted two "/net/features.0.0/Conv"). The module's qualified name is unique by
+    construction and says which layer it is. Nothing is renamed when the counts differ.
+    """
+    nodes = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
+    if len(nodes) != len(layer_names):
+        return 0
+    for node, name in zip(nodes, _without_common_prefix(layer_names)):
+        node.name = name  # the op type is the node's op_type; a short name keeps the int8 file small
+    return len(nodes)
+
+
+def _without_common_prefix(names: Sequence[str]) -> list[str]:
+    """Drop the first atom when every name shares it ("net." of a QATModel): it names no layer and costs bytes."""
+    parts = [n.split(".") for n in names]
+    shared = len(parts) > 1 and all(len(p) > 1 and p[0] == parts[0][0] for p in parts)
+    return [".".join(p[1:] if shared else p) for p in parts]
+
+
+def postprocess_qdq(model: onnx.ModelProto) -> dict[str, int]:
+    """The exporter's QDQ graph -> int8 weights and int32 biases, every node uniquely named (in place).
+
+    Names are made unique first: the int32 bias tensors are named after their Conv/Gemm node, so two
+    nodes sharing a name would otherwise also share (and overwrite) bias initializers.
+    """
+    renamed = unique_node_names(model)
+    identities = inline_constant_identities(model)
+    weights = store_int8_weights(model)
+    biases = quantize_biases(model)
+    return {"nodes_renamed": renamed, "identities_inlined": identities, "int8_weights": weights, "int32_biases": biases}
 
 
 def activation_qparams(model: onnx.ModelProto) -> list[tuple[str, np.ndarray, np.ndarray]]:

@@ -18,6 +18,7 @@ import onnx
 import torch
 
 from ..errors import ArtifactError
+from .onnx_io import unique_node_names
 
 INPUT_NAME, OUTPUT_NAME = "pixels", "logits"
 
@@ -47,4 +48,11 @@ def to_onnx(model: torch.nn.Module, sample: "Sequence[int] | torch.Tensor", opse
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             )
-    return onnx.load_from_string(buf.getvalue())
+    model = onnx.load_from_string(buf.getvalue())
+    # The TorchScript exporter names a node "<scope>/<Op>" with the scope taken from the module's
+    # *unqualified* name (torch.onnx.utils._unqualified_variable_name: "features.2.conv.0.0" ->
+    # "conv.0.0"); in an fx-rewritten QAT model every layer is called straight from the GraphModule,
+    # so many scopes share a base name and uniqueness hangs on the exporter's de-duplication alone.
+    # ONNX requires unique names and onnxruntime refuses duplicates, so make sure of it here.
+    unique_node_names(model)
+    return model

@@ -68,10 +68,11 @@ def run(ctx: StageContext) -> StageResult:
         final = ctx.run_dir / FILES[key]
         simp = _finish(raw, final, cfg.export.simplify)
         if key == "student_int8":
-            parity = parity_int8(model, final, images, min_agreement=cfg.export.int8_min_agreement)
+            parity = parity_int8(model, final, images, min_agreement=cfg.export.int8_min_agreement,
+                                 noise_steps=cfg.export.int8_noise_steps)
         else:
             parity = parity_fp32(model, final, images, batch_sizes=cfg.export.parity_batch_sizes,
-                                 tol=cfg.export.fp32_tolerance)
+                                 rtol=cfg.export.fp32_rtol, atol=cfg.export.fp32_atol)
         ctx.log(f"[edgekd] export: {FILES[key]} {final.stat().st_size / 1e6:.2f} MB, "
                 f"nodes {simp.get('nodes_before', '-')} -> {simp.get('nodes_after', '-')}, parity {_parity_text(parity)}")
         metrics[key] = {"file": FILES[key], "export": _jsonable(info), "simplify": simp, "parity": parity}
