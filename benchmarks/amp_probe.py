@@ -25,7 +25,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from edgekd.config import ModelConfig  # noqa: E402
-from edgekd.distributed import resolve_amp  # noqa: E402
+from edgekd.train.distributed import resolve_amp  # noqa: E402
 from edgekd.hardware import detect_cpu_features  # noqa: E402
 from edgekd.models import build_teacher  # noqa: E402
 

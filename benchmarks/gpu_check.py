@@ -145,7 +145,7 @@ def device_facts(device: str) -> dict[str, Any]:
 
 
 def _bf16_native() -> bool:
-    from edgekd.distributed import cuda_bf16_supported
+    from edgekd.train.distributed import cuda_bf16_supported
 
     return cuda_bf16_supported()
 

@@ -3,7 +3,7 @@
 Each student is built for Fashion-MNIST (28×28×1), BN-folded and fake-quantized with edgekd's QAT
 modules, calibrated on real training images, and exported twice (FP32 and INT8 QDQ) with
 edgekd's exporter. Latency of both files is measured in the same process, back to back, with
-``edgekd.runtime.measure_latency``; the ratios, not the absolute times, are the result. Weights
+``edgekd.deploy.runtime.measure_latency``; the ratios, not the absolute times, are the result. Weights
 are not trained: latency does not depend on them. Writes ``benchmarks/results/int8_speedup.{json,md}``.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from edgekd.exporting import export_fp32, export_int8  # noqa: E402
 from edgekd.io import atomic_write_json, atomic_write_text  # noqa: E402
 from edgekd.models import build_student  # noqa: E402
 from edgekd.quant import freeze_observers, prepare_qat  # noqa: E402
-from edgekd.runtime import measure_latency  # noqa: E402
+from edgekd.deploy.runtime import measure_latency  # noqa: E402
 
 STUDENTS = [("mobilenet_v2", 0.5), ("mobilenet_v2", 1.0), ("mobilenet_v3_small", 1.0), ("mobilenet_v3_large", 1.0)]
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F  # noqa: E402
 from edgekd.config import AugmentConfig, DataConfig, ModelConfig  # noqa: E402
 from edgekd.data import build_dataset  # noqa: E402
 from edgekd.data.loader import BatchLoader  # noqa: E402
-from edgekd.engine import evaluate  # noqa: E402
+from edgekd.train.engine import evaluate  # noqa: E402
 from edgekd.models import STUDENTS, build_student, build_teacher  # noqa: E402
 
 

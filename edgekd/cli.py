@@ -104,7 +104,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``edgekd`` parser: run, one command per stage, gate, doctor and report."""
-    from .gate import add_gate_arguments
+    from .deploy.gate import add_gate_arguments
 
     parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,8 +142,8 @@ def _cmd_run(args: argparse.Namespace, stages: list[str] | None) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import diagnose, format_diagnosis
-    from .gate import load_manifest
+    from .deploy.doctor import diagnose, format_diagnosis
+    from .deploy.gate import load_manifest
 
     target = Path(args.target)
     fp32 = None
@@ -157,7 +157,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import render_report
+    from .deploy.report import render_report
 
     md, html = render_report(args.run_dir)
     print(f"report: {md}\nreport: {html}")
@@ -165,7 +165,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
-    from .gate import gate_command
+    from .deploy.gate import gate_command
 
     return gate_command(args)
 

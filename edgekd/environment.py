@@ -63,7 +63,7 @@ def training_precision(cfg: Any) -> dict[str, Any]:
     try:
         import torch  # noqa: F401  (a deploy-only install has no torch and no training to describe)
 
-        from .distributed import resolve_amp, resolve_device
+        from .train.distributed import resolve_amp, resolve_device
     except ImportError as e:
         return {"error": f"torch is not importable ({e}): no training precision to record"}
     from .errors import EdgekdError

@@ -123,7 +123,7 @@ class _Ranks:
 
     def sync(self) -> None:
         if self.distributed:
-            from .distributed import barrier
+            from .train.distributed import barrier
 
             barrier()
 
@@ -135,7 +135,7 @@ def _join_ranks(cfg: Config) -> _Ranks:
     """
     if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
         return _Ranks()
-    from .distributed import distributed_context, init_distributed, resolve_device
+    from .train.distributed import distributed_context, init_distributed, resolve_device
 
     init_distributed(resolve_device(cfg.device))
     dctx = distributed_context()
@@ -246,7 +246,7 @@ def run(
         if ranks.main:
             if "check" in txn.manifest.data["stages"]:
                 current = "report"
-                from .report import render_report
+                from .deploy.report import render_report
 
                 render_report(txn.shadow)  # into the shadow: committed with everything else
                 current = "commit"

@@ -28,8 +28,8 @@ if TYPE_CHECKING:  # config.py imports this module; at run time only the values 
     from .registry import Registry
 
 SWITCHES = ("auto", "on", "off")  # amp, channels_last
-OPTIMIZERS = ("sgd", "adamw")  # edgekd.optim.build_optimizer
-SCHEDULES = ("onecycle", "cosine", "constant")  # edgekd.optim.Schedule
+OPTIMIZERS = ("sgd", "adamw")  # edgekd.train.optim.build_optimizer
+SCHEDULES = ("onecycle", "cosine", "constant")  # edgekd.train.optim.Schedule
 DEVICES = ("auto", "cpu", "cuda")  # cuda:N is cuda plus an index
 STAGES = ("teacher", "distill", "qat", "export", "check", "gate")
 SEVERITIES = (1, 5)  # corruption severities run 1..5 (Hendrycks & Dietterich 2019)

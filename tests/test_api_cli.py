@@ -111,7 +111,8 @@ def test_debug_shows_the_traceback_only_when_asked(tmp_path: Path) -> None:
 def test_an_internal_error_is_exit_3_with_a_hint(monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """A bug is not a user error (2) nor a failed gate (1): exit 3, one line, and how to get the traceback."""
-    from edgekd import cli, report
+    from edgekd import cli
+    from edgekd.deploy import report
 
     def broken(run_dir: str) -> None:
         raise TypeError("unexpected None")

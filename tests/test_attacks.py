@@ -67,7 +67,7 @@ def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def _onnx_predict(model: nn.Module):  # noqa: ANN202 - returns a predict_fn over an onnxruntime session
     pytest.importorskip("onnxruntime")
-    from edgekd.runtime import make_session, predict_logits
+    from edgekd.deploy.runtime import make_session, predict_logits
 
     buf = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript

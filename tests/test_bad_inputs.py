@@ -203,14 +203,14 @@ ROWS = [
         setup=write("garbage.onnx", b"\x00garbage" * 10)),
     Row("doctor: int8 file changed", ["doctor", "{RUN}"], r"sha256", setup=change_int8),
     Row("doctor: uint8-input model is diagnosed (issue 8.4)", ["{T}/u8.onnx", "--fp32", "{T}/u8.onnx"],
-        r"Measured at batch 1", code=0, setup=uint8_model, module="edgekd.doctor"),
+        r"Measured at batch 1", code=0, setup=uint8_model, module="edgekd.deploy.doctor"),
     # --- report
     Row("report: run folder missing", ["report", "{T}/nowhere"], r"run folder .*nowhere does not exist"),
     Row("report: int8 file changed (issue 8.8)", ["report", "{RUN}"], r"sha256", setup=change_int8),
     Row("report: manifest stages is a list", ["report", "{RUN}"], r"'stages' is a list",
         setup=edit_manifest(lambda d: d.update(stages=list(d["stages"])))),
-    Row("python -m edgekd.report without a folder", [], r"usage", module="edgekd.report"),
-    Row("python -m edgekd.report on a missing folder", ["{T}/nowhere"], r"does not exist", module="edgekd.report"),
+    Row("python -m edgekd.deploy.report without a folder", [], r"usage", module="edgekd.deploy.report"),
+    Row("python -m edgekd.deploy.report on a missing folder", ["{T}/nowhere"], r"does not exist", module="edgekd.deploy.report"),
     # --- the command line itself
     Row("no command", [], r"required"),
     Row("unknown command", ["trian"], r"invalid choice: 'trian'"),
@@ -299,7 +299,7 @@ def test_weights_errors_never_advise_unsafe_loading(content: str, tmp_path: Path
     import numpy as np
     import torch
 
-    from edgekd.checkpoint import load_checkpoint
+    from edgekd.train.checkpoint import load_checkpoint
     from edgekd.errors import CheckpointError
     from edgekd.models.weights import read_checkpoint
 

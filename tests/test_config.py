@@ -289,7 +289,7 @@ def test_validate_budgets_names_key_flag_and_value(budgets: BudgetsConfig, flag:
 
 def test_gate_flags_are_validated_as_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`edgekd gate RUN --min-accuracy -0.5` (and 150, -1, nan, -5 ms) is exit 2, not a budget FAIL (exit 1)."""
-    from edgekd.gate import apply_overrides, main_gate
+    from edgekd.deploy.gate import apply_overrides, main_gate
     from test_gate import make_run
 
     for bad in ({"min_accuracy": -0.5}, {"min_accuracy": 150.0}, {"max_size_mb": -1.0},

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edgekd import doctor
+from edgekd.deploy import doctor
 from edgekd.data import to_float
 from edgekd.errors import ArtifactError
 
@@ -124,7 +124,7 @@ def test_missing_file_raises_artifact_error(tmp_path):
 
 
 def test_module_main_prints_verdict(models):
-    proc = subprocess.run([sys.executable, "-m", "edgekd.doctor", str(models["mixed"])], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "edgekd.deploy.doctor", str(models["mixed"])], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "Verdict: INT8 will not be much faster" in proc.stdout
@@ -212,6 +212,6 @@ def test_uint8_input_model_is_timed_not_a_traceback(tmp_path):
     path = _qdq_graph(tmp_path / "u8.onnx", None, onnx.TensorProto.UINT8)
     d = doctor.diagnose(path, fp32_path=path)
     assert d["latency"]["int8_ms"] > 0
-    proc = subprocess.run([sys.executable, "-m", "edgekd.doctor", str(path), "--fp32", str(path)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "edgekd.deploy.doctor", str(path), "--fp32", str(path)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr

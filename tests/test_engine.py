@@ -20,12 +20,12 @@ import pytest
 import torch
 from torch import nn
 
-from edgekd.checkpoint import load_checkpoint
+from edgekd.train.checkpoint import load_checkpoint
 from edgekd.config import TrainConfig
-from edgekd.engine import Precision, evaluate, fit, make_criterion, resolve_amp, resolve_device
+from edgekd.train.engine import Precision, evaluate, fit, make_criterion, resolve_amp, resolve_device
 from edgekd.errors import CheckpointError, ConfigError, EdgekdError
 from edgekd.hardware import cpu_bf16_is_fast, detect_cpu_features
-from edgekd.optim import Schedule, build_optimizer, param_groups
+from edgekd.train.optim import Schedule, build_optimizer, param_groups
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 REPO = Path(__file__).resolve().parents[1]
@@ -316,7 +316,7 @@ def test_cpu_bf16_autocast_trains_with_finite_loss(tmp_path):
 
 def _scaler_precision(monkeypatch) -> None:
     """Make fit() take the fp16 path's GradScaler branch on CPU: fp32 math, the CUDA path's scaler logic."""
-    import edgekd.engine as engine
+    import edgekd.train.engine as engine
 
     monkeypatch.setattr(engine, "resolve_amp", lambda mode, device: Precision(None, scaler=True, reason="test"))
 
@@ -422,7 +422,7 @@ def _child(argv: list[str]) -> None:
         os.environ["EDGEKD_FAULT_AT"] = f"{Path(work).name}:checkpoint-write:1"
         run_resume_fit(work, init_seed=0, resume=False)
     elif mode == "ddp":
-        from edgekd.distributed import rank_and_world
+        from edgekd.train.distributed import rank_and_world
 
         rank, world = rank_and_world()
         train, val = resume_data(world_size=world, rank=rank)

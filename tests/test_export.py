@@ -15,10 +15,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_quant import FMNIST, fmnist_images, trained_student  # noqa: E402  (shared real-data model builder)
 
 from edgekd.errors import ArtifactError, ParityError
-from edgekd.export_onnx import (check_model, export_fp32, export_int8, find_divergence, get_metadata, parity_fp32,
+from edgekd.exporting import (check_model, export_fp32, export_int8, find_divergence, get_metadata, parity_fp32,
                                 parity_int8, simplify)
 from edgekd.quant import QConv2d, freeze_observers, prepare_qat
-from edgekd.runtime import make_session
+from edgekd.deploy.runtime import make_session
 
 pytestmark = pytest.mark.skipif(not FMNIST.is_file(), reason=f"Fashion-MNIST not installed at {FMNIST}")
 SHAPE = (1, 1, 28, 28)

@@ -15,9 +15,9 @@ import yaml
 
 from edgekd.config import BudgetsConfig, Config, LatencyBudget
 from edgekd.errors import ArtifactError, ConfigError
-from edgekd.gate import gate, main_gate
+from edgekd.deploy.gate import gate, main_gate
 from edgekd.manifest import Manifest
-from edgekd.runtime import check_models
+from edgekd.deploy.runtime import check_models
 from test_runtime import FAST_LATENCY, LABELS, band_images, conv_model, gemm_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,7 +258,7 @@ def test_junit_and_markdown_summary(run: Path, tmp_path: Path, monkeypatch: pyte
 
 def test_gate_as_a_real_subprocess(run: Path) -> None:
     acc = measured(run)["accuracy"]
-    cmd = [sys.executable, "-m", "edgekd.gate", str(run)]
+    cmd = [sys.executable, "-m", "edgekd.deploy.gate", str(run)]
     fail = subprocess.run([*cmd, "--min-accuracy", str(acc + 0.01)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert fail.returncode == 1, fail.stderr
     assert "min_accuracy[student_int8]" in fail.stdout and "gate: FAIL (1 of 1 budgets missed)" in fail.stdout

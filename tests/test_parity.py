@@ -13,10 +13,10 @@ from torch import nn
 
 from edgekd.errors import ParityError
 from edgekd.exporting import export_fp32, parity_fp32
-from edgekd.exporting.onnx_io import unique_node_names
+from edgekd.deploy.onnx_io import unique_node_names
 from edgekd.exporting.parity import fp32_bound, int8_agreement
 from edgekd.exporting.qdq import compact_names, name_weight_layers, postprocess_qdq
-from edgekd.runtime import make_session
+from edgekd.deploy.runtime import make_session
 
 
 class TinyNet(nn.Module):

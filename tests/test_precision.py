@@ -12,9 +12,9 @@ import types
 import pytest
 import torch
 
-import edgekd.distributed as D
+import edgekd.train.distributed as D
 from edgekd.config import load_config
-from edgekd.distributed import Precision, resolve_amp, resolve_device, seed_everything, wrap_ddp
+from edgekd.train.distributed import Precision, resolve_amp, resolve_device, seed_everything, wrap_ddp
 from edgekd.environment import environment, training_precision
 from edgekd.errors import ConfigError
 from edgekd.hardware import CpuFeatures, _proc_cpuinfo_flags, _torch_flags, cpu_bf16_is_fast, detect_cpu_features, \

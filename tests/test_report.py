@@ -16,7 +16,7 @@ from onnxruntime import quantization
 from edgekd.data import to_float
 from edgekd.errors import ArtifactError
 from edgekd.manifest import Manifest
-from edgekd.report import render_report
+from edgekd.deploy.report import render_report
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -163,7 +163,7 @@ def test_html_escapes_manifest_text(run_dir):
 
 
 def test_doctor_failure_is_shown_not_hidden(run_dir, monkeypatch):
-    from edgekd import doctor
+    from edgekd.deploy import doctor
 
     def fail(*args, **kwargs):
         raise ArtifactError("onnxruntime cannot load the model", "re-export it")
@@ -198,7 +198,7 @@ def test_missing_sections_are_omitted_with_a_note(run_dir):
 
 
 def test_without_matplotlib_report_renders_and_says_so(run_dir, monkeypatch):
-    from edgekd.report import plots
+    from edgekd.deploy.report import plots
 
     monkeypatch.setattr(plots, "matplotlib_available", lambda: False)
     md_path, html_path = render_report(run_dir)
@@ -215,17 +215,17 @@ def test_missing_manifest_raises_artifact_error(tmp_path):
 
 def test_module_main_renders(run_dir):
     (run_dir / "report.md").unlink(missing_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "edgekd.report", str(run_dir)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "edgekd.deploy.report", str(run_dir)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (run_dir / "report.md").is_file() and "report.html" in proc.stdout
-    bad = subprocess.run([sys.executable, "-m", "edgekd.report", str(run_dir / "nowhere")], cwd=REPO,
+    bad = subprocess.run([sys.executable, "-m", "edgekd.deploy.report", str(run_dir / "nowhere")], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_report_and_doctor_never_import_torch(run_dir):
-    code = ("import sys; from edgekd.report import render_report; render_report(sys.argv[1]); "
+    code = ("import sys; from edgekd.deploy.report import render_report; render_report(sys.argv[1]); "
             "assert 'torch' not in sys.modules, 'torch was imported'; print('torch-free')")
     proc = subprocess.run([sys.executable, "-c", code, str(run_dir)], cwd=REPO, capture_output=True, text=True,
                           timeout=120)

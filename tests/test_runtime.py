@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.config import LatencyConfig
 from edgekd.errors import ArtifactError, ConfigError
-from edgekd.runtime import (accuracy_report, check_models, make_session, measure_latency, predict_logits,
+from edgekd.deploy.runtime import (accuracy_report, check_models, make_session, measure_latency, predict_logits,
                             profile_top_ops)
 
 OPSET = 17

@@ -155,7 +155,7 @@ def test_kill_mid_write_leaves_the_old_file(tmp_path: Path) -> None:
 
 def test_equal_weights_give_equal_sha256(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
-    from edgekd.checkpoint import save_checkpoint
+    from edgekd.train.checkpoint import save_checkpoint
     from edgekd.stages.common import save_weights
 
     torch.manual_seed(0)

@@ -14,14 +14,14 @@ import pytest
 from test_gate import make_run
 
 REPO = Path(__file__).resolve().parents[1]
-DEPLOY_MODULES = ("edgekd", "edgekd.gate", "edgekd.runtime", "edgekd.manifest", "edgekd.config", "edgekd.environment")
+DEPLOY_MODULES = ("edgekd", "edgekd.deploy.gate", "edgekd.deploy.runtime", "edgekd.manifest", "edgekd.config", "edgekd.environment")
 TRAINING_ONLY = ("torch", "torchvision", "onnxsim")
 
 # Runs in a child interpreter: import the deployment side, run the gate in-process, report what got loaded.
 PROBE = """
 import json, sys
 import {modules}
-from edgekd.gate import main_gate
+from edgekd.deploy.gate import main_gate
 rc = main_gate(sys.argv[1:])
 site = {site!r}
 tops = sorted({{m.split('.')[0] for m, mod in list(sys.modules.items())
@@ -57,7 +57,7 @@ def test_deployment_imports_and_gate_leave_torch_unloaded(run_dir: Path) -> None
     loaded = set(out["loaded"])
     assert not loaded & set(TRAINING_ONLY), sorted(loaded & set(TRAINING_ONLY))
     # the torch side of the package must not sneak in through an import chain either
-    assert not {m for m in loaded if m.startswith(("edgekd.data.loader", "edgekd.models", "edgekd.engine",
+    assert not {m for m in loaded if m.startswith(("edgekd.data.loader", "edgekd.models", "edgekd.train.engine",
                                                      "edgekd.losses", "edgekd.quant", "edgekd.stages"))}
     assert "onnxruntime" in out["site_packages"]
 
@@ -85,6 +85,6 @@ def test_gate_runs_in_a_venv_without_torch(run_dir: Path, tmp_path: Path) -> Non
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
     out = _probe(py, run_dir, str(venv_site))
     assert out["rc"] == 0 and "torch" not in out["loaded"]
-    failing = subprocess.run([py, "-m", "edgekd.gate", str(run_dir), "--min-accuracy", "0.99"], cwd=tmp_path,
+    failing = subprocess.run([py, "-m", "edgekd.deploy.gate", str(run_dir), "--min-accuracy", "0.99"], cwd=tmp_path,
                              env=_clean_env(), capture_output=True, text=True, timeout=60)
     assert failing.returncode == 1 and "gate: FAIL" in failing.stdout, failing.stderr

@@ -7,7 +7,7 @@ Tolerance, and why it is not float rounding: with the same global batch, DDP's a
 ranks' gradients equals the single-process gradient up to float summation order *only for layers
 without batch statistics*. Here two things legitimately differ: BatchNorm normalizes each rank's
 16 images with their own mean/variance (SyncBatchNorm does not run on CPU) and the saved running
-statistics are rank 0's (edgekd.distributed.broadcast_buffers), and the student's dropout draws
+statistics are rank 0's (edgekd.train.distributed.broadcast_buffers), and the student's dropout draws
 its masks from a per-rank seed. Measured on this CPU: the whole state_dicts differ by 1.6 %
 (teacher), 1.7 % (student) and 2.4 % (QAT student) of their L2 norm; the teacher's parameters
 alone by 1.0 %, while its 3-step update is 1.1 % of its norm (the updates' cosine is 0.58: BN

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from ..errors import ArtifactError
-from ..runtime.session import make_session
+from ..deploy.runtime.session import make_session
 from .call_order import run_with_hooks
-from .onnx_io import load_model, unique_node_names
+from ..deploy.onnx_io import load_model, unique_node_names
 
 
 def _torch_layer_outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, np.ndarray]]:

@@ -13,7 +13,7 @@ import torch
 from ..errors import ArtifactError
 from ..io import atomic_path
 from .call_order import is_weight_layer, record_calls
-from .onnx_io import check_model, initializer_dtypes, op_counts, set_metadata, unique_node_names
+from ..deploy.onnx_io import check_model, initializer_dtypes, op_counts, set_metadata, unique_node_names
 from .qdq import (compact_names, inline_constant_identities, int8_weight_stats, name_weight_layers, postprocess_qdq,
                   verify_scales)
 from .torch_export import INPUT_NAME, OUTPUT_NAME, sample_input, to_onnx

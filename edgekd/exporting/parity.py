@@ -15,7 +15,7 @@ import torch
 
 from ..batching import map_batches
 from ..errors import ArtifactError, ParityError
-from ..runtime.session import make_session, predict_logits
+from ..deploy.runtime.session import make_session, predict_logits
 from .qnoise import int8_noise_bounds
 
 # Defaults shared with edgekd.config.ExportConfig (whose comments say why each has its value).

@@ -16,7 +16,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ArtifactError
-from .onnx_io import constants, producers, unique_node_names
+from ..deploy.onnx_io import constants, producers, unique_node_names
 
 
 def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:

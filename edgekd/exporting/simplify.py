@@ -11,8 +11,8 @@ import onnx
 
 from ..errors import ArtifactError
 from ..io import atomic_path
-from ..runtime.session import make_session
-from .onnx_io import input_shape, load_model, unique_node_names
+from ..deploy.runtime.session import make_session
+from ..deploy.onnx_io import input_shape, load_model, unique_node_names
 from .qdq import int8_weight_stats
 
 

@@ -18,7 +18,7 @@ import onnx
 import torch
 
 from ..errors import ArtifactError
-from .onnx_io import unique_node_names
+from ..deploy.onnx_io import unique_node_names
 
 INPUT_NAME, OUTPUT_NAME = "pixels", "logits"
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..checkpoint import LOAD_ERRORS, describe_load_error, safe_torch_load
+from ..train.checkpoint import LOAD_ERRORS, describe_load_error, safe_torch_load
 from ..errors import CheckpointError, ConfigError
 
 _SHOW = 5  # keys listed per category in an error message

@@ -1,6 +1,6 @@
 """Check stage: onnxruntime on CPU measures teacher, FP32 student and INT8 student side by side.
 
-Accuracy, size, latency and profiler top ops come from ``edgekd.runtime``; robustness
+Accuracy, size, latency and profiler top ops come from ``edgekd.deploy.runtime``; robustness
 (corruptions, attacks, calibration, OOD) from ``edgekd.robustness``. The deployed ONNX files
 are what is measured; the torch models only supply gradients for white-box and transfer attacks.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..manifest import Manifest
-from ..runtime import check_models, make_session, predict_logits
+from ..deploy.runtime import check_models, make_session, predict_logits
 from .base import StageContext, StageResult
 
 MODELS = {"teacher": "teacher_fp32", "student_fp32": "student_fp32", "student_int8": "student_int8"}

@@ -9,7 +9,7 @@ import torch
 
 from ..config import Config, TrainConfig
 from ..data.loader import BatchLoader, make_loaders
-from ..engine import evaluate, fit, resolve_device
+from ..train.engine import evaluate, fit, resolve_device
 from ..io import atomic_write_bytes
 from ..models import build_student, build_teacher, load_weights
 from .base import StageContext
@@ -21,7 +21,7 @@ def device_of(ctx: StageContext) -> torch.device:
 
 def begin_training_stage(ctx: StageContext) -> torch.device:
     """Seed before any model is built, so initial weights (and so the whole stage) repeat for a seed."""
-    from ..distributed import seed_everything
+    from ..train.distributed import seed_everything
 
     device = device_of(ctx)
     if ctx.cfg.num_threads:
@@ -33,7 +33,7 @@ def begin_training_stage(ctx: StageContext) -> torch.device:
 def loaders(ctx: StageContext, augment: bool = True, student_only_noise: bool = False) -> tuple[BatchLoader, BatchLoader, BatchLoader]:
     """Train/val/test loaders. With ``student_only_noise`` the noise/corruption part of the
     augmentation is left to the KD step, so the teacher sees the clean input."""
-    from ..distributed import rank_and_world
+    from ..train.distributed import rank_and_world
 
     data_cfg = ctx.cfg.data
     if not augment or student_only_noise:
@@ -48,12 +48,12 @@ def loaders(ctx: StageContext, augment: bool = True, student_only_noise: bool = 
 def save_weights(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> Path:
     """Plain state_dict + metadata, written atomically by rank 0 only; loadable with weights_only=True.
 
-    Saved through memory (edgekd.checkpoint.torch_bytes), so equal weights give an equal sha256.
+    Saved through memory (edgekd.train.checkpoint.torch_bytes), so equal weights give an equal sha256.
     Under torchrun every rank holds the same weights (DDP), and one writer avoids two processes
     racing on one file; the other ranks get the path back and wait at the pipeline's barrier.
     """
-    from ..checkpoint import torch_bytes
-    from ..distributed import is_main
+    from ..train.checkpoint import torch_bytes
+    from ..train.distributed import is_main
 
     if is_main():
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

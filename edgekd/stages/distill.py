@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..data.loader import BatchLoader
-from ..distributed import rank_and_world
+from ..train.distributed import rank_and_world
 from ..models import build_student
 from .base import StageContext, StageResult
 from .common import begin_training_stage, config_meta, load_teacher, save_weights, train_and_score

@@ -1,7 +1,7 @@
 """Gate stage: the run's verdict against its config's budgets (same function as ``edgekd gate``)."""
 from __future__ import annotations
 
-from ..gate import format_table, gate
+from ..deploy.gate import format_table, gate
 from .base import StageContext, StageResult
 
 

@@ -1,7 +1,7 @@
 """Teacher stage: train a ResNet teacher (or load given weights) and score it."""
 from __future__ import annotations
 
-from ..engine import evaluate, make_criterion
+from ..train.engine import evaluate, make_criterion
 from ..models import build_teacher
 from .base import StageContext, StageResult
 from .common import begin_training_stage, config_meta, loaders, save_weights, train_and_score

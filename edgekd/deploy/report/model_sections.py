@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..manifest import Manifest
+from ...manifest import Manifest
 from .doc import (
     MISSING, Code, Image, Paragraph, Section, Table, latency_entry, mb, num, ordered_models, pct, pp_delta, ratio,
 )

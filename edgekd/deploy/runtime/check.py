@@ -11,8 +11,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..config import LatencyConfig
-from ..errors import ConfigError
+from ...config import LatencyConfig
+from ...errors import ConfigError
 from .accuracy import accuracy_report
 from .latency import measure_latency
 from .profile import profile_top_ops

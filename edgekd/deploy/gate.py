@@ -17,9 +17,9 @@ from xml.etree import ElementTree as ET
 
 import yaml
 
-from .config import BudgetsConfig, LatencyBudget, budgets_from_dict, load_config, validate_budgets
-from .errors import ArtifactError, ConfigError, EdgekdError, from_os_error, report_error, user_error
-from .manifest import MANIFEST_NAME, Manifest
+from ..config import BudgetsConfig, LatencyBudget, budgets_from_dict, load_config, validate_budgets
+from ..errors import ArtifactError, ConfigError, EdgekdError, from_os_error, report_error, user_error
+from ..manifest import MANIFEST_NAME, Manifest
 
 CHECK_FIX = "run the check stage first (edgekd check, or edgekd run)"
 RUN_FOLDER_FIX = "pass a run folder written by 'edgekd run' (export/<run-name>/) or its manifest.json"
@@ -451,7 +451,7 @@ def gate_command(args: argparse.Namespace) -> int:
 
 
 def main_gate(argv: Sequence[str] | None = None) -> int:
-    """``python -m edgekd.gate RUN_DIR [budget flags]`` without the rest of the CLI."""
+    """``python -m edgekd.deploy.gate RUN_DIR [budget flags]`` without the rest of the CLI."""
     parser = argparse.ArgumentParser(prog="edgekd gate", description=__doc__.splitlines()[0])
     add_gate_arguments(parser)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")

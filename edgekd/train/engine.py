@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import capture_rng, check_fits, check_meta, cpu_state, load_checkpoint, restore_rng, save_checkpoint
-from .config import TrainConfig
+from ..config import TrainConfig
 from .distributed import (
     Precision,
     all_gather_objects,
@@ -33,9 +33,9 @@ from .distributed import (
     seed_everything,
     wrap_ddp,
 )
-from .errors import CheckpointError, ConfigError, EdgekdError
-from .faults import fault_point
-from .io import append_jsonl, atomic_write_text
+from ..errors import CheckpointError, ConfigError, EdgekdError
+from ..faults import fault_point
+from ..io import append_jsonl, atomic_write_text
 from .optim import build_optimizer, build_schedule
 
 __all__ = ["FitResult", "Precision", "evaluate", "fit", "make_criterion", "resolve_amp", "resolve_channels_last",

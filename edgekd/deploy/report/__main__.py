@@ -1,12 +1,12 @@
-"""``python -m edgekd.report RUN_DIR [--debug]``: render the run's report again."""
+"""``python -m edgekd.deploy.report RUN_DIR [--debug]``: render the run's report again."""
 from __future__ import annotations
 
 import sys
 
-from ..errors import report_error
+from ...errors import report_error
 from . import render_report
 
-USAGE = "usage: python -m edgekd.report RUN_DIR [--debug]"
+USAGE = "usage: python -m edgekd.deploy.report RUN_DIR [--debug]"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 import onnx
 
-from .environment import cpu_info
-from .errors import ArtifactError, report_error
+from ..environment import cpu_info
+from ..errors import ArtifactError, report_error
 from .runtime import make_session, measure_latency
 
 # Kernels that compute in int8 (ONNX domain and com.microsoft contrib ops).
@@ -366,10 +366,10 @@ def format_diagnosis(d: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m edgekd.doctor MODEL.onnx [--fp32 FP32.onnx] [--provider P]``."""
+    """``python -m edgekd.deploy.doctor MODEL.onnx [--fp32 FP32.onnx] [--provider P]``."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m edgekd.doctor", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m edgekd.deploy.doctor", description=__doc__.splitlines()[0])
     p.add_argument("model")
     p.add_argument("--fp32", help="the fp32 model, to compare latency at batch 1 / 1 thread")
     p.add_argument("--provider", default="CPUExecutionProvider")

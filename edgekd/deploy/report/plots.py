@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..io import atomic_path
+from ...io import atomic_path
 from .doc import latency_entry, ordered_models
 
 NO_MATPLOTLIB = "matplotlib is not installed, so this report has no plots (pip install matplotlib, then edgekd report RUN_DIR)."

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import TrainConfig
-from .errors import ConfigError
+from ..config import TrainConfig
+from ..errors import ConfigError
 
 ONECYCLE_DIV = 25.0  # onecycle starts at lr / 25 (torch's OneCycleLR default) ...
 ONECYCLE_FINAL_DIV = 1e4  # ... and ends at lr / 25 / 1e4

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError
-from .hardware import CpuFeatures, cpu_bf16_is_fast, detect_cpu_features
+from ..errors import ConfigError
+from ..hardware import CpuFeatures, cpu_bf16_is_fast, detect_cpu_features
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..gate import load_manifest
-from ..io import atomic_write_text
-from ..manifest import Manifest
+from ...io import atomic_write_text
+from ...manifest import Manifest
 from .doc import Document, Paragraph, Section
 from .model_sections import doctor_section, latency_section, ops_section, per_class_section, summary_section
 from .plots import make_plots

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ArtifactError, ConfigError
+from ...errors import ArtifactError, ConfigError
 from .session import _ORT_LOAD_ERRORS, PathLike, make_session
 
 # onnxruntime's input type names -> numpy dtypes a timing input can be made of

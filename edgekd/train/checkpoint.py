@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import CheckpointError
-from .io import atomic_write_bytes
+from ..errors import CheckpointError
+from ..io import atomic_write_bytes
 
 FORMAT_VERSION = 1
 

@@ -13,8 +13,8 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from ..batching import map_batches
-from ..errors import ArtifactError, ConfigError
+from ...batching import map_batches
+from ...errors import ArtifactError, ConfigError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
