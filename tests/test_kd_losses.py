@@ -153,7 +153,7 @@ def test_every_kd_loss_keeps_the_contract(name: str, fmnist_small, batch) -> Non
     distiller = Distiller(student, teacher, kd).train()
     assert student.training and not any(m.training for m in teacher.modules())
 
-    loss, logits = distiller.step(x, y)
+    loss, logits = distiller.step(student, (x, y))
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert logits.shape == (8, 10)
     loss.backward()
@@ -175,7 +175,7 @@ def test_teacher_logits_usable_and_cache_skips_teacher(fmnist_small, batch) -> N
     t = distiller.teacher_forward(x)
     assert len(calls) == 1 and not t.is_inference() and not t.requires_grad
     student.eval()  # deterministic student output for the comparison
-    loss_live, _ = distiller.step(x, y)
-    loss_cached, _ = distiller.step(x, y, teacher_logits=t)
+    loss_live, _ = distiller.step(student, (x, y))
+    loss_cached, _ = distiller.step(student, (x, y, t))  # cached logits: batch[2]
     assert len(calls) == 2  # the cached step did not run the teacher
     assert loss_cached.item() == pytest.approx(loss_live.item(), rel=1e-6)

@@ -1,8 +1,18 @@
-"""Batched train-time augmentation on float [0, 1] NCHW tensors (no per-sample Python loops).
+"""The one train-time augmenter: batched, on float [0, 1] NCHW tensors (no per-sample Python loops).
 
-All randomness comes from the ``torch.Generator`` (CPU) and ``numpy.random.Generator`` passed in, so a
-batch's augmentation is a pure function of the seeds the loader derives from (seed, epoch, rank, batch),
-and the same on CPU and GPU: random numbers are drawn on the CPU and moved to the images' device.
+Two parts, kept apart so that a call site says which model sees which:
+
+- **geometric** (``crop_padding``, ``hflip``): changes what the image shows where; in KD stages both
+  the teacher and the student see it (the teacher's soft labels must describe the student's image).
+- **photometric** (``corruption_prob`` up to ``corruption_max_severity``, then ``noise_std``): degrades
+  the pixels; in KD stages only the student sees it (robust KD option (a)), the teacher sees the clean
+  geometric view.
+
+All randomness of a batch comes from two generators derived from (seed, epoch, rank, batch index)
+(:meth:`Augmenter.streams`), so a batch's augmentation is a pure function of those numbers: a run
+resumed after a kill sees the same images, and CPU and GPU agree (random numbers are drawn on the CPU
+and moved to the images' device). The photometric part continues the geometric part's stream, so the
+student's view in a KD stage is exactly the image a single model would get from the same loader.
 """
 from __future__ import annotations
 
@@ -12,10 +22,31 @@ import torch.nn.functional as F
 
 from ..config import AugmentConfig
 
+_STREAM_AUGMENT = 12
+
+
+def mix_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integer parts (SeedSequence hashing, no collisions in practice)."""
+    state = np.random.SeedSequence([p % (1 << 63) for p in parts]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def seeded_generator(*parts: int) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded by :func:`mix_seed` of ``parts``."""
+    return torch.Generator().manual_seed(mix_seed(*parts))
+
 
 def is_active(aug: AugmentConfig | None) -> bool:
     """Whether ``aug`` changes anything."""
-    return aug is not None and bool(aug.crop_padding or aug.hflip or aug.noise_std > 0 or aug.corruption_prob > 0)
+    return aug is not None and (has_geometric(aug) or has_photometric(aug))
+
+
+def has_geometric(aug: AugmentConfig) -> bool:
+    return bool(aug.crop_padding or aug.hflip)
+
+
+def has_photometric(aug: AugmentConfig) -> bool:
+    return bool(aug.noise_std > 0 or aug.corruption_prob > 0)
 
 
 def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
@@ -54,21 +85,51 @@ def gaussian_noise(x: torch.Tensor, std: float, gen: torch.Generator) -> torch.T
 def random_corruption(x: torch.Tensor, prob: float, max_severity: int, rng: np.random.Generator) -> torch.Tensor:
     """With probability ``prob`` per batch, apply one random registered corruption at a random
     severity 1..``max_severity`` to the whole batch (numpy, ``edgekd.robustness.corruptions``)."""
+    assert 1 <= max_severity <= 5, f"corruption severities run from 1 to 5, got {max_severity}"
     if prob <= 0 or rng.random() >= prob:
         return x
     from ..robustness.corruptions import CORRUPTIONS, apply_corruption  # only needed when enabled
 
     names = CORRUPTIONS.names()
     name = names[int(rng.integers(len(names)))]
-    severity = int(rng.integers(1, max(1, min(5, max_severity)) + 1))
+    severity = int(rng.integers(1, max_severity + 1))
     out = apply_corruption(name, x.detach().cpu().numpy(), severity, rng)
     return torch.from_numpy(np.ascontiguousarray(out)).to(x.device, x.dtype)
 
 
-def augment_batch(x: torch.Tensor, aug: AugmentConfig, gen: torch.Generator, rng: np.random.Generator) -> torch.Tensor:
-    """Crop, flip, corruption, noise, in that order; the result stays in [0, 1] with ``x``'s shape."""
-    x = random_crop(x, aug.crop_padding, gen)
-    if aug.hflip:
-        x = random_hflip(x, gen)
-    x = random_corruption(x, aug.corruption_prob, aug.corruption_max_severity, rng)
-    return gaussian_noise(x, aug.noise_std, gen)
+class Augmenter:
+    """``data.augment`` for one run: its geometric and photometric parts, seeded per batch.
+
+    ``views(x, epoch, batch, rank)`` returns ``(geometric_view, photometric_view)``: the second is the
+    first with the photometric part applied (the same tensor when that part is off). A single model
+    trains on the photometric view; a KD teacher gets the geometric view and its student the
+    photometric one.
+    """
+
+    def __init__(self, cfg: AugmentConfig, seed: int) -> None:
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.geometric_on = has_geometric(cfg)
+        self.photometric_on = has_photometric(cfg)
+
+    def streams(self, epoch: int, batch: int, rank: int = 0) -> tuple[torch.Generator, np.random.Generator]:
+        """The batch's torch and numpy generators: a pure function of (seed, epoch, rank, batch)."""
+        parts = (self.seed, epoch, rank, batch, _STREAM_AUGMENT)
+        rng = np.random.default_rng(np.random.SeedSequence([p % (1 << 63) for p in parts]))
+        return seeded_generator(*parts), rng
+
+    def geometric(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Random crop, then random horizontal flip."""
+        x = random_crop(x, self.cfg.crop_padding, gen)
+        return random_hflip(x, gen) if self.cfg.hflip else x
+
+    def photometric(self, x: torch.Tensor, gen: torch.Generator, rng: np.random.Generator) -> torch.Tensor:
+        """A random corruption (severity capped by ``corruption_max_severity``), then Gaussian noise; ``x`` is not modified."""
+        x = random_corruption(x, self.cfg.corruption_prob, self.cfg.corruption_max_severity, rng)
+        return gaussian_noise(x, self.cfg.noise_std, gen)
+
+    def views(self, x: torch.Tensor, epoch: int, batch: int, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(geometric view, photometric view)`` of batch ``batch`` of ``epoch`` on ``rank``; both in [0, 1]."""
+        gen, rng = self.streams(epoch, batch, rank)
+        geo = self.geometric(x, gen)
+        return geo, (self.photometric(geo, gen, rng) if self.photometric_on else geo)

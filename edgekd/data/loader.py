@@ -7,33 +7,29 @@ epoch ``e`` are a pure function of (seed, e) (and the rank): a resumed run sees 
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import torch
 
 from ..config import AugmentConfig, DataConfig
-from .augment import augment_batch, is_active
+from .augment import Augmenter, is_active, seeded_generator
 from .base import DatasetBundle, Split
 
-_STREAM_ORDER, _STREAM_AUGMENT = 11, 12
-
-
-def _seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integer parts (SeedSequence hashing, no collisions in practice)."""
-    state = np.random.SeedSequence([p % (1 << 63) for p in parts]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
-
-
-def _generator(*parts: int) -> torch.Generator:
-    return torch.Generator().manual_seed(_seed(*parts))
+_STREAM_ORDER = 11
+Photometric = Literal["input", "student"]
 
 
 class BatchLoader:
     """Iterates ``(x float32 [B,C,H,W] in [0,1], y int64 [B], *extras)`` over ``split``.
 
     - ``shuffle``: a fresh permutation each epoch, seeded by (seed, epoch); call ``set_epoch(e)``.
-    - ``augment``: batched crop / flip / corruption / noise (see ``augment.py``); None disables it.
+    - ``augment``: batched crop / flip / corruption / noise (the :class:`~edgekd.data.augment.Augmenter`,
+      seeded by (seed, epoch, rank, batch)); None disables it.
+    - ``photometric``: where the photometric part (corruption / noise) goes. ``"input"``: onto ``x``
+      (one model trains on it). ``"student"`` (KD): ``x`` keeps only the geometric part (the teacher's
+      view) and the photometric view is yielded LAST, as ``x_student``, when that part is on:
+      ``(x, y, *extras, x_student)``.
     - ``rank`` / ``world_size``: DDP sharding. Every rank draws the same epoch permutation and takes a
       disjoint slice of it (strided). With ``drop_last`` the slices have equal size (the remainder
       of the permutation, different each epoch, is skipped); without it they cover every sample
@@ -57,7 +53,9 @@ class BatchLoader:
         extras: Sequence[torch.Tensor | np.ndarray] | None = None,
         drop_last: bool | None = None,
         device: torch.device | str | None = None,
+        photometric: Photometric = "input",
     ) -> None:
+        assert photometric in ("input", "student"), photometric
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -66,6 +64,8 @@ class BatchLoader:
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.augment = augment if is_active(augment) else None
+        self.augmenter = Augmenter(augment, seed) if self.augment is not None else None
+        self.photometric = photometric
         self.seed = int(seed)
         self.rank, self.world_size = int(rank), int(world_size)
         self.drop_last = self.shuffle if drop_last is None else bool(drop_last)
@@ -107,7 +107,7 @@ class BatchLoader:
         epoch = self.epoch if epoch is None else epoch
         n = len(self.split)
         if self.shuffle:
-            order = torch.randperm(n, generator=_generator(self.seed, epoch, _STREAM_ORDER))
+            order = torch.randperm(n, generator=seeded_generator(self.seed, epoch, _STREAM_ORDER))
         else:
             order = torch.arange(n)
         if self.world_size > 1:
@@ -120,11 +120,16 @@ class BatchLoader:
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x = self._images[idx].float().div_(255.0)
-            if self.augment is not None:
-                parts = (self.seed, self.epoch, self.rank, b, _STREAM_AUGMENT)
-                rng = np.random.default_rng(np.random.SeedSequence([p % (1 << 63) for p in parts]))
-                x = augment_batch(x, self.augment, _generator(*parts), rng)
-            yield (x, self._labels[idx], *(e[idx] for e in self._extras))
+            extras = [e[idx] for e in self._extras]
+            if self.augmenter is not None:
+                geometric, photometric = self.augmenter.views(x, self.epoch, b, self.rank)
+                if self.photometric == "input":
+                    x = photometric
+                else:  # KD: the teacher sees the geometric view, the student also the photometric part
+                    x = geometric
+                    if self.augmenter.photometric_on:
+                        extras.append(photometric)
+            yield (x, self._labels[idx], *extras)
 
 
 def make_loaders(
@@ -134,15 +139,18 @@ def make_loaders(
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | str | None = None,
+    photometric: Photometric = "input",
 ) -> tuple[BatchLoader, BatchLoader, BatchLoader]:
     """(train, val, test) loaders.
 
-    Train: shuffled, augmented with ``cfg.augment``, ``drop_last``, sharded over DDP ranks.
+    Train: shuffled, augmented with ``cfg.augment`` (its photometric part on ``x`` or, with
+    ``photometric="student"``, on a student-only view; see :class:`BatchLoader`), ``drop_last``,
+    sharded over DDP ranks.
     Val / test: in order, unaugmented, every sample on every rank, so each rank computes the same
     exact metrics (no padding duplicates, no collective needed to agree on the best epoch).
     """
     train = BatchLoader(bundle.train, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=seed,
-                        rank=rank, world_size=world_size, drop_last=True, device=device)
+                        rank=rank, world_size=world_size, drop_last=True, device=device, photometric=photometric)
     val = BatchLoader(bundle.val, cfg.eval_batch_size, shuffle=False, seed=seed, drop_last=False, device=device)
     test = BatchLoader(bundle.test, cfg.eval_batch_size, shuffle=False, seed=seed, drop_last=False, device=device)
     return train, val, test

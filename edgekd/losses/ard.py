@@ -12,7 +12,8 @@ natural-input term. With epsilon = 0, x' = x and the loss is exactly Hinton KD.
 
 ``RobustKDLoss`` is the shared shape of ARD and RSLAD: the attack runs inside the loss, so
 they define ``adversarial_step(student, x, y, teacher_logits) -> (loss, student_logits_clean)``,
-which ``Distiller.step`` calls instead of ``student(x)`` + ``forward`` (see ``losses/base.py``).
+which ``Distiller.step`` (the one KD training step) calls instead of ``student(x)`` + ``forward``
+(see ``losses/base.py``).
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DistillConfig, RobustKDConfig
-from ..errors import ConfigError
 from ..robustness.attacks import ATTACKS, kd_adversary, kd_kl
 from .base import KDLoss, register_kd_loss
 
@@ -37,11 +37,8 @@ class RobustKDLoss(KDLoss):
     def __init__(self, robust: Optional[RobustKDConfig] = None) -> None:
         super().__init__()
         self.robust = robust if robust is not None else RobustKDConfig()
-        if self.robust.epsilon < 0 or self.robust.steps < 1:
-            raise ConfigError(
-                f"robust KD needs epsilon >= 0 and steps >= 1, got {self.robust.epsilon}, {self.robust.steps}",
-                "set distill.robust.epsilon (e.g. 8/255) and distill.robust.steps (1 for fgsm_rs)",
-            )
+        # validated at config load (edgekd.validation): distill.robust.epsilon in [0, 1], steps >= 1
+        assert self.robust.epsilon >= 0 and self.robust.steps >= 1, (self.robust.epsilon, self.robust.steps)
 
     def adversarial_inputs(self, student: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                            teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -87,10 +84,9 @@ class ARDLoss(RobustKDLoss):
     def __init__(self, temperature: float = 4.0, alpha: float = 0.9, robust: Optional[RobustKDConfig] = None,
                  attack_objective: str = "kl") -> None:
         super().__init__(robust)
-        if temperature <= 0 or not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"ARD needs temperature > 0 and alpha in [0, 1], got {temperature}, {alpha}")
-        if attack_objective not in ("kl", "ce"):
-            raise ConfigError(f"ARD attack_objective must be 'kl' or 'ce', got {attack_objective!r}")
+        # validated at config load (edgekd.validation): distill.temperature > 0, distill.alpha in [0, 1]
+        assert temperature > 0 and 0.0 <= alpha <= 1.0, (temperature, alpha)
+        assert attack_objective in ("kl", "ce"), attack_objective
         self.temperature = float(temperature)
         self.alpha = float(alpha)
         self.attack_temperature = self.temperature

@@ -15,13 +15,13 @@ package) that subclasses ``KDLoss`` and registers it::
 
 A loss that needs the student itself, not just its logits (adversarial KD such as ARD / RSLAD,
 which attack the student's input), also defines ``adversarial_step(student, x, labels,
-teacher_logits) -> (loss, student_logits)``; ``Distiller.step`` and the KD training step call it
-instead of ``student(x)`` + ``forward``. ``teacher_logits`` are always the teacher's logits on the
-clean input ``x``.
+teacher_logits) -> (loss, student_logits)``; ``Distiller.step`` (the one KD training step, used by
+the distill and QAT stages and by the tests) calls it instead of ``student(x)`` + ``forward``.
+``teacher_logits`` are always the teacher's logits on the clean input.
 """
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -84,13 +84,35 @@ class Distiller(nn.Module):
         # Inference tensors cannot enter autograd; a clone made outside inference mode can.
         return logits.clone()
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One KD step -> ``(loss, student_logits)``; cached ``teacher_logits`` skip the teacher forward."""
-        t = self.teacher_forward(x) if teacher_logits is None else teacher_logits.detach()
+    @classmethod
+    def from_config(cls, student: nn.Module, teacher: nn.Module, cfg: DistillConfig) -> "Distiller":
+        """The distiller with the KD loss ``cfg.loss`` (``KD_LOSSES``) built from ``cfg``."""
+        return cls(student, teacher, KD_LOSSES.get(cfg.loss)(cfg))
+
+    def step(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The KD training step: ``(loss, student_logits)`` for one batch; the engine's ``step_fn``.
+
+        ``model`` is the student to run: ``self.student`` itself, or its DDP wrapper under torchrun.
+        ``batch`` is what the training loader yields (see ``edgekd.data.loader.BatchLoader``)::
+
+            (x, y[, teacher_logits][, x_student])
+
+        - ``x`` [B, C, H, W]: the clean (geometrically augmented) input; the teacher sees it.
+        - ``teacher_logits`` [B, K]: cached logits of the teacher on ``x``; when present the teacher
+          does not run.
+        - ``x_student`` [B, C, H, W], last: the student's view of ``x`` with the photometric
+          augmentation (noise / corruption, robust KD option (a)); absent, the student sees ``x``.
+
+        Adversarial losses (ARD, RSLAD) craft their inputs around the student's view inside
+        ``adversarial_step``; their soft labels are still the teacher's logits on the clean ``x``.
+        """
+        x, y, *rest = batch
+        x_student = rest.pop() if rest and rest[-1].shape == x.shape else x
+        assert len(rest) <= 1, f"a KD batch is (x, y[, teacher_logits][, x_student]), got {len(batch)} items"
+        t = self.teacher_forward(x) if not rest else rest[0].detach()
         if hasattr(self.kd_loss, "adversarial_step"):
-            return self.kd_loss.adversarial_step(self.student, x, y, t)
-        s = self.student(x)
+            return self.kd_loss.adversarial_step(model, x_student, y, t)
+        s = model(x_student)
         return self.kd_loss(s, t, y), s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -31,10 +31,8 @@ class HintonKD(KDLoss):
 
     def __init__(self, temperature: float = 4.0, alpha: float = 0.9, label_smoothing: float = 0.0) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        # validated at config load (edgekd.validation): distill.temperature > 0, distill.alpha in [0, 1]
+        assert temperature > 0 and 0.0 <= alpha <= 1.0, (temperature, alpha)
         self.temperature = float(temperature)
         self.alpha = float(alpha)
         self.label_smoothing = float(label_smoothing)

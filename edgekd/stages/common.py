@@ -1,4 +1,4 @@
-"""Pieces the training stages share: loaders, weight files, the KD step, fit-then-score."""
+"""Pieces the training stages share: loaders, weight files, fit-then-score."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 
 from ..config import Config, TrainConfig
-from ..data.loader import BatchLoader, make_loaders
+from ..data.loader import BatchLoader, Photometric, make_loaders
 from ..train.engine import evaluate, fit, resolve_device
 from ..io import atomic_write_bytes
 from ..models import build_student, build_teacher, load_weights
@@ -30,19 +30,23 @@ def begin_training_stage(ctx: StageContext) -> torch.device:
     return device
 
 
-def loaders(ctx: StageContext, augment: bool = True, student_only_noise: bool = False) -> tuple[BatchLoader, BatchLoader, BatchLoader]:
-    """Train/val/test loaders. With ``student_only_noise`` the noise/corruption part of the
-    augmentation is left to the KD step, so the teacher sees the clean input."""
+def loaders(ctx: StageContext, augment: bool = True, photometric: Photometric = "input"
+            ) -> tuple[BatchLoader, BatchLoader, BatchLoader]:
+    """Train/val/test loaders. ``augment=False`` turns ``data.augment`` off (calibration, scoring).
+
+    Otherwise the train loader applies the geometric part (crop/flip) to ``x``, and the photometric
+    part (noise/corruption) to ``x`` too (``photometric="input"``: one model, the teacher stage) or,
+    in KD stages (``photometric="student"``), to a student-only view yielded after ``x`` (see
+    ``BatchLoader``; ``Distiller.step`` feeds it to the student and the clean ``x`` to the teacher).
+    """
     from ..train.distributed import rank_and_world
 
     data_cfg = ctx.cfg.data
-    if not augment or student_only_noise:
-        aug = data_cfg.augment
-        aug = replace(aug, noise_std=0.0, corruption_prob=0.0) if augment else replace(
-            aug, crop_padding=0, hflip=False, noise_std=0.0, corruption_prob=0.0)
-        data_cfg = replace(data_cfg, augment=aug)
+    if not augment:
+        data_cfg = replace(data_cfg, augment=replace(
+            data_cfg.augment, crop_padding=0, hflip=False, noise_std=0.0, corruption_prob=0.0))
     rank, world = rank_and_world()
-    return make_loaders(ctx.dataset(), data_cfg, ctx.cfg.seed, rank=rank, world_size=world)
+    return make_loaders(ctx.dataset(), data_cfg, ctx.cfg.seed, rank=rank, world_size=world, photometric=photometric)
 
 
 def save_weights(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> Path:
@@ -82,12 +86,12 @@ def train_and_score(
     train_cfg: TrainConfig,
     hooks: tuple = (),
     augment: bool = True,
-    student_only_noise: bool = False,
+    photometric: Photometric = "input",
     train_loader: BatchLoader | None = None,
 ) -> dict[str, Any]:
     """Fit ``model`` with the one engine (best on validation), load the best state, score val and test."""
     device = device_of(ctx)
-    train, val, test = loaders(ctx, augment=augment, student_only_noise=student_only_noise)
+    train, val, test = loaders(ctx, augment=augment, photometric=photometric)
     if train_loader is not None:
         train = train_loader
     work = ctx.stage_dir(stage)

@@ -1,12 +1,24 @@
 """Distill stage: a MobileNet student learns from the frozen teacher's soft targets (and the labels)."""
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+
 from ..data.loader import BatchLoader
+from ..losses import Distiller
 from ..train.distributed import rank_and_world
 from ..models import build_student
 from .base import StageContext, StageResult
 from .common import begin_training_stage, config_meta, load_teacher, save_weights, train_and_score
-from .kd_step import build_distiller, make_kd_step, teacher_logits_for
+
+
+@torch.inference_mode()
+def teacher_logits_for(teacher: torch.nn.Module, loader: Any, device: torch.device) -> torch.Tensor:
+    """Teacher logits for every training image in loader order (unshuffled, unaugmented)."""
+    teacher.eval()
+    outs = [teacher(batch[0].to(device)).float().cpu() for batch in loader]
+    return torch.cat(outs)
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -14,7 +26,7 @@ def run(ctx: StageContext) -> StageResult:
     device = begin_training_stage(ctx)
     teacher = load_teacher(ctx, device)
     student = build_student(cfg.student, ctx.dataset()).to(device)
-    distiller = build_distiller(cfg, student, teacher)
+    distiller = Distiller.from_config(student, teacher, cfg.distill)
     train_loader = None
     if cfg.distill.cache_teacher_logits:
         # Inputs are fixed (validated: no augmentation), so one teacher pass serves every epoch.
@@ -26,8 +38,8 @@ def run(ctx: StageContext) -> StageResult:
                                    rank=rank, world_size=world, extras=[cached])
         ctx.log(f"[edgekd] distill: cached teacher logits for {len(cached)} images")
     metrics = train_and_score(
-        ctx, "distill", student, make_kd_step(cfg, distiller), cfg.distill.train,
-        student_only_noise=True, train_loader=train_loader,
+        ctx, "distill", student, distiller.step, cfg.distill.train,
+        photometric="student", train_loader=train_loader,
     )
     metrics.update(loss=cfg.distill.loss, temperature=cfg.distill.temperature, alpha=cfg.distill.alpha,
                    parameters=sum(p.numel() for p in student.parameters()))

@@ -6,10 +6,10 @@ that the INT8 ONNX file carries unchanged.
 """
 from __future__ import annotations
 
+from ..losses import Distiller
 from ..quant import freeze_observers, prepare_qat
 from .base import StageContext, StageResult
 from .common import begin_training_stage, config_meta, device_of, load_student, load_teacher, loaders, save_weights, train_and_score
-from .kd_step import build_distiller, make_kd_step
 
 
 def build_qat_student(ctx: StageContext, calibrate: bool, device=None):
@@ -36,7 +36,7 @@ def run(ctx: StageContext) -> StageResult:
     device = begin_training_stage(ctx)
     teacher = load_teacher(ctx, device)
     qmodel = build_qat_student(ctx, calibrate=True)
-    distiller = build_distiller(cfg, qmodel, teacher)
+    distiller = Distiller.from_config(qmodel, teacher, cfg.distill)
     freeze_at = cfg.qat.freeze_observers_epoch
 
     def observer_schedule(epoch: int, model) -> None:
@@ -46,8 +46,8 @@ def run(ctx: StageContext) -> StageResult:
     if cfg.qat.train.epochs <= freeze_at:
         freeze_observers(qmodel)  # never train past the point where scales must be final
     metrics = train_and_score(
-        ctx, "qat", qmodel, make_kd_step(cfg, distiller), cfg.qat.train,
-        hooks=(observer_schedule,), student_only_noise=True,
+        ctx, "qat", qmodel, distiller.step, cfg.qat.train,
+        hooks=(observer_schedule,), photometric="student",
     )
     freeze_observers(qmodel)
     metrics["freeze_observers_epoch"] = freeze_at
