@@ -76,7 +76,7 @@ def measure_student(run: Any) -> dict[str, float]:
     import torch
 
     from edgekd.data import build_dataset
-    from edgekd.data.base import to_float
+    from edgekd.pixels import to_float
     from edgekd.models import build_student, load_weights
     from edgekd.robustness.evaluate import evaluate_robustness, torch_predict_fn
 

@@ -1,7 +1,7 @@
 """Run a function over an array in fixed-size slices (numpy only).
 
 The one batching loop behind every "logits of these images" helper: onnxruntime sessions
-(``runtime.predict_logits``), numpy ``predict_fn`` callables (robustness) and torch models
+(``runtime.onnx_logits``), numpy ``predict_fn`` callables (robustness) and torch models
 (export parity). It imports numpy only, so torch-free and onnxruntime-free code can share it.
 """
 from __future__ import annotations

@@ -67,7 +67,7 @@ def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def _onnx_predict(model: nn.Module):  # noqa: ANN202 - returns a predict_fn over an onnxruntime session
     pytest.importorskip("onnxruntime")
-    from edgekd.deploy.runtime import make_session, predict_logits
+    from edgekd.deploy.runtime import make_session, onnx_logits
 
     buf = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
@@ -75,7 +75,7 @@ def _onnx_predict(model: nn.Module):  # noqa: ANN202 - returns a predict_fn over
         torch.onnx.export(model, (torch.zeros(1, 1, 28, 28),), buf, dynamo=False, input_names=["x"],
                           output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17)
     sess = make_session(buf.getvalue())
-    return lambda a: predict_logits(sess, a)
+    return lambda a: onnx_logits(sess, a)
 
 
 @pytest.mark.parametrize("name", ["fgsm", "pgd", "fgsm_rs"])

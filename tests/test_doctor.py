@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from edgekd.deploy import doctor
-from edgekd.data import to_float
+from edgekd.pixels import to_float
 from edgekd.errors import ArtifactError
 
 torch = pytest.importorskip("torch", reason="the test models are exported from torch")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +10,16 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_quant import FMNIST, fmnist_images, trained_student  # noqa: E402  (shared real-data model builder)
+from conftest import requires_fashion_mnist
+from helpers import activation_quantizers, fmnist_images, trained_student  # the shared real-data model builder
 
 from edgekd.errors import ArtifactError, ParityError
-from edgekd.exporting import (check_model, export_fp32, export_int8, find_divergence, get_metadata, parity_fp32,
+from edgekd.exporting import (check_onnx_model, export_fp32, export_int8, find_divergence, get_metadata, parity_fp32,
                                 parity_int8, simplify)
 from edgekd.quant import QConv2d, freeze_observers, prepare_qat
 from edgekd.deploy.runtime import make_session
 
-pytestmark = pytest.mark.skipif(not FMNIST.is_file(), reason=f"Fashion-MNIST not installed at {FMNIST}")
+pytestmark = requires_fashion_mnist
 SHAPE = (1, 1, 28, 28)
 
 
@@ -64,21 +63,21 @@ def files(tmp_path_factory, student, qat) -> dict:
 
 def test_check_model_accepts_valid_and_names_invalid(tmp_path: Path) -> None:
     good = tiny_graph(tmp_path / "tiny.onnx")
-    assert len(check_model(good).graph.node) == 5
+    assert len(check_onnx_model(good).graph.node) == 5
     bad = onnx.load(str(good))
     bad.graph.node[2].input[1] = "missing_tensor"
     onnx.save(bad, str(tmp_path / "bad.onnx"))
     with pytest.raises(ArtifactError, match="not a valid model"):
-        check_model(tmp_path / "bad.onnx")
+        check_onnx_model(tmp_path / "bad.onnx")
 
 
 def test_truncated_file_gives_clear_error(tmp_path: Path, files: dict) -> None:
     data = Path(files["fp32"]["path"]).read_bytes()
     (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 3])
     with pytest.raises(ArtifactError, match="truncated"):
-        check_model(tmp_path / "cut.onnx")
+        check_onnx_model(tmp_path / "cut.onnx")
     with pytest.raises(ArtifactError, match="does not exist"):
-        check_model(tmp_path / "absent.onnx")
+        check_onnx_model(tmp_path / "absent.onnx")
 
 
 def test_simplify_folds_and_keeps_outputs(tmp_path: Path) -> None:
@@ -102,7 +101,7 @@ def test_simplify_refuses_when_check_fails(tmp_path: Path, monkeypatch: pytest.M
 
 def test_fp32_export_contract_and_parity(files: dict, student, images: np.ndarray) -> None:
     path = files["fp32"]["path"]
-    model = check_model(path)
+    model = check_onnx_model(path)
     assert [i.name for i in model.graph.input] == ["pixels"] and [o.name for o in model.graph.output] == ["logits"]
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     meta = get_metadata(path)
@@ -136,7 +135,7 @@ def test_int8_file_carries_qat_scales(files: dict, qat) -> None:
     assert inits[first_q.input[1]] == np.float32(qat.input_fq.scale)  # input quantized after normalization
     assert int(inits[first_q.input[2]]) == int(qat.input_fq.zero_point)
     file_act = sorted(float(inits[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear")
-    assert file_act == sorted(float(m.scale) for _, m in qat.activation_quantizers())
+    assert file_act == sorted(float(m.scale) for _, m in activation_quantizers(qat))
     conv = qat.net.get_submodule("features.2.conv.0.0")
     dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "net.features.2.conv.0.0.weight_quantized")
     np.testing.assert_array_equal(inits[dq.input[1]], conv.w_scale.numpy())

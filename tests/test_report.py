@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime import quantization
 
-from edgekd.data import to_float
+from edgekd.pixels import to_float
 from edgekd.errors import ArtifactError
 from edgekd.manifest import Manifest
 from edgekd.deploy.report import render_report
@@ -231,3 +231,15 @@ def test_report_and_doctor_never_import_torch(run_dir):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "torch-free" in proc.stdout and "INT8 should be faster" in (run_dir / "report.md").read_text()
+
+
+def test_gate_section_shows_this_runs_budgets(run_dir):
+    """The targets in the report are the run's own (manifest config.budgets), not numbers from the design notes."""
+    m = Manifest.load(run_dir)
+    m.data.setdefault("config", {})["budgets"] = {"model": "student_int8", "max_size_mb": 0.75, "min_accuracy": 0.42,
+                                                  "max_latency_ms": None}
+    m.save()
+    md = render_report(run_dir)[0].read_text()
+    gate = md.split("## Gate", 1)[1].split("\n## ", 1)[0]
+    assert "Budgets from this run's config" in gate and "0.75" in gate and "0.42" in gate
+    assert "max_latency_ms" not in gate  # unset budgets are not shown

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.config import LatencyConfig
 from edgekd.errors import ArtifactError, ConfigError
-from edgekd.deploy.runtime import (accuracy_report, check_models, make_session, measure_latency, predict_logits,
+from edgekd.deploy.runtime import (accuracy_report, check_models, make_session, measure_latency, onnx_logits,
                             profile_top_ops)
 
 OPSET = 17
@@ -91,7 +91,7 @@ FAST_LATENCY = LatencyConfig(batch_sizes=[1, 4], threads=[1], warmup=1, runs=5, 
 
 def test_accuracy_and_confusion_equal_hand_computed_values(tmp_path: Path) -> None:
     sess = make_session(gemm_model(tmp_path / "gemm.onnx"))
-    logits = predict_logits(sess, band_images(), batch_size=3)  # 3 does not divide 10: last batch is short
+    logits = onnx_logits(sess, band_images(), batch_size=3)  # 3 does not divide 10: last batch is short
     assert logits.shape == (10, 3)
     np.testing.assert_array_equal(logits.argmax(1), BANDS)
     np.testing.assert_allclose(logits.max(1), 16.0)  # two lit rows of eight pixels
@@ -119,7 +119,7 @@ def test_nearest_centroid_on_real_fashion_mnist(tmp_path: Path, fmnist_small) ->
     w, b = centroids.T.copy(), -0.5 * (centroids ** 2).sum(1)  # argmax of x.c - |c|^2/2 = nearest centroid
     path = gemm_model(tmp_path / "centroid.onnx", w, b, in_shape=tuple(test.images.shape[1:]))
     x = test.images.astype(np.float32) / 255.0
-    logits = predict_logits(make_session(path, threads=1), x, batch_size=256)
+    logits = onnx_logits(make_session(path, threads=1), x, batch_size=256)
     expected = x.reshape(len(x), -1) @ w + b
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-3)
     rep = accuracy_report(logits, test.labels, k)

@@ -1,7 +1,17 @@
-"""The deployment side runs without torch: imports leave torch out of sys.modules, and the gate
-works in a fresh virtual environment that holds numpy, onnxruntime, PyYAML and edgekd but no torch."""
+"""The deployment side runs without torch.
+
+Statically: every module under ``edgekd/deploy`` and every ground-floor module (the top-level
+``edgekd/*.py`` files except the entry points ``cli``, ``pipeline`` and ``__main__``) is walked
+import by import (ast), transitively, and none reaches torch or the training side. Inside that
+boundary every import counts, also one inside a function; where the walk leaves it for a numpy
+package of the training side (``edgekd.data``, ``edgekd.robustness``: the config checks names
+against their registries) it follows what importing that module executes (module level). At run time:
+imports leave torch out of sys.modules, and the gate works in a fresh virtual environment that holds
+numpy, onnxruntime, PyYAML and edgekd but no torch.
+"""
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -14,8 +24,129 @@ import pytest
 from test_gate import make_run
 
 REPO = Path(__file__).resolve().parents[1]
-DEPLOY_MODULES = ("edgekd", "edgekd.deploy.gate", "edgekd.deploy.runtime", "edgekd.manifest", "edgekd.config", "edgekd.environment")
+PKG = REPO / "edgekd"
+DEPLOY_MODULES = ("edgekd", "edgekd.deploy.gate", "edgekd.deploy.runtime", "edgekd.deploy.doctor", "edgekd.deploy.report",
+                  "edgekd.manifest", "edgekd.config", "edgekd.environment")
 TRAINING_ONLY = ("torch", "torchvision", "onnxsim")
+# The torch side of the package: nothing on the deploy side or the ground floor may reach these.
+TORCH_SIDE = ("edgekd.train", "edgekd.models", "edgekd.losses", "edgekd.quant", "edgekd.stages", "edgekd.exporting",
+              "edgekd.pipeline", "edgekd.cli", "edgekd.data.loader", "edgekd.data.augment", "edgekd.robustness.attacks")
+ENTRY_POINTS = ("cli", "pipeline", "__main__")  # top-level modules that are not ground floor
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of an ``edgekd`` module, or None when ``name`` is not one."""
+    parts = name.split(".")
+    if parts[0] != "edgekd":
+        return None
+    base = REPO.joinpath(*parts)
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    return base.with_suffix(".py") if base.with_suffix(".py").is_file() else None
+
+
+def _catches_import_error(node: ast.Try) -> bool:
+    names = {n.id for h in node.handlers for n in ast.walk(h.type) if isinstance(n, ast.Name)} if node.handlers else set()
+    return bool(names & {"ImportError", "ModuleNotFoundError"})
+
+
+def _in_boundary(name: str) -> bool:
+    parts = name.split(".")
+    return name == "edgekd" or parts[:2] == ["edgekd", "deploy"] or (len(parts) == 2 and parts[1] not in ENTRY_POINTS
+                                                                     and (PKG / f"{parts[1]}.py").is_file())
+
+
+def _imports(name: str, module_level_only: bool = False) -> set[str]:
+    """Modules that executing ``name`` can import: module level and (unless ``module_level_only``) inside functions, except
+
+    - imports under ``if TYPE_CHECKING:`` (never executed),
+    - imports in the body of a ``try`` that catches ImportError (optional: a torch-free install takes
+      the ``except`` branch, e.g. ``environment.training_precision``, the torchvision download fallback),
+    - the function bodies of the package root ``edgekd/__init__.py`` (``edgekd.run`` is the training API;
+      importing ``edgekd`` runs only its module-level statements).
+    """
+    path = _module_file(name)
+    assert path is not None, name
+    is_pkg = path.name == "__init__.py"
+    package = name if is_pkg else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Try) and _catches_import_error(node):
+            for child in node.handlers + node.orelse + node.finalbody:
+                visit(child)
+            return
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (module_level_only or name == "edgekd"):
+            return
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            found.add(mod)
+            for a in node.names:  # ``from pkg import submodule``
+                if _module_file(f"{mod}.{a.name}") is not None:
+                    found.add(f"{mod}.{a.name}")
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(), str(path)))
+    # importing a.b.c first imports a and a.b
+    return {p for m in found for p in (".".join(m.split(".")[:i + 1]) for i in range(len(m.split("."))))}
+
+
+def _reach(start: str) -> dict[str, str | None]:
+    """Every module reachable from ``start`` -> the module that imported it (for the chain in a failure)."""
+    parent: dict[str, str | None] = {start: None}
+    todo = [start]
+    while todo:
+        mod = todo.pop()
+        if _module_file(mod) is None:
+            continue
+        for dep in sorted(_imports(mod, module_level_only=not _in_boundary(mod))):
+            if dep not in parent:
+                parent[dep] = mod
+                todo.append(dep)
+    return parent
+
+
+def _chain(parent: dict[str, str | None], mod: str) -> str:
+    out = [mod]
+    while parent[out[-1]] is not None:
+        out.append(parent[out[-1]])  # type: ignore[arg-type]
+    return " <- ".join(out)
+
+
+def _boundary_modules() -> list[str]:
+    deploy = sorted(".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+                    for p in (PKG / "deploy").rglob("*.py"))
+    floor = sorted(f"edgekd.{p.stem}" for p in PKG.glob("*.py") if p.stem not in ENTRY_POINTS and p.stem != "__init__")
+    return ["edgekd"] + floor + deploy
+
+
+def test_walker_sees_torch_where_it_is() -> None:
+    """The walk is not vacuous: the training side reaches torch, the runtime reaches onnxruntime."""
+    assert "torch" in _reach("edgekd.train.engine")
+    assert "torch" in _reach("edgekd.exporting")
+    assert "onnxruntime" in _reach("edgekd.deploy.gate")  # through its lazy runtime import
+    assert {"edgekd.deploy.gate", "edgekd.deploy.doctor", "edgekd.deploy.onnx_io", "edgekd.config",
+            "edgekd.deploy.report.run_sections"} <= set(_boundary_modules())
+
+
+@pytest.mark.parametrize("module", _boundary_modules())
+def test_deploy_side_and_ground_floor_never_reach_torch(module: str) -> None:
+    """The package boundary: no import chain from the deploy side or the ground floor reaches torch."""
+    parent = _reach(module)
+    bad = sorted(m for m in parent if m.split(".")[0] in TRAINING_ONLY or m.startswith(TORCH_SIDE))
+    assert not bad, "\n".join(_chain(parent, m) for m in bad)
+
 
 # Runs in a child interpreter: import the deployment side, run the gate in-process, report what got loaded.
 PROBE = """
@@ -57,8 +188,7 @@ def test_deployment_imports_and_gate_leave_torch_unloaded(run_dir: Path) -> None
     loaded = set(out["loaded"])
     assert not loaded & set(TRAINING_ONLY), sorted(loaded & set(TRAINING_ONLY))
     # the torch side of the package must not sneak in through an import chain either
-    assert not {m for m in loaded if m.startswith(("edgekd.data.loader", "edgekd.models", "edgekd.train.engine",
-                                                     "edgekd.losses", "edgekd.quant", "edgekd.stages"))}
+    assert not {m for m in loaded if m.startswith(TORCH_SIDE)}
     assert "onnxruntime" in out["site_packages"]
 
 

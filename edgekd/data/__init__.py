@@ -7,6 +7,6 @@ function ``fn(cfg: DataConfig) -> (train, test, classes, mean, std)``, imported 
 from __future__ import annotations
 
 from . import cifar10, fashion_mnist, image_folder  # noqa: F401 - registration side effect
-from .base import DATASETS, DatasetBundle, Split, build_dataset, stratified_indices, to_float
+from .base import DATASETS, DatasetBundle, Split, build_dataset, stratified_indices
 
-__all__ = ["DATASETS", "DatasetBundle", "Split", "build_dataset", "stratified_indices", "to_float"]
+__all__ = ["DATASETS", "DatasetBundle", "Split", "build_dataset", "stratified_indices"]

@@ -72,11 +72,6 @@ Reader = Callable[[DataConfig], ReaderResult]
 DATASETS: Registry[Reader] = Registry("dataset")
 
 
-def to_float(images: np.ndarray) -> np.ndarray:
-    """uint8 pixels -> float32 in [0, 1] (same shape)."""
-    return images.astype(np.float32) / np.float32(255.0)
-
-
 def stratified_indices(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """Pick ``n`` indices so that each class keeps its share of ``labels`` (largest-remainder quotas).
 

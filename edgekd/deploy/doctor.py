@@ -18,7 +18,8 @@ from typing import Any, Callable
 import onnx
 
 from ..environment import cpu_info
-from ..errors import ArtifactError, report_error
+from ..errors import report_error
+from .onnx_io import constants, load_model, producers
 from .runtime import make_session, measure_latency
 
 # Kernels that compute in int8 (ONNX domain and com.microsoft contrib ops).
@@ -43,22 +44,11 @@ FLOAT_ONLY = frozenset({
     "Softmax", "BatchNormalization", "Erf", "Tanh", "Gelu", "LayerNormalization",
 })
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-_DTYPE = {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8", onnx.TensorProto.INT32: "int32",
-          onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.UINT16: "uint16", onnx.TensorProto.INT16: "int16"}
 TINY_PARAMS = 1_000_000  # below this, per-inference overheads are a large share of batch-1 latency
 TINY_LATENCY_MS = 1.0
 
 
 # ----------------------------------------------------------------------------- graph facts
-
-def _load(path: Path) -> onnx.ModelProto:
-    if not path.is_file():
-        raise ArtifactError(f"ONNX file {path} does not exist", "pass the path of an exported .onnx file or a run folder")
-    try:
-        return onnx.load(str(path))
-    except Exception as e:  # onnx raises DecodeError and friends; name the file and re-raise ours
-        raise ArtifactError(f"{path} is not a readable ONNX model ({e})", "re-export it (edgekd export)") from e
-
 
 def optimized_graph(path: Path, provider: str, level: str) -> onnx.ModelProto:
     """The graph onnxruntime runs after its optimizations at ``level`` (none|basic|extended|all), read back."""
@@ -66,18 +56,7 @@ def optimized_graph(path: Path, provider: str, level: str) -> onnx.ModelProto:
         out = Path(tmp) / "optimized.onnx"
         # the session exists only to write the optimized graph; it is never run
         make_session(path, provider=provider, optimized_model_path=out, graph_optimization=level)
-        return onnx.load(str(out))
-
-
-def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    """Initializers plus Constant-node outputs (torch's exporter emits scales either way)."""
-    consts = {t.name: t for t in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value":
-                    consts[n.output[0]] = a.t
-    return consts
+        return load_model(out)
 
 
 def _numel(t: onnx.TensorProto) -> int:
@@ -89,7 +68,7 @@ def _numel(t: onnx.TensorProto) -> int:
 
 def _quant_types(model: onnx.ModelProto) -> dict[str, Any]:
     """Activation and weight int8 types from the Q/DQ nodes of the original file."""
-    consts = _constants(model)
+    consts = constants(model)
     act, weights, bias = Counter(), Counter(), Counter()
     granularity, stored_float = Counter(), 0
     for n in model.graph.node:
@@ -98,31 +77,27 @@ def _quant_types(model: onnx.ModelProto) -> dict[str, Any]:
         zp = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
         scale = consts.get(n.input[1])
         src = consts.get(n.input[0])
-        per = "per-channel" if scale is not None and _numel(scale) > 1 else "per-tensor"
+        per = "per-channel" if scale is not None and scale.size > 1 else "per-tensor"
         if n.op_type == "DequantizeLinear" and src is not None:  # int8 initializer -> DQ: a stored weight/bias
-            kind = _DTYPE.get(src.data_type, str(src.data_type))
+            kind = str(src.dtype)
             if kind == "int32":
                 bias[kind] += 1
             else:
                 weights[kind] += 1
                 granularity[per] += 1
         elif n.op_type == "QuantizeLinear" and src is not None:  # float weight quantized at load time
-            weights[_DTYPE.get(zp.data_type, "uint8") if zp is not None else "uint8"] += 1
+            weights[str(zp.dtype) if zp is not None else "uint8"] += 1
             granularity[per] += 1
             stored_float += 1
         elif n.op_type == "QuantizeLinear":
-            act[_DTYPE.get(zp.data_type, "uint8") if zp is not None else "uint8"] += 1
+            act[str(zp.dtype) if zp is not None else "uint8"] += 1
     return {"activations": dict(act), "weights": dict(weights), "bias": dict(bias),
             "weight_granularity": dict(granularity), "weights_stored_float": stored_float}
 
 
-def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {o: n for n in model.graph.node for o in n.output}
-
-
 def _float_compute(opt: onnx.ModelProto) -> list[dict[str, str]]:
     """Heavy compute nodes that stayed float, each with what feeds its data input (the usual cause)."""
-    prod = _producers(opt)
+    prod = producers(opt)
     inputs = {i.name for i in opt.graph.input}
     out = []
     for n in opt.graph.node:
@@ -149,7 +124,7 @@ def _param_count(model: onnx.ModelProto) -> int:
 
 def analyze(path: Path, provider: str) -> dict[str, Any]:
     """Graph facts for ``path``: Q/DQ before and after optimization, int8 kernels, float ops, types."""
-    src = _load(path)
+    src = load_model(path)
     # EXTENDED fuses Q/DQ into int8 kernels and keeps node names; ALL adds the CPU-specific layouts
     # (NCHWc, NHWC) that a session actually runs, so both are reported.
     ext = optimized_graph(path, provider, "extended")
@@ -326,7 +301,7 @@ def diagnose(onnx_path: str | Path, provider: str = "CPUExecutionProvider",
     d["cpu"] = cpu_info()
     if fp32_path is not None:
         fp32 = Path(fp32_path)
-        _load(fp32)  # a clear error for a missing/corrupt reference before timing anything
+        load_model(fp32)  # a clear error for a missing/corrupt reference before timing anything
         d["latency"] = {"batch": 1, "threads": 1, "int8_ms": _median_ms(path, provider),
                         "fp32_ms": _median_ms(fp32, provider), "fp32_model": str(fp32)}
     d["findings"] = [f for rule in RULES if (f := rule(d)) is not None]

@@ -1,4 +1,8 @@
-"""Reading, checking and inspecting ONNX files (no torch): readable errors instead of protobuf tracebacks."""
+"""Reading, checking and inspecting ONNX files (no torch): readable errors instead of protobuf tracebacks.
+
+``load_model`` is the one ONNX model loader: the exporter (``edgekd.exporting``), the doctor and the
+report read files through it, so every damaged file gets the same ``ArtifactError``.
+"""
 from __future__ import annotations
 
 import json
@@ -18,12 +22,14 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """Load an ONNX file; a missing, empty, truncated or non-ONNX file raises ``ArtifactError``."""
     p = Path(path)
     if not p.is_file():
-        raise ArtifactError(f"ONNX file {p} does not exist", "run the export stage (edgekd run --stages export)")
+        raise ArtifactError(f"ONNX file {p} does not exist",
+                            "pass the path of an exported .onnx file or a run folder, "
+                            "or run the export stage (edgekd run --stages export)")
     size = p.stat().st_size
     try:
         model = onnx.load(str(p))
     except Exception as exc:  # protobuf DecodeError and friends: report them as a damaged file
-        raise ArtifactError(f"ONNX file {p} ({size} bytes) cannot be parsed, it is truncated or not ONNX: {exc}",
+        raise ArtifactError(f"ONNX file {p} ({size} bytes) is not a readable ONNX model (truncated, or not ONNX): {exc}",
                             "re-run the export stage to rewrite the file") from exc
     if len(model.graph.node) == 0:
         raise ArtifactError(f"ONNX file {p} ({size} bytes) holds no graph nodes (truncated or empty file)",
@@ -31,7 +37,7 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     return model
 
 
-def check_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+def check_onnx_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """``onnx.checker`` (full check) plus strict shape inference; failures raise ``ArtifactError``."""
     model = load_model(path)
     try:

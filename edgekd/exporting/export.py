@@ -6,14 +6,13 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import onnx
 import torch
 
 from ..errors import ArtifactError
 from ..io import atomic_path
 from .call_order import is_weight_layer, record_calls
-from ..deploy.onnx_io import check_model, initializer_dtypes, op_counts, set_metadata, unique_node_names
+from ..deploy.onnx_io import check_onnx_model, initializer_dtypes, op_counts, set_metadata, unique_node_names
 from .qdq import (compact_names, inline_constant_identities, int8_weight_stats, name_weight_layers, postprocess_qdq,
                   verify_scales)
 from .torch_export import INPUT_NAME, OUTPUT_NAME, sample_input, to_onnx
@@ -41,7 +40,7 @@ def _save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
     """Write atomically, then re-read and check the written file (so a bad graph never stays)."""
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
-        check_model(tmp)
+        check_onnx_model(tmp)
     return Path(path)
 
 
@@ -111,9 +110,4 @@ def export_int8(qat_model: torch.nn.Module, path: str | os.PathLike[str],
             "initializer_dtypes": initializer_dtypes(onx), **stats}
 
 
-def random_pixels(shape: Sequence[int], seed: int = 0) -> np.ndarray:
-    """Uniform [0, 1] float32 pixels (inputs for equality checks)."""
-    return np.random.default_rng(seed).random(tuple(shape), dtype=np.float32)
-
-
-__all__ = ["default_metadata", "export_fp32", "export_int8", "qat_quantizers", "random_pixels", "sample_input"]
+__all__ = ["default_metadata", "export_fp32", "export_int8", "qat_quantizers", "sample_input"]

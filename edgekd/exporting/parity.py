@@ -15,7 +15,7 @@ import torch
 
 from ..batching import map_batches
 from ..errors import ArtifactError, ParityError
-from ..deploy.runtime.session import make_session, predict_logits
+from ..deploy.runtime.session import make_session, onnx_logits
 from .qnoise import int8_noise_bounds
 
 # Defaults shared with edgekd.config.ExportConfig (whose comments say why each has its value).
@@ -80,7 +80,7 @@ def parity_fp32(torch_model: torch.nn.Module, onnx_path: str | os.PathLike[str],
     worst: dict[str, Any] = {}
     rel = 0.0
     for bs in batch_sizes:
-        w = _worst(ref, predict_logits(sess, images, bs), bound, bs)
+        w = _worst(ref, onnx_logits(sess, images, bs), bound, bs)
         per_bs[str(bs)] = w["max_abs_diff"]
         rel = max(rel, w["max_rel_diff"])
         if not worst or w["max_ratio"] > worst["max_ratio"]:
@@ -121,7 +121,7 @@ def parity_int8(qat_model: torch.nn.Module, onnx_path: str | os.PathLike[str], i
     ``agreement`` is the first fraction (key kept for reports), ``agreement_all`` the raw one.
     """
     ref = torch_logits(qat_model, images).astype(np.float64)
-    got = predict_logits(make_session(onnx_path, threads=1), images, batch_size).astype(np.float64)
+    got = onnx_logits(make_session(onnx_path, threads=1), images, batch_size).astype(np.float64)
     noise = int8_noise_bounds(qat_model, images[:1], noise_steps)
     if noise["logit_bound"].shape[0] != ref.shape[1]:
         raise ArtifactError(f"the last layer {noise['layer']} has {noise['logit_bound'].shape[0]} outputs, the model "

@@ -16,6 +16,7 @@ import numpy as np
 from ..batching import map_batches
 from ..config import RobustnessEvalConfig
 from ..errors import ConfigError
+from ..pixels import to_float
 from .blackbox import square_attack
 from .corruptions import CORRUPTIONS, apply_corruption
 from .metrics import auroc, ece, energy_score, fit_temperature, mce, msp_score, nll, reliability, softmax
@@ -34,18 +35,13 @@ def _seed(seed: int, *parts: object) -> np.random.Generator:
     return np.random.default_rng([seed] + [zlib.crc32(str(p).encode()) for p in parts])
 
 
-def predict_logits(predict_fn: PredictFn, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def predict_fn_logits(predict_fn: PredictFn, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Logits of ``predict_fn`` over ``images`` in batches, as float32 [N, K]."""
     return map_batches(lambda batch: np.asarray(predict_fn(batch), dtype=np.float32), images, batch_size)
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels).mean())
-
-
-def _as_float(images: np.ndarray) -> np.ndarray:
-    x = np.asarray(images)
-    return (x.astype(np.float32) / 255.0) if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
 
 
 # ------------------------------------------------------------------ sections
@@ -56,13 +52,13 @@ def corruption_accuracy(
     batch_size: int = 256,
 ) -> dict[str, Any]:
     """Accuracy per corruption and severity, plus the errors mCE needs."""
-    clean_acc = _accuracy(predict_logits(predict_fn, images, batch_size), labels)
+    clean_acc = _accuracy(predict_fn_logits(predict_fn, images, batch_size), labels)
     by_corruption: dict[str, list[float]] = {}
     for name in names:
         by_corruption[name] = []
         for s in severities:
             corrupted = apply_corruption(name, images, s, _seed(seed, name, s))
-            by_corruption[name].append(_accuracy(predict_logits(predict_fn, corrupted, batch_size), labels))
+            by_corruption[name].append(_accuracy(predict_fn_logits(predict_fn, corrupted, batch_size), labels))
     accs = [a for v in by_corruption.values() for a in v]
     return {
         "mean_accuracy": float(np.mean(accs)) if accs else float("nan"),
@@ -105,7 +101,7 @@ def ood_detection(
     out = {}
     for name in names:
         outliers = make_ood(name, images, _seed(seed, "ood", name), folder=folder)
-        z = predict_logits(predict_fn, outliers, batch_size)
+        z = predict_fn_logits(predict_fn, outliers, batch_size)
         out[name] = {
             "auroc_msp": auroc(msp_score(in_logits), msp_score(z)),
             "auroc_energy": auroc(energy_score(in_logits), energy_score(z)),
@@ -155,7 +151,7 @@ def transfer_attack(
 ) -> tuple[float, np.ndarray]:
     """PGD images crafted on the torch ``source_model``, scored on ``predict_fn`` -> (accuracy, images)."""
     x_adv = white_box(source_model, "pgd", images, labels, epsilon, steps, seed, device, batch_size)
-    return _accuracy(predict_logits(predict_fn, x_adv, batch_size), labels), x_adv
+    return _accuracy(predict_fn_logits(predict_fn, x_adv, batch_size), labels), x_adv
 
 
 def square_p_init(height: int, width: int) -> float:
@@ -172,7 +168,7 @@ def adversarial(
     for eps in cfg.epsilons if cfg.square_queries > 0 else ():  # square_queries: 0 turns the black-box attack off
         x_adv = square_attack(predict_fn, images, labels, eps, cfg.square_queries, _seed(seed, "square", eps_key(eps)),
                               p_init=square_p_init(*images.shape[-2:]), batch_size=batch_size)
-        out["square"][eps_key(eps)] = _accuracy(predict_logits(predict_fn, x_adv, batch_size), labels)
+        out["square"][eps_key(eps)] = _accuracy(predict_fn_logits(predict_fn, x_adv, batch_size), labels)
     if torch_model is None:
         return out
     torch_fn = torch_predict_fn(torch_model, device)
@@ -183,10 +179,10 @@ def adversarial(
         for eps in cfg.epsilons:
             k = eps_key(eps)
             x_pgd = white_box(torch_model, "pgd", images, labels, eps, cfg.pgd_steps, seed, device, batch_size)
-            out["pgd"][k] = _accuracy(predict_logits(torch_fn, x_pgd, batch_size), labels)
-            out["transfer"][k] = _accuracy(predict_logits(predict_fn, x_pgd, batch_size), labels)
+            out["pgd"][k] = _accuracy(predict_fn_logits(torch_fn, x_pgd, batch_size), labels)
+            out["transfer"][k] = _accuracy(predict_fn_logits(predict_fn, x_pgd, batch_size), labels)
             x_fgsm = white_box(torch_model, "fgsm", images, labels, eps, 1, seed, device, batch_size)
-            out["fgsm"][k] = _accuracy(predict_logits(torch_fn, x_fgsm, batch_size), labels)
+            out["fgsm"][k] = _accuracy(predict_fn_logits(torch_fn, x_fgsm, batch_size), labels)
     finally:
         torch_model.train(was_training)
     return out
@@ -215,7 +211,7 @@ def evaluate_robustness(
     A seeded subset of ``cfg.images`` test images is used for corruptions, calibration and OOD,
     and its first ``cfg.adversarial_images`` for attacks. mCE needs a reference: see ``add_mce``.
     """
-    x_all, y_all = _as_float(images), np.asarray(labels, dtype=np.int64)
+    x_all, y_all = to_float(images), np.asarray(labels, dtype=np.int64)
     if len(x_all) != len(y_all) or x_all.ndim != 4:
         raise ConfigError(f"robustness needs images [N,C,H,W] and labels [N]; got {x_all.shape}, {y_all.shape}")
     pick = np.sort(_seed(seed, "subset").permutation(len(x_all))[: cfg.images])
@@ -223,11 +219,11 @@ def evaluate_robustness(
     names = list(cfg.corruptions) or CORRUPTIONS.names()
     for name in names:
         CORRUPTIONS.get(name)  # fail early, naming the valid corruptions
-    logits = predict_logits(predict_fn, x, batch_size)
+    logits = predict_fn_logits(predict_fn, x, batch_size)
 
     val_logits = val_labels = None
     if val is not None:
-        val_logits = predict_logits(predict_fn, _as_float(val[0]), batch_size)
+        val_logits = predict_fn_logits(predict_fn, to_float(val[0]), batch_size)
         val_labels = np.asarray(val[1], dtype=np.int64)
     ood_names = list(cfg.ood) + (["folder"] if cfg.ood_folder and "folder" not in cfg.ood else [])
     n_adv = min(cfg.adversarial_images, len(x))

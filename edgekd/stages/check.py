@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..manifest import Manifest
-from ..deploy.runtime import check_models, make_session, predict_logits
+from ..deploy.runtime import check_models, make_session, onnx_logits
 from .base import StageContext, StageResult
 
 MODELS = {"teacher": "teacher_fp32", "student_fp32": "student_fp32", "student_int8": "student_int8"}
@@ -51,7 +51,7 @@ def _robustness(ctx: StageContext, paths: dict[str, Any], metrics: dict[str, Any
     for name, path in paths.items():
         sess = make_session(path, provider=ctx.cfg.check.latency.provider, threads=0)
         results[name] = evaluate_robustness(
-            lambda x, s=sess: predict_logits(s, x), bundle.test.images, bundle.test.labels, rcfg, ctx.cfg.seed,
+            lambda x, s=sess: onnx_logits(s, x), bundle.test.images, bundle.test.labels, rcfg, ctx.cfg.seed,
             val=(bundle.val.images, bundle.val.labels), torch_model=sources[name],
         )
         c = results[name]["corruption"]

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..data.base import to_float
 from ..exporting import export_fp32, export_int8, parity_fp32, parity_int8, simplify
 from ..faults import fault_point
 from ..io import atomic_path
+from ..pixels import to_float
 from .base import StageContext, StageResult
 from .common import load_student, load_teacher
 from .qat import load_qat_student

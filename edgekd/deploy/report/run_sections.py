@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ...stage_specs import STAGES
 from .doc import MISSING, Image, Paragraph, Section, Table, flatten, num, ordered_models, pct, value
 
-# Facts from DESIGN.md (measured on the project's reference CPU, not in this run).
+# Shown only when the export stage recorded no note (an older manifest); it says it was measured outside this run.
 DEFAULT_STUDENT_NOTE = (
     "No student-choice note was recorded for this run. From the project's design notes (measured with "
     "onnxruntime's own static INT8 QDQ quantization on a CPU with AVX-512 VNNI and AMX, not in this run): "
@@ -15,7 +16,6 @@ DEFAULT_STUDENT_NOTE = (
     "gained (×0.9 at batch 1, ×1.13 at batch 32) because hardswish and SE blocks do not quantize well in "
     "onnxruntime. That is why the INT8 student is a MobileNetV2 by default."
 )
-TRAIN_STAGES = ("teacher", "distill", "qat", "export")
 
 
 def num4(x: Any) -> str:
@@ -73,6 +73,9 @@ def gate_section(manifest_data: dict[str, Any]) -> Section | None:
     passed = m.get("passed", gate.get("passed"))
     verdict = MISSING if passed is None else ("PASS" if passed else "FAIL")
     sec = Section("Gate", [Paragraph(f"Verdict: {verdict}")])
+    budgets = [(k, v) for k, v in flatten((manifest_data.get("config") or {}).get("budgets") or {}) if v is not None]
+    if budgets:  # the targets this run was held to: its own config, not the project's defaults
+        sec.blocks.append(Table(["budget", "target"], [[k, value(v)] for k, v in budgets], caption="Budgets from this run's config"))
     checks = m.get("checks")
     if isinstance(checks, list) and checks and all(isinstance(c, dict) for c in checks):
         keys = list(dict.fromkeys(k for c in checks for k in c))
@@ -88,10 +91,10 @@ def stages_section(manifest_data: dict[str, Any]) -> Section | None:
     stages = manifest_data.get("stages", {})
     sec = Section("Training and export stages")
     timing = [[s, value(stages[s].get("seconds")), str(stages[s].get("status", MISSING))]
-              for s in (*TRAIN_STAGES, "check") if s in stages]
+              for s in (spec.name for spec in STAGES if not spec.always) if s in stages]
     if timing:
         sec.blocks.append(Table(["stage", "seconds", "status"], timing))
-    for s in TRAIN_STAGES:
+    for s in (spec.name for spec in STAGES if spec.report_metrics):
         metrics = (stages.get(s) or {}).get("metrics") or {}
         rows = [[k, value(v)] for k, v in flatten(metrics)]
         if rows:

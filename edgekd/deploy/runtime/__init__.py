@@ -8,7 +8,7 @@ from .accuracy import accuracy_report, confusion_matrix
 from .check import check_model, check_models, compute_ratios
 from .latency import measure_latency
 from .profile import profile_top_ops
-from .session import check_provider, make_session, predict_logits
+from .session import check_provider, make_session, onnx_logits
 
 __all__ = [
     "accuracy_report",
@@ -19,6 +19,6 @@ __all__ = [
     "confusion_matrix",
     "make_session",
     "measure_latency",
-    "predict_logits",
+    "onnx_logits",
     "profile_top_ops",
 ]

@@ -13,10 +13,11 @@ import numpy as np
 
 from ...config import LatencyConfig
 from ...errors import ConfigError
+from ...pixels import to_float
 from .accuracy import accuracy_report
 from .latency import measure_latency
 from .profile import profile_top_ops
-from .session import PathLike, as_float_images, check_provider, make_session, predict_logits
+from .session import PathLike, check_provider, make_session, onnx_logits
 
 # (numerator, denominator) model pairs whose size and latency ratios the report quotes
 RATIO_PAIRS = (("student_fp32", "teacher"), ("student_int8", "student_fp32"))
@@ -38,7 +39,7 @@ def check_model(
     """Size, accuracy, latency over batch_sizes x threads, and (optionally) the top ops of one ONNX file."""
     p = Path(path)
     sess = make_session(p, provider=latency_cfg.provider, threads=0)
-    logits = predict_logits(sess, images, eval_batch_size)
+    logits = onnx_logits(sess, images, eval_batch_size)
     size = p.stat().st_size
     shape = tuple(images.shape[1:])
     out: dict[str, Any] = {"file": p.name, "size_bytes": size, "size_mb": size / 1e6}
@@ -92,7 +93,7 @@ def check_models(
     check_provider(latency_cfg.provider)  # fail before any measurement, listing what is available
     if len(images) != len(labels):
         raise ConfigError(f"{len(images)} images but {len(labels)} labels", "pass one label per image")
-    x = as_float_images(images)
+    x = to_float(images)
     y = np.asarray(labels, dtype=np.int64)
     measured = {name: check_model(path, x, y, len(class_names), latency_cfg, eval_batch_size)
                 for name, path in models.items()}

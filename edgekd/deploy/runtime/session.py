@@ -112,7 +112,7 @@ def make_session(
         ) from e
 
 
-def predict_logits(session: ort.InferenceSession, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def onnx_logits(session: ort.InferenceSession, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Logits of ``images`` (float32 [N, C, H, W] in [0, 1]) from the session's first output, in batches."""
     if images.ndim != 4:
         raise ConfigError(f"images must be [N, C, H, W], got shape {images.shape}", "pass a 4-D NCHW array")
@@ -126,10 +126,3 @@ def predict_logits(session: ort.InferenceSession, images: np.ndarray, batch_size
         lambda batch: session.run([out_name], {in_name: np.ascontiguousarray(batch, dtype=np.float32)})[0],
         images, batch_size,
     )
-
-
-def as_float_images(images: np.ndarray) -> np.ndarray:
-    """uint8 pixels -> float32 [0, 1]; float input is passed through as float32."""
-    if images.dtype == np.uint8:
-        return images.astype(np.float32) / 255.0
-    return np.asarray(images, dtype=np.float32)
