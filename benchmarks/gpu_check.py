@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
 
 DEFAULT_CONFIG = ROOT / "configs" / "fashion_mnist_gpu.yaml"
 RESULT_NAME = "gpu_check.json"
-CHAIN = ("teacher", "distill", "qat", "export", "check", "gate")
+from edgekd.stage_specs import BY_NAME, STAGE_NAMES as CHAIN  # noqa: E402 - the stage registry
 
 # --short on a GPU. Measured on an H200 with the full-epoch config (shared/gpu/README.md): teacher
 # 11-17k img/s, distill 5.3-7.6k, QAT 2.6-3.4k; one 55k-image epoch is then ~4 s, ~9 s and ~19 s.
@@ -222,7 +222,7 @@ def summarize(manifest: dict[str, Any]) -> dict[str, Any]:
     for name, entry in (manifest.get("stages") or {}).items():
         metrics = entry.get("metrics") or {}
         row: dict[str, Any] = {"seconds": entry.get("seconds"), "status": entry.get("status")}
-        if name in ("teacher", "distill", "qat"):
+        if name in BY_NAME and BY_NAME[name].trains:
             row.update(training_summary(metrics))
         elif name == "check":
             row["models"] = check_summary(metrics)

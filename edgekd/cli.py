@@ -12,8 +12,8 @@ from typing import Callable
 
 from . import __version__
 from .errors import report_error
+from .stage_specs import BY_NAME, STAGE_NAMES, STAGES
 
-TRAIN_STAGES = ("teacher", "distill", "qat", "export", "check")
 PROG = "edgekd"
 
 DESCRIPTION = """\
@@ -49,14 +49,6 @@ examples:
 
 A stage whose config and inputs are unchanged is skipped (--force re-runs it). A failed stage
 exits 2 and leaves the run's verified files as they were."""
-
-STAGE_HELP = {
-    "teacher": "train (or load) the teacher",
-    "distill": "distill the teacher into the student",
-    "qat": "INT8 quantization-aware fine-tuning with KD",
-    "export": "ONNX export (fp32 + int8 QDQ), onnxsim, parity checks",
-    "check": "onnxruntime accuracy, robustness, size and latency on CPU",
-}
 
 GATE_EPILOG = """\
 examples:
@@ -111,12 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = _sub(sub, "run", "the whole pipeline: teacher > distill > qat > export > check > gate",
+    p = _sub(sub, "run", "the whole pipeline: " + " > ".join(STAGE_NAMES),
              RUN_EPILOG.format(cmd="run") + "\n  edgekd run -c configs/smoke.yaml --out /tmp/runs --stages export,check")
     _add_run_options(p)
     p.add_argument("--stages", help="comma-separated subset of stages to run, e.g. export,check")
-    for name in TRAIN_STAGES:
-        _add_run_options(_sub(sub, name, STAGE_HELP[name], RUN_EPILOG.format(cmd=name)))
+    for spec in STAGES:
+        if spec.command:
+            _add_run_options(_sub(sub, spec.name, spec.help, RUN_EPILOG.format(cmd=spec.name)))
     g = _sub(sub, "gate", "pass/fail a run against size, accuracy, latency and robustness budgets", GATE_EPILOG)
     add_gate_arguments(g)
     d = _sub(sub, "doctor", "explain why INT8 is (or is not) faster for a run or an ONNX file", DOCTOR_EPILOG)
@@ -175,7 +168,7 @@ def _command(args: argparse.Namespace) -> Callable[[], int]:
     if args.command == "run":
         stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
         return lambda: _cmd_run(args, stages)
-    if args.command in TRAIN_STAGES:
+    if args.command in BY_NAME and BY_NAME[args.command].command:
         return lambda: _cmd_run(args, [args.command])
     handler = {"gate": _cmd_gate, "doctor": _cmd_doctor, "report": _cmd_report}[args.command]
     return lambda: handler(args)

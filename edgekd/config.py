@@ -18,6 +18,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from .errors import ConfigError
+from .stage_specs import STAGE_NAMES
 from .validation import validate_budgets, validate_config  # noqa: F401 - validate_budgets is re-exported for the gate
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -105,7 +106,6 @@ class DistillConfig:
 @dataclass
 class QATConfig:
     enabled: bool = True
-    freeze_bn_epoch: int = 0  # BN is folded into conv before QAT; kept for schedules that fold late
     freeze_observers_epoch: int = 1  # observers frozen from this epoch on (0-based)
     calibration_batches: int = 20
     train: TrainConfig = field(
@@ -201,7 +201,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = True
     num_threads: Optional[int] = None  # torch threads in the training stages (None: torch default)
-    stages: list[str] = field(default_factory=lambda: ["teacher", "distill", "qat", "export", "check", "gate"])
+    stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))
     data: DataConfig = field(default_factory=DataConfig)
     teacher: ModelConfig = field(default_factory=lambda: ModelConfig(arch="resnet18"))
     teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4))
@@ -220,7 +220,12 @@ class Config:
         d = self.to_dict()
         if sections:
             d = {k: d[k] for k in sections}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return stable_hash(d)
+
+
+def stable_hash(data: Any) -> str:
+    """The one hash of config-like data (configs, stage fingerprints): sha256 of sorted-key JSON, 16 hex digits."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- validation
@@ -271,12 +276,20 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+# Keys that configs once accepted; setting one now fails with why it went (never silently ignored).
+REMOVED_KEYS = {
+    "qat.freeze_bn_epoch": "it was never read: BN is folded into the convolutions before QAT starts",
+}
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else key
+        if full in REMOVED_KEYS:
+            raise ConfigError(f"config key '{full}' was removed: {REMOVED_KEYS[full]}", f"delete '{full}' from the config")
         if key not in names:
             where = f"in '{prefix}'" if prefix else "at the top level"
             raise ConfigError(

@@ -11,6 +11,7 @@ import platform
 from typing import Any
 
 from .hardware import detect_cpu_features, thread_settings
+from .stage_specs import training_configs
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "fma")
 
@@ -44,16 +45,6 @@ def package_versions(names: tuple[str, ...] = ("torch", "torchvision", "onnx", "
     return out
 
 
-# The training stages and where their schedule lives in the config.
-TRAINING_STAGES = (("teacher", ("teacher_train",)), ("distill", ("distill", "train")), ("qat", ("qat", "train")))
-
-
-def _section(cfg: Any, path: tuple[str, ...]) -> Any:
-    for name in path:
-        cfg = getattr(cfg, name)
-    return cfg
-
-
 def training_precision(cfg: Any) -> dict[str, Any]:
     """Per training stage: its ``amp`` setting, the device and the precision ``resolve_amp`` picks there, and why.
 
@@ -73,9 +64,9 @@ def training_precision(cfg: Any) -> dict[str, Any]:
     except EdgekdError as e:  # the training stage itself reports this; the record just says so
         return {"error": str(e)}
     out: dict[str, Any] = {}
-    for stage, path in TRAINING_STAGES:
-        mode = _section(cfg, path).amp
-        out[stage] = {"amp": mode, "device": str(device), **resolve_amp(mode, device).to_dict()}
+    for spec, train in training_configs(cfg):
+        mode = train.amp
+        out[spec.name] = {"amp": mode, "device": str(device), **resolve_amp(mode, device).to_dict()}
     return out
 
 

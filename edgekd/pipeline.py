@@ -12,9 +12,6 @@ manifest entry keeps the config sections it ran with (``config``); the top-level
 """
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
 import os
 import sys
 import time
@@ -22,39 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Config, config_from_dict, dump_config, load_config
+from .config import Config, config_from_dict, dump_config, load_config, stable_hash
 from .environment import environment
 from .errors import ArtifactError, ConfigError
 from .manifest import Manifest
 from .staging import STAGING_DIR, Transaction, record_failure
-from .stages import STAGE_ORDER, StageContext, StageResult
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    name: str
-    sections: tuple[str, ...]  # config sections the stage reads
-    inputs: tuple[tuple[str, str], ...]  # (stage, artifact key) it consumes
-    always: bool = False  # cheap verdict stages run every time
-    all_ranks: bool = False  # training stages run on every torchrun rank; the rest on rank 0 alone
-
-
-STAGES: dict[str, StageSpec] = {
-    s.name: s
-    for s in (
-        StageSpec("teacher", ("seed", "deterministic", "data", "teacher", "teacher_train"), (), all_ranks=True),
-        StageSpec("distill", ("seed", "deterministic", "data", "student", "distill"), (("teacher", "weights"),),
-                  all_ranks=True),
-        StageSpec("qat", ("seed", "deterministic", "data", "student", "distill", "qat"),
-                  (("teacher", "weights"), ("distill", "weights")), all_ranks=True),
-        StageSpec("export", ("data", "teacher", "student", "export", "qat"),
-                  (("teacher", "weights"), ("distill", "weights"), ("qat", "weights"))),
-        StageSpec("check", ("seed", "data", "check", "student", "teacher"),
-                  (("export", "teacher_fp32"), ("export", "student_fp32"), ("export", "student_int8"),
-                   ("teacher", "weights"), ("distill", "weights"))),
-        StageSpec("gate", ("budgets",), (), always=True),
-    )
-}
+from .stages import BY_NAME, STAGE_NAMES, StageContext, StageResult, StageSpec, stage_function
 
 
 @dataclass
@@ -98,7 +68,7 @@ def fingerprint(cfg: Config, spec: StageSpec, manifest: Manifest) -> tuple[str, 
         inputs[f"{stage}.{key}"] = sha
     d = cfg.to_dict()
     payload = {"config": {k: d[k] for k in spec.sections}, "inputs": inputs}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16], inputs
+    return stable_hash(payload), inputs
 
 
 def _up_to_date(manifest: Manifest, spec: StageSpec, fp: str) -> bool:
@@ -174,7 +144,7 @@ def run_stage(ctx: StageContext, txn: Transaction, name: str, force: bool = Fals
     The stage writes into its scratch folder (``ctx.run_dir``); on success rank 0 promotes the files
     and the manifest entry into the shadow run folder, where later stages read them.
     """
-    spec = STAGES[name]
+    spec = BY_NAME[name]
     fp, inputs = fingerprint(ctx.cfg, spec, ctx.manifest)
     if not force and _up_to_date(ctx.manifest, spec, fp):
         ctx.log(f"[edgekd] {name}: up to date, skipped (fingerprint {fp})")
@@ -183,9 +153,8 @@ def run_stage(ctx: StageContext, txn: Transaction, name: str, force: bool = Fals
     ctx.fingerprint = fp
     ctx.run_dir = txn.scratch(name)
     t0 = time.perf_counter()
-    if ranks.main or spec.all_ranks:
-        module = importlib.import_module(f"edgekd.stages.{name}")
-        result: StageResult = module.run(ctx)
+    if ranks.main or spec.trains:  # training stages run on every torchrun rank; the rest on rank 0 alone
+        result: StageResult = stage_function(spec)(ctx)
     if ranks.main:
         seconds = time.perf_counter() - t0
         d = ctx.cfg.to_dict()
@@ -224,8 +193,8 @@ def run(
     cfg = resolve_config(config, overrides)
     wanted = list(stages) if stages else list(cfg.stages)
     for s in wanted:
-        if s not in STAGES:
-            raise ConfigError(f"unknown stage '{s}'; valid: {', '.join(STAGE_ORDER)}")
+        if s not in BY_NAME:
+            raise ConfigError(f"unknown stage '{s}'; valid: {', '.join(STAGE_NAMES)}")
     if not cfg.qat.enabled and "qat" in wanted:
         raise ConfigError("qat.enabled is false but the INT8 chain needs the qat stage",
                           "drop 'qat' (and 'export', 'check') from stages, or enable qat")
@@ -239,7 +208,7 @@ def run(
     result = Run(run_dir=run_dir, manifest=txn.manifest)
     current = "open"
     try:
-        for name in (n for n in STAGE_ORDER if n in wanted):
+        for name in (n for n in STAGE_NAMES if n in wanted):
             current = name
             (result.ran if run_stage(ctx, txn, name, force, ranks) else result.skipped).append(name)
         current = "commit"

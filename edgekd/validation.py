@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from .errors import ConfigError
 from .registry import declared_names, unknown_name
+from .stage_specs import STAGE_NAMES, training_configs
 
 if TYPE_CHECKING:  # config.py imports this module; at run time only the values are needed
     from .config import BudgetsConfig, Config, TrainConfig
@@ -31,7 +32,7 @@ SWITCHES = ("auto", "on", "off")  # amp, channels_last
 OPTIMIZERS = ("sgd", "adamw")  # edgekd.train.optim.build_optimizer
 SCHEDULES = ("onecycle", "cosine", "constant")  # edgekd.train.optim.Schedule
 DEVICES = ("auto", "cpu", "cuda")  # cuda:N is cuda plus an index
-STAGES = ("teacher", "distill", "qat", "export", "check", "gate")
+STEM_STRIDES = (1, 2)  # 1 keeps a 28-32 px input's resolution in the stem; 2 halves it (edgekd.models)
 SEVERITIES = (1, 5)  # corruption severities run 1..5 (Hendrycks & Dietterich 2019)
 
 # The gate flag that sets each budget, so an error from `edgekd gate --min-accuracy` names the flag too.
@@ -157,7 +158,8 @@ def _validate_data(cfg: "Config") -> None:
 def _validate_models_and_distill(cfg: "Config") -> None:
     for key, m in (("teacher", cfg.teacher), ("student", cfg.student)):
         positive(f"{key}.width", m.width, f"set {key}.width to a positive multiplier, e.g. 1.0")
-        at_least(f"{key}.stem_stride", m.stem_stride, 1)
+        if m.stem_stride not in STEM_STRIDES:
+            raise _bad(f"{key}.stem_stride", m.stem_stride, "1 or 2", f"set {key}.stem_stride to 1 (28-32 px inputs) or 2")
     ds = cfg.distill
     positive("distill.temperature", ds.temperature, "set distill.temperature to a positive number, e.g. 4")
     between("distill.alpha", ds.alpha, 0.0, 1.0, "alpha weighs the KD term against cross-entropy: use e.g. 0.9")
@@ -173,7 +175,6 @@ def _validate_models_and_distill(cfg: "Config") -> None:
             "set data.augment.crop_padding=0, hflip=false, noise_std=0, corruption_prob=0, or turn caching off",
         )
     q = cfg.qat
-    at_least("qat.freeze_bn_epoch", q.freeze_bn_epoch, 0)
     at_least("qat.freeze_observers_epoch", q.freeze_observers_epoch, 0)
     at_least("qat.calibration_batches", q.calibration_batches, 1)
 
@@ -213,9 +214,9 @@ def _validate_top(cfg: "Config") -> None:
     at_least("seed", cfg.seed, 0, "set seed to a non-negative integer")
     optional(at_least, "num_threads", cfg.num_threads, 1)
     for s in cfg.stages:
-        if s not in STAGES:
-            raise ConfigError(f"unknown stage '{s}' in 'stages'; valid: {', '.join(STAGES)}",
-                              f"set stages to a list of: {', '.join(STAGES)}")
+        if s not in STAGE_NAMES:
+            raise ConfigError(f"unknown stage '{s}' in 'stages'; valid: {', '.join(STAGE_NAMES)}",
+                              f"set stages to a list of: {', '.join(STAGE_NAMES)}")
 
 
 # ------------------------------------------------------------------ registry names
@@ -288,10 +289,8 @@ def validate_config(cfg: "Config", registries: bool = True) -> None:
     """All checks of a whole config; ``registries=False`` skips the registry names (the torch-free gate)."""
     _validate_top(cfg)
     _validate_data(cfg)
-    for key in ("teacher_train", "distill.train", "qat.train"):
-        section, _, sub = key.partition(".")
-        tc = getattr(getattr(cfg, section), sub) if sub else getattr(cfg, section)
-        _validate_train(key, tc)
+    for spec, tc in training_configs(cfg):
+        _validate_train(str(spec.train_config), tc)
     _validate_models_and_distill(cfg)
     _validate_export_and_check(cfg)
     validate_budgets(cfg.budgets)

@@ -1,9 +1,13 @@
 """Shared fixtures: a small, fixed subset of the real Fashion-MNIST (Debian package files); one torch thread."""
 from __future__ import annotations
 
+import functools
+import gzip
+import os
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
 
 from edgekd.config import DataConfig
@@ -18,15 +22,48 @@ def fashion_mnist_available() -> bool:
     return all((FMNIST_DIR / name).is_file() for name in FMNIST_FILES)
 
 
+MISSING = f"Fashion-MNIST not installed in {FMNIST_DIR} (apt-get install -y dataset-fashion-mnist; `make test` does)"
+
+
 def require_fashion_mnist() -> None:
-    """Skip the calling test when the Fashion-MNIST files are absent."""
+    """Skip the calling test when the Fashion-MNIST files are absent; in CI (``CI`` set) fail instead.
+
+    A CI run without the data set would otherwise pass with every real-data test skipped.
+    """
     if not fashion_mnist_available():
-        pytest.skip(f"Fashion-MNIST not installed in {FMNIST_DIR} (apt-get install -y dataset-fashion-mnist)")
+        if os.environ.get("CI"):
+            pytest.fail(f"{MISSING}; CI must run the real-data tests", pytrace=False)
+        pytest.skip(MISSING)
 
 
-requires_fashion_mnist = pytest.mark.skipif(
-    not fashion_mnist_available(), reason=f"Fashion-MNIST not installed in {FMNIST_DIR} (apt-get install -y dataset-fashion-mnist)"
-)
+@pytest.fixture
+def fashion_mnist_files() -> None:
+    """Use through ``requires_fashion_mnist``: skips without the data set, fails in CI."""
+    require_fashion_mnist()
+
+
+# a test (or ``pytestmark``) that reads Fashion-MNIST: skipped without it on a developer machine, failed in CI
+requires_fashion_mnist = pytest.mark.usefixtures("fashion_mnist_files")
+
+
+@functools.lru_cache(maxsize=8)
+def _fmnist_prefix(split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    prefix = "t10k" if split == "test" else "train"
+    with gzip.open(FMNIST_DIR / f"{prefix}-images-idx3-ubyte.gz", "rb") as fh:
+        images = np.frombuffer(fh.read(16 + n * 784), np.uint8, offset=16).reshape(n, 1, 28, 28)
+    with gzip.open(FMNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz", "rb") as fh:
+        labels = np.frombuffer(fh.read(8 + n), np.uint8, offset=8).astype(np.int64)
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return images, labels
+
+
+def fmnist_prefix(split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` images (uint8 [n, 1, 28, 28], read-only) and labels (int64) of the real ``train`` or
+    ``test`` split, decompressing only that prefix: the one raw reader of the tests, for those that need a
+    fixed, file-ordered slice rather than the ``fmnist_small`` subset. Skips (fails in CI) without the data."""
+    require_fashion_mnist()
+    return _fmnist_prefix(split, n)
 
 
 def small_fmnist_config(**overrides: object) -> DataConfig:

@@ -15,7 +15,8 @@ import edgekd
 from conftest import requires_fashion_mnist
 from edgekd.config import load_config
 from edgekd.manifest import Manifest
-from edgekd.pipeline import STAGES, fingerprint
+from edgekd.pipeline import fingerprint
+from edgekd.stage_specs import BY_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -74,11 +75,11 @@ def test_fingerprints_follow_config_sections(tmp_path: Path) -> None:
     m = Manifest(tmp_path)
     m.data["stages"]["teacher"] = {"artifacts": {"weights": {"path": "t.pt", "sha256": "aa", "bytes": 1}}}
     a, b = load_config(SMOKE), load_config(SMOKE, ["distill.temperature=2"])
-    assert fingerprint(a, STAGES["teacher"], m) == fingerprint(b, STAGES["teacher"], m)
-    before = fingerprint(a, STAGES["distill"], m)[0]
-    assert before != fingerprint(b, STAGES["distill"], m)[0]
+    assert fingerprint(a, BY_NAME["teacher"], m) == fingerprint(b, BY_NAME["teacher"], m)
+    before = fingerprint(a, BY_NAME["distill"], m)[0]
+    assert before != fingerprint(b, BY_NAME["distill"], m)[0]
     m.data["stages"]["teacher"]["artifacts"]["weights"]["sha256"] = "bb"  # a new teacher re-runs distill
-    assert fingerprint(a, STAGES["distill"], m)[0] != before
+    assert fingerprint(a, BY_NAME["distill"], m)[0] != before
 
 
 def _edgekd(*args: str) -> subprocess.CompletedProcess[str]:

@@ -299,9 +299,9 @@ def test_weights_errors_never_advise_unsafe_loading(content: str, tmp_path: Path
     import numpy as np
     import torch
 
-    from edgekd.train.checkpoint import load_checkpoint
+    from edgekd.train.checkpoint import load_training_checkpoint
     from edgekd.errors import CheckpointError
-    from edgekd.models.weights import read_checkpoint
+    from edgekd.models.weights import read_weights_file
 
     path = tmp_path / "w.pt"
     if content == "object":
@@ -315,7 +315,7 @@ def test_weights_errors_never_advise_unsafe_loading(content: str, tmp_path: Path
         torch.save({"w": torch.ones(3)}, path)
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2] if content == "truncated" else b"")
-    for load in (read_checkpoint, load_checkpoint):
+    for load in (read_weights_file, load_training_checkpoint):
         with pytest.raises(CheckpointError) as info:
             load(path)
         text = str(info.value)

@@ -341,3 +341,9 @@ def test_builtin_config_names_resolve_from_any_folder(tmp_path: Path, monkeypatc
     assert "not found: smok" in str(e.value) and "smoke" in str(e.value)
     with pytest.raises(ConfigError, match="not found"):
         load_config("sub/smoke.yaml")  # a path with folders is a path, never a built-in name
+
+
+def test_removed_key_says_it_was_removed() -> None:
+    """qat.freeze_bn_epoch was declared but never read; an old config that sets it fails with why, not silently."""
+    with pytest.raises(ConfigError, match="'qat.freeze_bn_epoch' was removed: it was never read"):
+        config_from_dict({"qat": {"freeze_bn_epoch": 0}})

@@ -20,8 +20,8 @@ import pytest
 import torch
 from torch import nn
 
-from edgekd.train.checkpoint import load_checkpoint
-from edgekd.config import TrainConfig
+from edgekd.train.checkpoint import load_training_checkpoint
+from edgekd.config import TrainConfig, config_from_dict
 from edgekd.train.engine import Precision, evaluate, fit, make_criterion, resolve_amp, resolve_device
 from edgekd.errors import CheckpointError, ConfigError, EdgekdError
 from edgekd.hardware import cpu_bf16_is_fast, detect_cpu_features
@@ -197,8 +197,13 @@ def test_cosine_warms_up_linearly_then_decays_to_zero_and_constant_holds():
     assert lrs[10] == pytest.approx(0.2) and lrs[35] < 0.2 / 2 and lrs[50] == pytest.approx(0.0, abs=1e-12)
     c = Schedule("constant", lr=0.3, total_steps=10, warmup_fraction=0.0)
     assert {c.lr_at(i) for i in range(10)} == {0.3}
+    # a bad schedule, optimizer or warm-up is a ConfigError at config load; the engine only asserts
     with pytest.raises(ConfigError, match="valid: onecycle, cosine, constant"):
-        Schedule("step", lr=0.1, total_steps=10, warmup_fraction=0.0)
+        config_from_dict({"teacher_train": {"schedule": "step"}})
+    with pytest.raises(ConfigError, match="valid: sgd, adamw"):
+        config_from_dict({"qat": {"train": {"optimizer": "adam"}}})
+    with pytest.raises(ConfigError, match="warmup_fraction"):
+        config_from_dict({"distill": {"train": {"warmup_fraction": 1.0}}})
 
 
 def test_weight_decay_skips_batchnorm_and_bias():
@@ -229,7 +234,7 @@ def test_killed_mid_epoch_then_resumed_is_bitwise_equal_to_straight_run(tmp_path
     crashed = tmp_path / "crashed"
     proc = run_child("kill_in_step", str(crashed), "11")  # 8 steps per epoch: dies at step 3 of epoch 1
     assert proc.returncode == 17, proc.stderr[-2000:]
-    ckpt = load_checkpoint(crashed / "checkpoint.pt")  # weights_only=True load
+    ckpt = load_training_checkpoint(crashed / "checkpoint.pt")  # weights_only=True load
     assert ckpt["epoch"] == 0 and ckpt["global_step"] == 8
     assert len((crashed / "metrics.jsonl").read_text().splitlines()) == 1
 
@@ -249,10 +254,10 @@ def test_killed_while_saving_leaves_previous_checkpoint_and_resume_finishes(tmp_
     proc = run_child("kill_in_save", str(work))
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert list(work.glob(".checkpoint.pt.*.tmp")), "the child should have died with a half-written temp file"
-    assert load_checkpoint(work / "checkpoint.pt")["epoch"] == 0
+    assert load_training_checkpoint(work / "checkpoint.pt")["epoch"] == 0
     _, result = run_resume_fit(work, init_seed=5, resume=True)
     assert [h["epoch"] for h in result.history] == [0, 1]
-    assert load_checkpoint(work / "checkpoint.pt")["epoch"] == 1
+    assert load_training_checkpoint(work / "checkpoint.pt")["epoch"] == 1
     assert not list(work.glob(".checkpoint.pt.*.tmp"))  # stale temp files are cleaned up
 
 
@@ -330,7 +335,7 @@ def test_grad_scaler_branch_runs_and_resumes_on_cpu(tmp_path, monkeypatch):
     cfg = TrainConfig(epochs=2, lr=0.05, amp="on", grad_clip=1.0, max_steps_per_epoch=3)
     result = fit(tiny_cnn(), ce_step(cfg), train, val, cfg, work_dir=tmp_path, device="cpu", seed=0)
     assert all(np.isfinite(h["train_loss"]) for h in result.history)
-    scaler_state = load_checkpoint(tmp_path / "checkpoint.pt")["scaler"]
+    scaler_state = load_training_checkpoint(tmp_path / "checkpoint.pt")["scaler"]
     assert scaler_state and scaler_state["scale"] == 65536.0  # no overflow: the initial scale stays
     loaded = []
     original = torch.amp.GradScaler.load_state_dict
@@ -354,7 +359,7 @@ def test_grad_scaler_skips_an_overflowing_step_instead_of_stopping(tmp_path, mon
     _scaler_precision(monkeypatch)
     torch.manual_seed(0)
     fit(tiny_cnn(), overflow_once, train, val, cfg, work_dir=tmp_path / "scaled", device="cpu", seed=0)
-    assert load_checkpoint(tmp_path / "scaled" / "checkpoint.pt")["scaler"]["scale"] == 32768.0
+    assert load_training_checkpoint(tmp_path / "scaled" / "checkpoint.pt")["scaler"]["scale"] == 32768.0
     monkeypatch.undo()
     calls.clear()
     with pytest.raises(EdgekdError, match="diverged"):
@@ -375,7 +380,7 @@ def test_cuda_fp16_amp_uses_grad_scaler(tmp_path, monkeypatch):
     cfg = TrainConfig(epochs=1, lr=0.05, amp="on", max_steps_per_epoch=5)
     result = fit(tiny_cnn(), ce_step(cfg), train, val, cfg, work_dir=tmp_path, device=device, seed=0)
     assert np.isfinite(result.history[0]["train_loss"]) and result.best_val_accuracy > 0.1
-    scaler_state = load_checkpoint(tmp_path / "checkpoint.pt")["scaler"]
+    scaler_state = load_training_checkpoint(tmp_path / "checkpoint.pt")["scaler"]
     assert scaler_state and scaler_state["scale"] > 0  # the GradScaler ran and was checkpointed
 
 

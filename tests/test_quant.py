@@ -1,88 +1,18 @@
 """INT8 QAT modules: BN folding, weight/activation fake quant, observers, state round-trip (real Fashion-MNIST)."""
 from __future__ import annotations
 
-import functools
-import gzip
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torchvision
 from torch import nn
 
+from conftest import requires_fashion_mnist
+from helpers import Normalized, activation_quantizers, fmnist_images, qat_state_dict, trained_student
 from edgekd.quant import ActFakeQuant, QConv2d, QLinear, fold_bn, freeze_observers, prepare_qat
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
-pytestmark = pytest.mark.skipif(not FMNIST.is_file(), reason=f"Fashion-MNIST not installed at {FMNIST}")
-
-try:
-    from edgekd.models.normalize import Normalized
-except ImportError:  # the models package is written in parallel; same contract (.net, .mean, .std)
-    class Normalized(nn.Module):  # type: ignore[no-redef]
-        def __init__(self, net: nn.Module, mean, std) -> None:
-            super().__init__()
-            self.net = net
-            self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1))
-            self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net((x - self.mean) / self.std)
-
-
-def fmnist_images(n: int) -> torch.Tensor:
-    """The first ``n`` Fashion-MNIST test images as float32 [n, 1, 28, 28] in [0, 1]."""
-    with gzip.open(FMNIST, "rb") as fh:
-        raw = np.frombuffer(fh.read(16 + n * 784), np.uint8, offset=16)
-    return torch.from_numpy(raw.reshape(n, 1, 28, 28).astype(np.float32) / 255.0)
-
-
-def fmnist_labels(n: int) -> torch.Tensor:
-    with gzip.open(FMNIST.with_name("t10k-labels-idx1-ubyte.gz"), "rb") as fh:
-        return torch.from_numpy(np.frombuffer(fh.read(8 + n), np.uint8, offset=8).astype(np.int64))
-
-
-def mobilenet_student(seed: int = 0) -> Normalized:
-    """MobileNetV2-0.5, 1-channel stride-1 stem, BN statistics from real images (non-trivial folding)."""
-    torch.manual_seed(seed)
-    net = torchvision.models.mobilenet_v2(width_mult=0.5, num_classes=10)
-    net.features[0][0] = nn.Conv2d(1, net.features[0][0].out_channels, 3, 1, 1, bias=False)
-    model = Normalized(net, (0.286,), (0.353,))
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None  # cumulative average: BN stats of exactly these batches
-    model.train()
-    with torch.no_grad():
-        for batch in fmnist_images(128).split(64):
-            model(batch)
-    return model.eval()
-
-
-@functools.lru_cache(maxsize=1)
-def _trained_state() -> dict[str, torch.Tensor]:
-    model = mobilenet_student()
-    x, y = fmnist_images(768), fmnist_labels(768)
-    opt = torch.optim.Adam(model.parameters(), 2e-3)
-    model.train()
-    torch.manual_seed(0)
-    for i in range(24):
-        batch = slice(i * 32, (i + 1) * 32)
-        loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def trained_student() -> Normalized:
-    """``mobilenet_student`` after 24 Adam steps on 768 real images (well above chance, diverse predictions).
-
-    A random MobileNetV2 maps every image to nearly the same logits (constant top-1, so agreement
-    tests would be vacuous); a few real steps give input-dependent predictions. Cached per process.
-    """
-    model = mobilenet_student()
-    model.load_state_dict(_trained_state())
-    return model.eval()
+pytestmark = requires_fashion_mnist
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +60,7 @@ def test_weight_fake_quant_is_per_channel_symmetric_int8(qat) -> None:
 
 
 def test_activation_ranges_suit_onnxruntime_fusion(qat) -> None:
-    for _, fq in qat.activation_quantizers():
+    for _, fq in activation_quantizers(qat):
         assert fq.calibrated
         assert 0 <= int(fq.zero_point) <= 255 and float(fq.scale) > 0
         if fq.kind in ("relu", "relu6"):
@@ -159,9 +89,9 @@ def test_freeze_stops_observers_and_gradients_flow(student: Normalized) -> None:
     q(fmnist_images(64) * 0.5)  # training forward with a different range moves the EMA
     assert float(fq.scale) != scale0
     assert freeze_observers(q) == 66
-    frozen = {n: float(m.scale) for n, m in q.activation_quantizers()}
+    frozen = {n: float(m.scale) for n, m in activation_quantizers(q)}
     out = q(fmnist_images(64) * 3.0)
-    assert frozen == {n: float(m.scale) for n, m in q.activation_quantizers()}
+    assert frozen == {n: float(m.scale) for n, m in activation_quantizers(q)}
     out.logsumexp(1).mean().backward()  # straight-through estimator: gradients reach every weight
     grads = [m.weight.grad for m in q.modules() if isinstance(m, (QConv2d, QLinear))]
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
@@ -170,11 +100,11 @@ def test_freeze_stops_observers_and_gradients_flow(student: Normalized) -> None:
 def test_state_dict_round_trip(tmp_path: Path, student: Normalized, qat) -> None:
     freeze_observers(qat)
     path = tmp_path / "qat.pt"
-    torch.save({"state_dict": qat.qat_state_dict()}, path)
+    torch.save({"state_dict": qat_state_dict(qat)}, path)
     fresh = prepare_qat(student, None, 0)
     assert not fresh.input_fq.calibrated
-    fresh.load_qat_state_dict(torch.load(path, weights_only=True)["state_dict"])
-    assert all(m.frozen for _, m in fresh.activation_quantizers())
+    fresh.load_state_dict(torch.load(path, weights_only=True)["state_dict"], strict=True)
+    assert all(m.frozen for _, m in activation_quantizers(fresh))
     x = fmnist_images(64)
     with torch.no_grad():
         assert torch.equal(fresh(x), qat(x))
@@ -187,7 +117,7 @@ def test_resnet_prepares_with_residual_quantization() -> None:
     model = Normalized(net, (0.286,), (0.353,)).eval()
     x = fmnist_images(32)
     q = prepare_qat(model, [(x,)], 1)
-    kinds = [m.kind for _, m in q.activation_quantizers()]
+    kinds = [m.kind for _, m in activation_quantizers(q)]
     assert kinds.count("relu") == 17  # stem + 2 per block (the add's relu quantizes the block output)
     with torch.no_grad():
         rel = ((q(x) - model(x)).norm() / model(x).norm()).item()

@@ -16,11 +16,11 @@ from .common import InputSpec, scaled_channels
 from .normalize import Normalized
 from .students import STUDENTS
 from .teachers import TEACHERS
-from .weights import load_torchvision_weights, load_weights, read_checkpoint
+from .weights import load_torchvision_weights, load_weights, read_weights_file
 
 __all__ = [
     "TEACHERS", "STUDENTS", "Normalized", "InputSpec", "build_teacher", "build_student", "build_model",
-    "input_spec", "load_weights", "load_torchvision_weights", "read_checkpoint", "scaled_channels",
+    "input_spec", "load_weights", "load_torchvision_weights", "read_weights_file", "scaled_channels",
 ]
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import ConfigError
+from ..validation import STEM_STRIDES
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,5 @@ def scaled_channels(channels: int, width: float, divisor: int = 8) -> int:
 
 def small_input_stem(in_channels: int, out_channels: int, stride: int) -> nn.Conv2d:
     """The 3x3 stem conv used instead of ImageNet's 7x7 / stride-2 one."""
-    if stride not in (1, 2):
-        raise ConfigError(f"stem_stride must be 1 or 2, got {stride}", "set the model's stem_stride to 1 (28-32 px inputs) or 2")
+    assert stride in STEM_STRIDES, f"stem_stride {stride} is not one of {STEM_STRIDES} (checked at config load)"
     return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)

@@ -26,7 +26,7 @@ from torchvision.models import mobilenet_v3_small as tv_mobilenet_v3_small
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..registry import Registry
-from .common import InputSpec
+from .common import InputSpec, small_input_stem
 
 StudentFn = Callable[[ModelConfig, InputSpec], nn.Module]
 STUDENTS: Registry[StudentFn] = Registry("student")
@@ -36,11 +36,10 @@ MIN_FINAL_SIZE = 2
 
 def _replace_stem(features: nn.Sequential, in_channels: int, stride: int) -> None:
     """Swap the first conv of ``features`` for one with ``in_channels`` inputs and ``stride``."""
-    if stride not in (1, 2):
-        raise ConfigError(f"stem_stride must be 1 or 2, got {stride}", "set student.stem_stride to 1 (28-32 px inputs) or 2")
     old = features[0][0]
     assert isinstance(old, nn.Conv2d), f"unexpected torchvision stem {type(old).__name__}"
-    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, stride, old.padding, bias=old.bias is not None)
+    assert old.kernel_size == (3, 3) and old.padding == (1, 1) and old.bias is None, "torchvision's MobileNet stem changed"
+    new = small_input_stem(in_channels, old.out_channels, stride)  # the same conv, stride checked there
     nn.init.kaiming_normal_(new.weight, mode="fan_out")  # torchvision's MobileNet conv init
     features[0][0] = new
 

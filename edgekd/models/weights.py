@@ -14,20 +14,18 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..train.checkpoint import LOAD_ERRORS, describe_load_error, safe_torch_load
+from ..train.checkpoint import LOAD_ERRORS, check_fits, describe_load_error, safe_torch_load
 from ..errors import CheckpointError, ConfigError
 
-_SHOW = 5  # keys listed per category in an error message
+_SHOW = 5  # keys listed in an error message
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers
 
 
-def _listing(title: str, keys: list[str]) -> str:
-    more = f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
-    return f"{title} ({len(keys)}): {', '.join(keys[:_SHOW])}{more}"
+def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a weights file -> ``(state_dict, meta)``; ``meta`` is ``{}`` when the file has none.
 
-
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a weights file -> ``(state_dict, meta)``; ``meta`` is ``{}`` when the file has none."""
+    (An epoch checkpoint, written for ``--resume``, is read with ``train.checkpoint.load_training_checkpoint``.)
+    """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"weights file not found: {p}", "check the path, or run the stage that writes it")
@@ -81,20 +79,11 @@ def load_weights(model: nn.Module, path: str | Path) -> dict[str, Any]:
     missing, unreadable, or does not fit: the message lists (a few of) the missing, unexpected and
     mis-shaped keys.
     """
-    state, meta = read_checkpoint(path)
+    state, meta = read_weights_file(path)
     state = _align(state, model)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    misshaped = [f"{k} file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                 for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or misshaped:
-        parts = [_listing(t, ks) for t, ks in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if ks]
-        raise CheckpointError(
-            f"weights file {path} does not fit the {type(model).__name__} model: " + "; ".join(parts),
-            "build the model with the same config (arch, width, stem_stride, maxpool) and dataset (channels, "
-            "classes) as the run that saved the file, or retrain",
-        )
+    check_fits(model, state, f"weights file {path}",
+               "build the model with the same config (arch, width, stem_stride, maxpool) and dataset (channels, "
+               "classes) as the run that saved the file, or retrain")
     model.load_state_dict(state, strict=True)
     return meta
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -10,7 +10,7 @@ from torch import nn
 from ..errors import ConfigError
 from .modules import QConv2d, QLinear
 from .observers import ActFakeQuant
-from .prepare import deepcopy_model, iter_act_quant, quantize_graph
+from .prepare import deepcopy_model, quantize_graph
 
 
 class QATModel(nn.Module):
@@ -43,17 +43,6 @@ class QATModel(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.input_fq((x - self.mean) / self.std))
-
-    def qat_state_dict(self) -> dict[str, torch.Tensor]:
-        """Weights plus every observer buffer (scale, zero point, range, frozen flag)."""
-        return {k: v.detach().clone() for k, v in self.state_dict().items()}
-
-    def load_qat_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Load a ``qat_state_dict`` (strict: a model of another shape raises)."""
-        self.load_state_dict(state, strict=True)
-
-    def activation_quantizers(self) -> list[tuple[str, ActFakeQuant]]:
-        return list(iter_act_quant(self))
 
     def weight_layers(self) -> list[tuple[str, nn.Module]]:
         return [(n, m) for n, m in self.named_modules() if isinstance(m, (QConv2d, QLinear))]

@@ -23,10 +23,10 @@ def build_qat_student(ctx: StageContext, calibrate: bool, device=None):
 
 def load_qat_student(ctx: StageContext, device):
     """The trained QAT student from this run's qat artifact, observers frozen, in eval mode."""
-    from ..models import read_checkpoint
+    from ..models import read_weights_file
 
     qmodel = build_qat_student(ctx, calibrate=False, device=device)
-    qmodel.load_state_dict(read_checkpoint(ctx.manifest.artifact("qat", "weights"))[0])
+    qmodel.load_state_dict(read_weights_file(ctx.manifest.artifact("qat", "weights"))[0])
     freeze_observers(qmodel)
     return qmodel.eval()
 

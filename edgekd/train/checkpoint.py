@@ -12,7 +12,7 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -119,21 +119,25 @@ def safe_torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _fix(path: Path) -> str:
+def resume_fix(path: Path) -> str:
     return f"delete {path} to start this stage over, or run without --resume"
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; unreadable or foreign files raise CheckpointError."""
+def load_training_checkpoint(path: Path) -> dict[str, Any]:
+    """Load an epoch checkpoint (model, optimizer, RNG, epoch: what ``--resume`` needs) with ``weights_only=True``.
+
+    Unreadable or foreign files raise CheckpointError. A deployable weights file is read with
+    ``edgekd.models.weights.read_weights_file`` instead.
+    """
     try:
         data = safe_torch_load(path)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist", "train without --resume first") from None
     except LOAD_ERRORS as e:
         raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({describe_load_error(e)})",
-                              _fix(path)) from None
+                              resume_fix(path)) from None
     if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION or "model" not in data:
-        raise CheckpointError(f"{path} is not an edgekd epoch checkpoint (format {FORMAT_VERSION})", _fix(path))
+        raise CheckpointError(f"{path} is not an edgekd epoch checkpoint (format {FORMAT_VERSION})", resume_fix(path))
     return data
 
 
@@ -143,7 +147,7 @@ def check_meta(path: Path, saved: dict[str, Any], expected: dict[str, Any]) -> N
     diff = [k for k in keys if saved.get(k) != expected.get(k)]
     if diff:
         detail = "; ".join(f"{k}: checkpoint {_short(saved.get(k))} vs now {_short(expected.get(k))}" for k in diff)
-        raise CheckpointError(f"checkpoint {path} was written by a different configuration ({detail})", _fix(path))
+        raise CheckpointError(f"checkpoint {path} was written by a different configuration ({detail})", resume_fix(path))
 
 
 def _short(value: Any) -> str:
@@ -151,16 +155,26 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def check_fits(path: Path, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """The stored weights must fit ``model`` exactly: missing, unexpected and mis-shaped keys are listed."""
+def check_fits(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, fix: str) -> None:
+    """The stored weights must fit ``model`` exactly; else CheckpointError listing (a few of) the missing,
+    unexpected and mis-shaped keys. ``source`` names the file ("weights file x.pt"); ``fix`` is the advice.
+
+    The one fit check: epoch checkpoints (engine resume) and weights files (edgekd.models.weights) both use it.
+    """
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shaped:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)):
-            if items:
-                parts.append(f"{label} {len(items)}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}")
-        raise CheckpointError(f"checkpoint {path} does not fit this model ({'; '.join(parts)})", _fix(path))
+    misshaped = [f"{k} file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                 for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or misshaped:
+        parts = [_listing(t, ks) for t, ks in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+                 if ks]
+        raise CheckpointError(f"{source} does not fit the {type(model).__name__} model: " + "; ".join(parts), fix)
+
+
+_SHOW = 5  # keys listed per category in an error message
+
+
+def _listing(title: str, keys: list[str]) -> str:
+    more = f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
+    return f"{title} ({len(keys)}): {', '.join(keys[:_SHOW])}{more}"

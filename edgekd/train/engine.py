@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import capture_rng, check_fits, check_meta, cpu_state, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import (capture_rng, check_fits, check_meta, cpu_state, load_training_checkpoint, restore_rng, resume_fix,
+                         save_checkpoint)
 from ..config import TrainConfig
 from .distributed import (
     Precision,
@@ -134,9 +135,9 @@ class _State:
 def _resume(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
             meta: dict[str, Any], rank: int, world: int) -> _State:
     """Load ``path`` into model/optimizer/scaler/RNG; raise CheckpointError when it does not belong here."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_training_checkpoint(path)
     check_meta(path, ckpt.get("meta", {}), meta)
-    check_fits(path, model, ckpt["model"])
+    check_fits(model, ckpt["model"], f"checkpoint {path}", resume_fix(path))
     try:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])

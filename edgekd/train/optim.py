@@ -12,6 +12,7 @@ import torch
 
 from ..config import TrainConfig
 from ..errors import ConfigError
+from ..validation import OPTIMIZERS, SCHEDULES  # the valid names; user input is checked at config load
 
 ONECYCLE_DIV = 25.0  # onecycle starts at lr / 25 (torch's OneCycleLR default) ...
 ONECYCLE_FINAL_DIV = 1e4  # ... and ends at lr / 25 / 1e4
@@ -32,15 +33,14 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD (momentum, optional Nesterov) or AdamW over :func:`param_groups`."""
+    assert cfg.optimizer in OPTIMIZERS, f"optimizer {cfg.optimizer!r} is not one of {OPTIMIZERS}"
     groups = param_groups(model, cfg.weight_decay)
     if not groups:
         raise ConfigError("the model has no trainable parameters", "unfreeze some parameters before training")
     if cfg.optimizer == "sgd":
         nesterov = cfg.nesterov and cfg.momentum > 0  # torch rejects nesterov without momentum
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; valid: sgd, adamw", "set train.optimizer to sgd or adamw")
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 @dataclass(frozen=True)
@@ -57,13 +57,9 @@ class Schedule:
     total_steps: int
     warmup_fraction: float
 
-    def __post_init__(self) -> None:
-        if self.kind not in ("onecycle", "cosine", "constant"):
-            raise ConfigError(f"unknown schedule {self.kind!r}; valid: onecycle, cosine, constant",
-                              "set train.schedule to one of those")
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}",
-                              "set train.warmup_fraction to e.g. 0.1")
+    def __post_init__(self) -> None:  # user input is checked at config load (edgekd.validation)
+        assert self.kind in SCHEDULES, f"schedule {self.kind!r} is not one of {SCHEDULES}"
+        assert 0.0 <= self.warmup_fraction < 1.0, f"warmup_fraction {self.warmup_fraction} is not in [0, 1)"
 
     @property
     def warmup_steps(self) -> int:

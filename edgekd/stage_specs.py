@@ -1,0 +1,67 @@
+"""The stage registry: the one ordered list of pipeline stages, and what each one is.
+
+Everything else derives its stage list from ``STAGES``: the config's default ``stages`` and its
+validation (edgekd.config, edgekd.validation), the CLI's subcommands and their help (edgekd.cli),
+the pipeline's order, fingerprints and ranks (edgekd.pipeline), the environment record
+(edgekd.environment) and the report's stage tables (edgekd.deploy.report).
+
+This module is torch-free (ground floor): the gate and the report read it without torch. Each
+stage's ``run`` function lives in ``edgekd/stages/<name>.py``; ``edgekd.stages.stage_function``
+imports those modules (which import torch) when a stage runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str  # also the module edgekd/stages/<name>.py and the CLI subcommand
+    help: str  # one line, for the CLI
+    sections: tuple[str, ...]  # config sections the stage reads (its fingerprint)
+    inputs: tuple[tuple[str, str], ...] = ()  # (stage, artifact key) it consumes
+    train_config: Optional[str] = None  # the TrainConfig key ("distill.train") of a stage that trains
+    command: bool = True  # has its own `edgekd <name>` subcommand (the gate's is the deploy-side gate)
+    always: bool = False  # cheap verdict stages run every time
+    report_metrics: bool = True  # its metrics go into the report's stage tables (else it has its own section)
+
+    @property
+    def trains(self) -> bool:
+        """A training stage: it runs the engine, on every torchrun rank (the rest run on rank 0 alone)."""
+        return self.train_config is not None
+
+
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("teacher", "train (or load) the teacher",
+              ("seed", "deterministic", "data", "teacher", "teacher_train"), train_config="teacher_train"),
+    StageSpec("distill", "distill the teacher into the student",
+              ("seed", "deterministic", "data", "student", "distill"), (("teacher", "weights"),),
+              train_config="distill.train"),
+    StageSpec("qat", "INT8 quantization-aware fine-tuning with KD",
+              ("seed", "deterministic", "data", "student", "distill", "qat"),
+              (("teacher", "weights"), ("distill", "weights")), train_config="qat.train"),
+    StageSpec("export", "ONNX export (fp32 + int8 QDQ), onnxsim, parity checks",
+              ("data", "teacher", "student", "export", "qat"),
+              (("teacher", "weights"), ("distill", "weights"), ("qat", "weights"))),
+    StageSpec("check", "onnxruntime accuracy, robustness, size and latency on CPU",
+              ("seed", "data", "check", "student", "teacher"),
+              (("export", "teacher_fp32"), ("export", "student_fp32"), ("export", "student_int8"),
+               ("teacher", "weights"), ("distill", "weights")), report_metrics=False),
+    StageSpec("gate", "pass/fail the run against its budgets", ("budgets",), command=False, always=True,
+              report_metrics=False),
+)
+STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+BY_NAME: dict[str, StageSpec] = {s.name: s for s in STAGES}
+
+
+def training_configs(cfg: Any) -> list[tuple[StageSpec, Any]]:
+    """``(spec, TrainConfig)`` of each training stage of a Config, in stage order."""
+    out = []
+    for spec in STAGES:
+        if spec.train_config:
+            section = cfg
+            for part in spec.train_config.split("."):
+                section = getattr(section, part)
+            out.append((spec, section))
+    return out

@@ -1,0 +1,84 @@
+"""Helpers shared by several test modules (imported as ``from helpers import ...``; tests/ is on sys.path).
+
+Test-only views of production objects live here, not in the package.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+
+from conftest import fmnist_prefix
+from edgekd.models.normalize import Normalized
+
+
+def activation_quantizers(model: Any) -> list[tuple[str, Any]]:
+    """``(name, ActFakeQuant)`` of a QATModel's activation quantizers, in module order."""
+    from edgekd.quant.prepare import iter_act_quant
+
+    return list(iter_act_quant(model))
+
+
+def qat_state_dict(model: Any) -> dict[str, Any]:
+    """A QATModel's weights plus every observer buffer (scale, zero point, range, frozen flag), detached copies."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------- a real-data MobileNetV2 (test_quant, test_export)
+
+
+def fmnist_images(n: int) -> torch.Tensor:
+    """The first ``n`` Fashion-MNIST test images as float32 [n, 1, 28, 28] in [0, 1]."""
+    return torch.from_numpy(fmnist_prefix("test", n)[0].astype(np.float32) / 255.0)
+
+
+def fmnist_labels(n: int) -> torch.Tensor:
+    """The first ``n`` Fashion-MNIST test labels (int64)."""
+    return torch.from_numpy(fmnist_prefix("test", n)[1].copy())
+
+
+def mobilenet_student(seed: int = 0) -> Normalized:
+    """MobileNetV2-0.5, 1-channel stride-1 stem, BN statistics from real images (non-trivial folding)."""
+    torch.manual_seed(seed)
+    net = torchvision.models.mobilenet_v2(width_mult=0.5, num_classes=10)
+    net.features[0][0] = nn.Conv2d(1, net.features[0][0].out_channels, 3, 1, 1, bias=False)
+    model = Normalized(net, (0.286,), (0.353,))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # cumulative average: BN stats of exactly these batches
+    model.train()
+    with torch.no_grad():
+        for batch in fmnist_images(128).split(64):
+            model(batch)
+    return model.eval()
+
+
+@functools.lru_cache(maxsize=1)
+def _trained_state() -> dict[str, torch.Tensor]:
+    model = mobilenet_student()
+    x, y = fmnist_images(768), fmnist_labels(768)
+    opt = torch.optim.Adam(model.parameters(), 2e-3)
+    model.train()
+    torch.manual_seed(0)
+    for i in range(24):
+        batch = slice(i * 32, (i + 1) * 32)
+        loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def trained_student() -> Normalized:
+    """``mobilenet_student`` after 24 Adam steps on 768 real images (well above chance, diverse predictions).
+
+    A random MobileNetV2 maps every image to nearly the same logits (constant top-1, so agreement
+    tests would be vacuous); a few real steps give input-dependent predictions. Cached per process.
+    """
+    model = mobilenet_student()
+    model.load_state_dict(_trained_state())
+    return model.eval()
