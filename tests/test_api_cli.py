@@ -57,14 +57,16 @@ def test_killed_stage_resumes_to_the_same_weights(tmp_path: Path) -> None:
     straight = edgekd.run(str(SMOKE), overrides=overrides, out=tmp_path / "straight", stages=["teacher"],
                           log=lambda m: None)
     proc = cli("teacher", "--config", str(SMOKE), "--out", str(tmp_path / "killed"), *[f"--set={o}" for o in overrides])
-    ckpt = tmp_path / "killed" / "smoke" / "stages" / "teacher" / "checkpoint.pt"
+    # a running stage writes into the staging area; the run folder sees nothing until it succeeds
+    ckpt = tmp_path / "killed" / "smoke" / ".staging" / "stage-teacher" / "stages" / "teacher" / "checkpoint.pt"
     deadline = time.time() + 600
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the stage finished before it could be interrupted"
     os.kill(proc.pid, signal.SIGKILL)  # a real interruption, mid-training
     proc.wait()
-    assert Manifest.load(tmp_path / "killed" / "smoke").stage("teacher") is None  # nothing recorded as done
+    # nothing recorded as done (a first run that never succeeded has no manifest yet)
+    assert Manifest.load(tmp_path / "killed" / "smoke", must_exist=False).stage("teacher") is None
     resumed = edgekd.run(str(SMOKE), overrides=overrides, out=tmp_path / "killed", stages=["teacher"], resume=True,
                          log=lambda m: None)
     assert resumed.ran == ["teacher"]
