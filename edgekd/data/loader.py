@@ -14,6 +14,7 @@ import torch
 
 from ..config import AugmentConfig, DataConfig
 from .augment import Augmenter, is_active, seeded_generator
+from ..pixels import to_float
 from .base import DatasetBundle, Split
 
 _STREAM_ORDER = 11
@@ -119,7 +120,7 @@ class BatchLoader:
         order = self.indices().to(self.device)
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            x = self._images[idx].float().div_(255.0)
+            x = to_float(self._images[idx])
             extras = [e[idx] for e in self._extras]
             if self.augmenter is not None:
                 geometric, photometric = self.augmenter.views(x, self.epoch, b, self.rank)

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError
+from ..pixels import to_float
 from ..registry import Registry
 
 Corruption = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
@@ -271,7 +272,7 @@ def jpeg(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
         buf = io.BytesIO()
         Image.fromarray(arr, mode="L" if c == 1 else "RGB").save(buf, format="JPEG", quality=quality)
         buf.seek(0)
-        dec = np.asarray(Image.open(buf), dtype=np.float32) / 255.0
+        dec = to_float(np.asarray(Image.open(buf)))
         out[i] = dec[None] if c == 1 else np.transpose(dec, (2, 0, 1))
     return _finish(out)
 

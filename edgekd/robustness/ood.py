@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..pixels import to_float
 from ..registry import Registry
 from .corruptions import gaussian_filter
 
@@ -86,7 +87,7 @@ def read_image_folder(
         try:
             with Image.open(files[i]) as im:
                 im = im.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
-                arr = np.asarray(im, dtype=np.float32) / 255.0
+                arr = to_float(np.asarray(im))
         except (OSError, ValueError, SyntaxError) as e:
             problem = f"{files[i]}: unreadable image ({type(e).__name__}: {e})"
             raise DataError(problem, f"delete or replace {files[i]}") from e
