@@ -5,6 +5,8 @@ Test-only views of production objects live here, not in the package.
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,3 +84,26 @@ def trained_student() -> Normalized:
     model = mobilenet_student()
     model.load_state_dict(_trained_state())
     return model.eval()
+
+
+# ------------------------------------------------------------- recorded manifest schema
+
+EXPORT_STAGE_FIXTURE = Path(__file__).resolve().parent / "data" / "export_stage.json"
+# dicts keyed by data (op types, dtypes, batch sizes), not by schema: their keys vary run to run
+_DATA_KEYED = {"ops", "initializer_dtypes", "per_batch_size"}
+
+
+def recorded_export_stage() -> dict:
+    """The export stage's manifest fields (metrics, io, student note) as a real smoke run wrote them."""
+    data = json.loads(EXPORT_STAGE_FIXTURE.read_text())
+    data.pop("_comment", None)
+    return data
+
+
+def key_schema(d: object) -> object:
+    """The nested key structure of a JSON value (leaves become their type name), for schema comparison."""
+    if isinstance(d, dict):
+        return {k: ("data-keyed" if k in _DATA_KEYED else key_schema(v)) for k, v in d.items()}
+    if isinstance(d, list):
+        return "list"
+    return "number" if isinstance(d, (int, float)) and not isinstance(d, bool) else type(d).__name__

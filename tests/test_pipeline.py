@@ -16,6 +16,7 @@ import onnx
 import pytest
 
 from conftest import requires_fashion_mnist
+from helpers import key_schema, recorded_export_stage
 from edgekd.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +51,15 @@ def test_run_writes_every_artifact_with_its_sha256(smoke_run) -> None:
     for name in ("model.fp32.onnx", "model.int8.onnx", "teacher.fp32.onnx", "config.yaml", "report.md", "report.html"):
         assert (run_dir / name).is_file(), name
     assert m.data["config"]["name"] == "smoke" and m.data["environment"]["versions"]["onnxruntime"]
+
+
+def test_export_entry_matches_the_recorded_schema(smoke_run) -> None:
+    """tests/test_report.py renders from a recorded export entry; a schema change must fail here first."""
+    run_dir, _ = smoke_run
+    entry = Manifest.load(run_dir).stage("export")
+    fresh = {k: entry[k] for k in ("metrics", "io", "student_choice_note")}
+    assert key_schema(fresh) == key_schema(recorded_export_stage()), (
+        "the export stage's manifest schema changed: regenerate tests/data/export_stage.json from a smoke run")
 
 
 def test_onnx_files_carry_the_device_contract(smoke_run) -> None:

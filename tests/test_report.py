@@ -17,6 +17,7 @@ from edgekd.pixels import to_float
 from edgekd.errors import ArtifactError
 from edgekd.manifest import Manifest
 from edgekd.deploy.report import render_report
+from helpers import recorded_export_stage
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -86,10 +87,17 @@ def run_dir(tmp_path, fmnist_small) -> Path:
                                "cpu": {"model": "Test Xeon 8480", "cores": 2,
                                        "isa": {"avx2": True, "avx512_vnni": True, "amx_int8": False}},
                                "versions": {"onnxruntime": "1.32.0", "onnx": "1.23.2", "torch": "2.14.1"}})
-    m.record_stage("export", {"student_fp32": fp32, "student_int8": int8},
-                   metrics={"nodes_before_simplify": 312, "nodes_after_simplify": 187, "parity_fp32_max_abs": 3.1e-6,
-                            "parity_int8_agreement": 0.9961}, seconds=12.3,
-                   extra={"student_choice_note": "MobileNetV2 was chosen: its int8 ops all fuse in onnxruntime."})
+    # the export entry as the export stage writes it (nested, recorded from a real smoke run; test_pipeline
+    # checks a fresh run still has this schema); a renamed key fails here with a KeyError
+    recorded = recorded_export_stage()
+    metrics = recorded["metrics"]
+    metrics["student_fp32"]["simplify"]["nodes_before"] = 312
+    metrics["student_fp32"]["simplify"]["nodes_after"] = 187
+    metrics["student_fp32"]["parity"]["max_abs_diff"] = 3.1e-6
+    metrics["student_int8"]["parity"]["agreement"] = 0.9961
+    m.record_stage("export", {"student_fp32": fp32, "student_int8": int8}, metrics=metrics, seconds=12.3,
+                   extra={"io": recorded["io"],
+                          "student_choice_note": "MobileNetV2 was chosen: its int8 ops all fuse in onnxruntime."})
     m.data["stages"]["teacher"] = {"status": "done", "seconds": 301.5, "metrics": {"test_accuracy": 0.9345, "epochs": 3}}
     m.data["stages"]["check"] = {"status": "done", "seconds": 40.0, "metrics": {
         "provider": "CPUExecutionProvider", "labels": LABELS, "models": {
@@ -128,7 +136,7 @@ def test_report_shows_measured_numbers_and_ratios(run_dir):
     assert "Verdict: PASS" in md
     assert "Test Xeon 8480" in md and "1.32.0" in md and "avx512_vnni" in md
     assert "MobileNetV2 was chosen" in md and "mobilenet_v2" in md
-    assert "| nodes_after_simplify | 187 |" in md and "| parity_int8_agreement | 0.9961 |" in md
+    assert "| student_fp32.simplify.nodes_after | 187 |" in md and "| student_int8.parity.agreement | 0.9961 |" in md
     # the doctor ran on the real int8 file
     assert "INT8 should be faster" in md and "QLinearConv" in md
 
