@@ -3,10 +3,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import gzip
 import io
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,23 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import fmnist_prefix
 from edgekd.config import RobustnessEvalConfig
+from edgekd.pixels import to_float
 from edgekd.robustness.attacks import ATTACKS, fgsm, fgsm_rs, pgd
 from edgekd.robustness.blackbox import margin, square_attack
 from edgekd.robustness.evaluate import add_mce, eps_key, evaluate_robustness, torch_predict_fn, transfer_attack
 
-ROOT = Path("/usr/share/datasets/fashion-mnist")
-
-
-def _read(kind: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    img, lab = ROOT / f"{kind}-images-idx3-ubyte.gz", ROOT / f"{kind}-labels-idx1-ubyte.gz"
-    if not img.is_file():
-        pytest.skip(f"Fashion-MNIST not found in {ROOT} (apt-get install dataset-fashion-mnist)")
-    with gzip.open(img) as f:
-        x = np.frombuffer(f.read(), dtype=np.uint8, offset=16)[: n * 784].reshape(n, 1, 28, 28)
-    with gzip.open(lab) as f:
-        y = np.frombuffer(f.read(), dtype=np.uint8, offset=8)[:n]
-    return x.astype(np.float32) / 255.0, y.astype(np.int64)
+def _read(split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    x, y = fmnist_prefix(split, n)  # the tests' one raw reader: the first n images, in file order
+    return to_float(x), y
 
 
 def _cnn() -> nn.Module:
@@ -56,7 +47,7 @@ def trained() -> tuple[nn.Module, np.ndarray, np.ndarray]:
             opt.step()
     model.eval()
     model.zero_grad(set_to_none=True)
-    xs, ys = _read("t10k", 300)
+    xs, ys = _read("test", 300)
     return model, xs, ys
 
 

@@ -1,27 +1,22 @@
 """Corruptions on real Fashion-MNIST test images: contract, determinism, severity ordering."""
 from __future__ import annotations
 
-import gzip
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import fmnist_prefix
 from edgekd.errors import ConfigError
+from edgekd.pixels import to_float
 from edgekd.robustness.corruptions import CORRUPTIONS, apply_corruption, bilinear_sample, gaussian_filter
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 # corruptions whose output does not depend on the random generator
 DETERMINISTIC = {"gaussian_blur", "defocus_blur", "contrast", "brightness", "pixelate", "jpeg"}
 
 
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
-    if not FMNIST.is_file():
-        pytest.skip(f"Fashion-MNIST not found at {FMNIST} (apt-get install dataset-fashion-mnist)")
-    with gzip.open(FMNIST) as f:
-        raw = np.frombuffer(f.read(), dtype=np.uint8, offset=16)
-    return raw[: 64 * 784].reshape(64, 1, 28, 28).astype(np.float32) / 255.0
+    return to_float(fmnist_prefix("test", 64)[0])  # the first 64 test images, in file order
 
 
 @pytest.fixture(scope="module")

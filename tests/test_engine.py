@@ -7,7 +7,6 @@ that really dies mid-epoch or mid-save; the DDP test launches it under torchrun 
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import os
 import signal
@@ -20,6 +19,8 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import fmnist_prefix, requires_fashion_mnist
+from edgekd.pixels import to_float
 from edgekd.train.checkpoint import load_training_checkpoint
 from edgekd.config import TrainConfig, config_from_dict
 from edgekd.train.engine import Precision, evaluate, fit, make_criterion, resolve_amp, resolve_device
@@ -27,23 +28,18 @@ from edgekd.errors import CheckpointError, ConfigError, EdgekdError
 from edgekd.hardware import cpu_bf16_is_fast, detect_cpu_features
 from edgekd.train.optim import Schedule, build_optimizer, param_groups
 
-FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 REPO = Path(__file__).resolve().parents[1]
 THIS = Path(__file__).resolve()
-requires_fmnist = pytest.mark.skipif(not (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
-                                     reason=f"Fashion-MNIST not installed in {FMNIST_DIR}")
+requires_fmnist = requires_fashion_mnist  # skips without the data; fails in CI
 
 
 # ---------------------------------------------------------------- real data, tiny model, stand-in loader
 
 
 def read_fmnist(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` Fashion-MNIST training images (uint8 [n,1,28,28]) and labels, decompressing only a prefix."""
-    with gzip.open(FMNIST_DIR / "train-images-idx3-ubyte.gz", "rb") as fh:
-        images = np.frombuffer(fh.read(16 + n * 784)[16:], dtype=np.uint8).reshape(n, 1, 28, 28)
-    with gzip.open(FMNIST_DIR / "train-labels-idx1-ubyte.gz", "rb") as fh:
-        labels = np.frombuffer(fh.read(8 + n)[8:], dtype=np.uint8).astype(np.int64)
-    return torch.from_numpy(images.copy()), torch.from_numpy(labels)
+    """The first ``n`` Fashion-MNIST training images (uint8 [n,1,28,28]) and labels, as tensors."""
+    images, labels = fmnist_prefix("train", n)
+    return torch.from_numpy(images.copy()), torch.from_numpy(labels.copy())
 
 
 class TinyLoader:
@@ -71,7 +67,7 @@ class TinyLoader:
         order = self._order()
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            yield self.x[idx].float().div(255.0), self.y[idx]
+            yield to_float(self.x[idx]), self.y[idx]
 
 
 def tiny_cnn(width: int = 8) -> nn.Module:

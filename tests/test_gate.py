@@ -13,37 +13,14 @@ from xml.etree import ElementTree as ET
 import pytest
 import yaml
 
-from edgekd.config import BudgetsConfig, Config, LatencyBudget
+from edgekd.config import BudgetsConfig, LatencyBudget
 from edgekd.errors import ArtifactError, ConfigError
 from edgekd.deploy.gate import gate, main_gate
 from edgekd.manifest import Manifest
-from edgekd.deploy.runtime import check_models
-from test_runtime import FAST_LATENCY, LABELS, band_images, conv_model, gemm_model
+from onnx_helpers import make_run
 
 REPO = Path(__file__).resolve().parents[1]
-ROBUSTNESS = {  # what the robustness engineer's code records; the gate only reads it
-    "corruption": {"mean_accuracy": 0.6, "by_corruption": {"noise": [0.7, 0.5]}, "mce": 1.1, "relative_mce": 1.2},
-    "adversarial": {"pgd": {"0.0078": 0.5, "0.0314": 0.3}, "square": {"0.0078": 0.4}, "fgsm": {"0.0314": 0.35}},
-}
 EPS = 1e-6  # "just below" / "just above" a measured value
-
-
-def make_run(run_dir: Path, budgets: dict[str, Any] | None = None) -> Path:
-    """A run folder as the pipeline leaves it: config.yaml, export artifacts, check metrics."""
-    files = {"teacher_fp32": conv_model(run_dir / "teacher.fp32.onnx"),
-             "student_fp32": gemm_model(run_dir / "model.fp32.onnx"),
-             "student_int8": gemm_model(run_dir / "model.int8.onnx")}
-    cfg = Config().to_dict()
-    cfg["budgets"].update(budgets or {})
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    m = Manifest(run_dir)
-    m.data["config"] = cfg
-    m.record_stage("export", files)
-    names = {"teacher": files["teacher_fp32"], "student_fp32": files["student_fp32"], "student_int8": files["student_int8"]}
-    metrics = check_models(names, band_images(), LABELS, ["top", "middle", "bottom"], FAST_LATENCY)
-    metrics["models"]["student_int8"]["robustness"] = ROBUSTNESS
-    m.record_stage("check", {}, metrics)
-    return run_dir
 
 
 @pytest.fixture(scope="module")

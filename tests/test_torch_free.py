@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from test_gate import make_run
+from onnx_helpers import make_run
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = REPO / "edgekd"
