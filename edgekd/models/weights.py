@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..train.checkpoint import LOAD_ERRORS, check_fits, describe_load_error, safe_torch_load
+from ..train.checkpoint import LOAD_ERRORS, check_fits, describe_load_error, load_tensors_only
 from ..errors import CheckpointError, ConfigError
 
 _SHOW = 5  # keys listed in an error message
@@ -30,7 +30,7 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     if not p.is_file():
         raise CheckpointError(f"weights file not found: {p}", "check the path, or run the stage that writes it")
     try:
-        obj = safe_torch_load(p)
+        obj = load_tensors_only(p)
     except LOAD_ERRORS as e:
         # from None: the chained torch error would print its advice to load unsafely (see describe_load_error)
         raise CheckpointError(

@@ -112,7 +112,7 @@ def describe_load_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {first[:200]}"
 
 
-def safe_torch_load(path: Path) -> Any:
+def load_tensors_only(path: Path) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU, without torch's pickle-protocol warnings (noise for a user)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*pickle protocol.*", category=UserWarning)
@@ -130,7 +130,7 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
     ``edgekd.models.weights.read_weights_file`` instead.
     """
     try:
-        data = safe_torch_load(path)
+        data = load_tensors_only(path)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist", "train without --resume first") from None
     except LOAD_ERRORS as e:
