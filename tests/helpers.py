@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
-from conftest import fmnist_prefix
+from conftest import FMNIST_DIR, fmnist_prefix
 from edgekd.models.normalize import Normalized
 
 
@@ -107,3 +107,30 @@ def key_schema(d: object) -> object:
     if isinstance(d, list):
         return "list"
     return "number" if isinstance(d, (int, float)) and not isinstance(d, bool) else type(d).__name__
+
+
+# ------------------------------------------------------------- a whole chain in seconds
+
+
+def tiny_run_config(name: str, batch_size: int, teacher: dict, student: dict, qat: dict) -> dict:
+    """A config dict for the whole chain on 400 real training images that runs in seconds on CPU.
+
+    A width-0.25 ResNet-18 teacher and a MobileNetV2-0.5 student, no augmentation, tiny parity and
+    latency settings and no robustness checks; ``teacher``/``student``/``qat`` are the three
+    training schedules (the tests that use this differ only there and in the batch size).
+    """
+    return {
+        "name": name, "seed": 0, "device": "cpu", "num_threads": 1,
+        "data": {"dataset": "fashion_mnist", "root": str(FMNIST_DIR), "download": False, "val_size": 64,
+                 "train_subset": 400, "test_subset": 64, "batch_size": batch_size, "eval_batch_size": 64,
+                 "augment": {"crop_padding": 0, "hflip": False}},
+        "teacher": {"arch": "resnet18", "width": 0.25},
+        "teacher_train": dict(teacher),  # copies: a dict shared twice would dump as a YAML alias
+        "student": {"arch": "mobilenet_v2", "width": 0.5},
+        "distill": {"train": dict(student)},
+        "qat": {"calibration_batches": 2, "freeze_observers_epoch": 1, "train": dict(qat)},
+        "export": {"parity_images": 16, "parity_batch_sizes": [1, 16]},
+        "check": {"latency": {"batch_sizes": [1], "threads": [1], "warmup": 1, "runs": 2, "profile": False},
+                  "robustness": {"enabled": False}},
+        "budgets": {"model": "student_int8", "max_size_mb": 10.0},
+    }

@@ -23,31 +23,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import FMNIST_DIR, requires_fashion_mnist
+from conftest import requires_fashion_mnist
+from helpers import tiny_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [requires_fashion_mnist, pytest.mark.slow]
 
 # Two epochs per training stage (so there are mid-run checkpoints to resume from), a few steps each.
-TINY: dict = {
-    "name": "tiny", "seed": 0, "device": "cpu", "num_threads": 1,
-    "data": {"dataset": "fashion_mnist", "root": str(FMNIST_DIR), "download": False, "val_size": 64,
-             "train_subset": 400, "test_subset": 64, "batch_size": 16, "eval_batch_size": 64,
-             "augment": {"crop_padding": 0, "hflip": False}},
-    "teacher": {"arch": "resnet18", "width": 0.25},
-    "teacher_train": {"epochs": 2, "lr": 0.05, "amp": "off", "max_steps_per_epoch": 3,
-                      "schedule": "cosine", "warmup_fraction": 0.0},
-    "student": {"arch": "mobilenet_v2", "width": 0.5},
-    "distill": {"train": {"epochs": 2, "lr": 0.05, "amp": "off", "max_steps_per_epoch": 3,
-                          "schedule": "cosine", "warmup_fraction": 0.0}},
-    "qat": {"calibration_batches": 2, "freeze_observers_epoch": 1,
-            "train": {"epochs": 2, "lr": 0.002, "amp": "off", "max_steps_per_epoch": 2,
-                      "schedule": "cosine", "warmup_fraction": 0.0}},
-    "export": {"parity_images": 16, "parity_batch_sizes": [1, 16]},
-    "check": {"latency": {"batch_sizes": [1], "threads": [1], "warmup": 1, "runs": 2, "profile": False},
-              "robustness": {"enabled": False}},
-    "budgets": {"model": "student_int8", "max_size_mb": 10.0},
-}
+_TWO_EPOCHS = {"epochs": 2, "lr": 0.05, "amp": "off", "max_steps_per_epoch": 3, "schedule": "cosine",
+               "warmup_fraction": 0.0}
+TINY: dict = tiny_run_config("tiny", 16, _TWO_EPOCHS, _TWO_EPOCHS,
+                             {**_TWO_EPOCHS, "lr": 0.002, "max_steps_per_epoch": 2})
 
 # (fault point, what it interrupts); each resume continues from the state the previous kill left
 KILL_POINTS = [

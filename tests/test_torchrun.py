@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import FMNIST_DIR, requires_fashion_mnist
+from conftest import requires_fashion_mnist
+from helpers import tiny_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 REL_TOL = 0.05  # relative L2 distance allowed between the 1- and 2-process weights (see the docstring)
@@ -35,21 +36,7 @@ pytestmark = [requires_fashion_mnist, pytest.mark.slow]
 
 STEPS = {"epochs": 1, "lr": 0.02, "amp": "off", "max_steps_per_epoch": 3, "schedule": "constant",
          "warmup_fraction": 0.0}
-CONFIG: dict = {
-    "name": "ddp", "seed": 0, "device": "cpu", "num_threads": 1,
-    "data": {"dataset": "fashion_mnist", "root": str(FMNIST_DIR), "download": False, "val_size": 64,
-             "train_subset": 400, "test_subset": 64, "batch_size": 32, "eval_batch_size": 64,
-             "augment": {"crop_padding": 0, "hflip": False}},
-    "teacher": {"arch": "resnet18", "width": 0.25},
-    "teacher_train": STEPS,
-    "student": {"arch": "mobilenet_v2", "width": 0.5},
-    "distill": {"train": STEPS},
-    "qat": {"calibration_batches": 2, "freeze_observers_epoch": 1, "train": {**STEPS, "lr": 0.002}},
-    "export": {"parity_images": 16, "parity_batch_sizes": [1, 16]},
-    "check": {"latency": {"batch_sizes": [1], "threads": [1], "warmup": 1, "runs": 2, "profile": False},
-              "robustness": {"enabled": False}},
-    "budgets": {"model": "student_int8", "max_size_mb": 10.0},
-}
+CONFIG: dict = tiny_run_config("ddp", 32, STEPS, STEPS, {**STEPS, "lr": 0.002})
 WEIGHTS = ("stages/teacher/teacher.pt", "stages/distill/student_fp32.pt", "stages/qat/student_qat.pt")
 
 
