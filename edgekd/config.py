@@ -330,7 +330,7 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None, *
     for item in overrides or []:
         data = _merge(data, parse_override(item))
     cfg = _build(Config, data)
-    validate(cfg, registries=registries)
+    validate_config(cfg, registries=registries)
     return cfg
 
 
@@ -386,11 +386,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"config file {p} must hold a mapping at the top level, got {type(data).__name__}",
                           "write 'section: {key: value}' pairs, e.g. 'distill: {temperature: 4}'")
     return config_from_dict(data, overrides, registries=registries)
-
-
-def validate(cfg: Config, registries: bool = True) -> None:
-    """Every range, switch and registry name, checked once at load (see ``edgekd.validation``)."""
-    validate_config(cfg, registries=registries)
 
 
 def dump_config(cfg: Config) -> str:
