@@ -24,6 +24,7 @@ from .environment import environment
 from .errors import ArtifactError, ConfigError
 from .manifest import Manifest
 from .staging import STAGING_DIR, Transaction, record_failure
+from .validation import check_stage_names
 from .stages import BY_NAME, STAGE_NAMES, StageContext, StageResult, StageSpec, stage_function
 
 
@@ -192,9 +193,7 @@ def run(
     """
     cfg = resolve_config(config, overrides)
     wanted = list(stages) if stages else list(cfg.stages)
-    for s in wanted:
-        if s not in BY_NAME:
-            raise ConfigError(f"unknown stage '{s}'; valid: {', '.join(STAGE_NAMES)}")
+    check_stage_names(wanted, "in --stages", "pass a comma-separated subset of")
     if not cfg.qat.enabled and "qat" in wanted:
         raise ConfigError("qat.enabled is false but the INT8 chain needs the qat stage",
                           "drop 'qat' (and 'export', 'check') from stages, or enable qat")

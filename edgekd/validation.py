@@ -213,10 +213,15 @@ def _validate_top(cfg: "Config") -> None:
         raise _bad("device", cfg.device, "auto, cpu, cuda or cuda:N", "set device to e.g. cuda:0")
     at_least("seed", cfg.seed, 0, "set seed to a non-negative integer")
     optional(at_least, "num_threads", cfg.num_threads, 1)
-    for s in cfg.stages:
+    check_stage_names(cfg.stages, "in 'stages'", "set stages to a list of")
+
+
+def check_stage_names(names: Iterable[str], where: str, fix: str) -> None:
+    """Every name is a registered stage (the config's ``stages`` and ``edgekd run --stages`` alike)."""
+    for s in names:
         if s not in STAGE_NAMES:
-            raise ConfigError(f"unknown stage '{s}' in 'stages'; valid: {', '.join(STAGE_NAMES)}",
-                              f"set stages to a list of: {', '.join(STAGE_NAMES)}")
+            raise ConfigError(f"unknown stage '{s}' {where}; valid: {', '.join(STAGE_NAMES)}",
+                              f"{fix}: {', '.join(STAGE_NAMES)}")
 
 
 # ------------------------------------------------------------------ registry names
