@@ -136,13 +136,13 @@ def _cmd_run(args: argparse.Namespace, stages: list[str] | None) -> int:
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from .deploy.doctor import diagnose, format_diagnosis
-    from .deploy.gate import load_manifest
+    from .manifest import Manifest
 
     target = Path(args.target)
     fp32 = None
     # a file is an ONNX model; anything else is a run folder (a missing one is named as such)
     if not target.is_file() and not (target.suffix == ".onnx" and not target.exists()):
-        m = load_manifest(target)
+        m = Manifest.load(target)
         fp32 = m.artifact("export", "student_fp32")
         target = m.artifact("export", "student_int8")
     print(format_diagnosis(diagnose(target, provider=args.provider, fp32_path=fp32)))

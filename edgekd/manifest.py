@@ -14,6 +14,8 @@ from .io import atomic_write_json, sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+RUN_FOLDER_FIX = "pass a run folder written by 'edgekd run' (export/<run-name>/) or its manifest.json"
+REWRITE_FIX = "re-run the pipeline to rewrite it, or restore the run folder from a copy"
 
 
 class Manifest:
@@ -30,26 +32,57 @@ class Manifest:
 
     @classmethod
     def load(cls, run_dir: str | Path, must_exist: bool = True) -> "Manifest":
-        """Read a run's manifest. A missing or corrupt file raises ArtifactError naming it."""
+        """Read a run's manifest: a run folder, or its ``manifest.json``.
+
+        A missing folder, a folder without a manifest, invalid JSON and a manifest whose structure
+        is not what edgekd writes each raise ArtifactError naming the path, so no reader (gate,
+        doctor, report, pipeline) meets a KeyError or AttributeError deep inside.
+        """
         run_dir = Path(run_dir)
-        if run_dir.is_file() and run_dir.name.endswith(".json"):
+        if run_dir.is_file():
+            if run_dir.name != MANIFEST_NAME:
+                raise ArtifactError(f"{run_dir} is a file, not a run folder", RUN_FOLDER_FIX)
             run_dir = run_dir.parent
+        elif must_exist and not run_dir.exists():
+            raise ArtifactError(f"run folder {run_dir} does not exist", RUN_FOLDER_FIX)
         path = run_dir / MANIFEST_NAME
         _finish_pending_commit(run_dir)
         if not path.exists():
             if must_exist:
-                raise ArtifactError(
-                    f"no {MANIFEST_NAME} in {run_dir}",
-                    "point at a run folder written by 'edgekd run' (export/<run-name>/)",
-                )
+                raise ArtifactError(f"no {MANIFEST_NAME} in {run_dir}", RUN_FOLDER_FIX)
             return cls(run_dir)
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ArtifactError(f"{path} is not valid JSON ({e})", "re-run the pipeline to rewrite it") from None
-        if not isinstance(data, dict) or "stages" not in data:
-            raise ArtifactError(f"{path} is not an edgekd manifest", "re-run the pipeline to rewrite it")
-        return cls(run_dir, data)
+            raise ArtifactError(f"{path} is not valid JSON ({e})", REWRITE_FIX) from None
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{path} is not an edgekd manifest", REWRITE_FIX)
+        manifest = cls(run_dir, data)
+        manifest.check_shape()
+        return manifest
+
+    def check_shape(self) -> None:
+        """Raise ArtifactError when the structure is not what edgekd writes (a hand-edited or foreign file)."""
+        data = self.data
+        if not isinstance(data.get("stages"), dict):
+            raise self._malformed(f"'stages' is a {type(data.get('stages')).__name__}, not a mapping of stage names")
+        if data.get("config") is not None and not isinstance(data["config"], dict):
+            raise self._malformed("'config' is not a mapping")
+        for name, entry in data["stages"].items():
+            if not isinstance(entry, dict):
+                raise self._malformed(f"stage '{name}' is a {type(entry).__name__}, not a mapping")
+            for key in ("artifacts", "metrics"):
+                if not isinstance(entry.get(key, {}), dict):
+                    raise self._malformed(f"stages.{name}.{key} is not a mapping")
+            for key, rec in entry.get("artifacts", {}).items():
+                if not isinstance(rec, dict) or not isinstance(rec.get("path"), str) or not isinstance(rec.get("sha256"), str):
+                    raise self._malformed(f"artifact stages.{name}.artifacts.{key} needs a 'path' and a 'sha256'")
+        models = (data["stages"].get("check") or {}).get("metrics", {}).get("models", {})
+        if not isinstance(models, dict) or not all(isinstance(m, dict) for m in models.values()):
+            raise self._malformed("stages.check.metrics.models is not a mapping of model name -> metrics")
+
+    def _malformed(self, what: str) -> ArtifactError:
+        return ArtifactError(f"{self.path} is malformed: {what}", REWRITE_FIX)
 
     def save(self) -> None:
         self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

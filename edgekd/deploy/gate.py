@@ -19,11 +19,9 @@ import yaml
 
 from ..config import BudgetsConfig, LatencyBudget, budgets_from_dict, load_config, validate_budgets
 from ..errors import ArtifactError, ConfigError, EdgekdError, from_os_error, report_error, user_error
-from ..manifest import MANIFEST_NAME, Manifest
+from ..manifest import Manifest
 
 CHECK_FIX = "run the check stage first (edgekd check, or edgekd run)"
-RUN_FOLDER_FIX = "pass a run folder written by 'edgekd run' (export/<run-name>/) or its manifest.json"
-REWRITE_FIX = "re-run the pipeline to rewrite it, or restore the run folder from a copy"
 
 
 @dataclass
@@ -62,48 +60,6 @@ class GateResult:
 
 
 # ------------------------------------------------------------------------ inputs
-
-
-def _malformed(manifest: Manifest, what: str) -> ArtifactError:
-    return ArtifactError(f"{manifest.path} is malformed: {what}", REWRITE_FIX)
-
-
-def check_manifest_shape(manifest: Manifest) -> None:
-    """Raise ArtifactError when the manifest's structure is not what edgekd writes.
-
-    A hand-edited or foreign manifest would otherwise surface as a KeyError or AttributeError
-    deep in the gate, the doctor or the report.
-    """
-    data = manifest.data
-    if not isinstance(data.get("stages"), dict):
-        raise _malformed(manifest, f"'stages' is a {type(data.get('stages')).__name__}, not a mapping of stage names")
-    if data.get("config") is not None and not isinstance(data["config"], dict):
-        raise _malformed(manifest, "'config' is not a mapping")
-    for name, entry in data["stages"].items():
-        if not isinstance(entry, dict):
-            raise _malformed(manifest, f"stage '{name}' is a {type(entry).__name__}, not a mapping")
-        for key in ("artifacts", "metrics"):
-            if not isinstance(entry.get(key, {}), dict):
-                raise _malformed(manifest, f"stages.{name}.{key} is not a mapping")
-        for key, rec in entry.get("artifacts", {}).items():
-            if not isinstance(rec, dict) or not isinstance(rec.get("path"), str) or not isinstance(rec.get("sha256"), str):
-                raise _malformed(manifest, f"artifact stages.{name}.artifacts.{key} needs a 'path' and a 'sha256'")
-    models = (data["stages"].get("check") or {}).get("metrics", {}).get("models", {})
-    if not isinstance(models, dict) or not all(isinstance(m, dict) for m in models.values()):
-        raise _malformed(manifest, "stages.check.metrics.models is not a mapping of model name -> metrics")
-
-
-def load_manifest(run_dir: str | Path) -> Manifest:
-    """Read a run's manifest for the deployment commands: a missing folder, a folder without a
-    manifest and a malformed manifest each get their own error, naming the path."""
-    p = Path(run_dir)
-    if not p.exists():
-        raise ArtifactError(f"run folder {p} does not exist", RUN_FOLDER_FIX)
-    if p.is_file() and p.name != MANIFEST_NAME:
-        raise ArtifactError(f"{p} is a file, not a run folder", RUN_FOLDER_FIX)
-    manifest = Manifest.load(p)
-    check_manifest_shape(manifest)
-    return manifest
 
 
 def measured(m: Mapping[str, Any], key: str, model: str) -> float:
@@ -182,7 +138,7 @@ def _load_baseline(path: str | Path, run_dir: Path) -> tuple[Manifest, dict[str,
         p = run_dir / p
     if not p.exists():
         raise ArtifactError(f"baseline {p} does not exist", "pass a baseline run folder or its manifest.json")
-    base = load_manifest(p)
+    base = Manifest.load(p)
     metrics = base.metrics("check")
     if not metrics.get("models"):
         raise ArtifactError(f"baseline {base.path} has no check metrics", "pass a baseline run that finished its check")
@@ -287,7 +243,7 @@ def gate(run_dir: str | Path, budgets: BudgetsConfig | None = None,
     (BudgetsConfig field -> value, None meaning "keep") replace single fields, as the CLI flags do.
     Raises EdgekdError subclasses for errors; a missed budget is a failed Row, not an exception.
     """
-    manifest = load_manifest(run_dir)
+    manifest = Manifest.load(run_dir)
     b = apply_overrides(budgets if budgets is not None else load_run_budgets(manifest), overrides)
     files = verify_artifacts(manifest)  # on CPU: always available, even where the check used another provider
     notes = [f"verified {len(files)} artifact(s): {', '.join(p.name for p in files)}"]
@@ -424,7 +380,7 @@ def _judge(args: argparse.Namespace) -> GateResult:
     if args.config:
         base = load_config(args.config, registries=False).budgets  # the gate needs the budgets only
     else:
-        base = load_run_budgets(load_manifest(args.run_dir))
+        base = load_run_budgets(Manifest.load(args.run_dir))
     return gate(args.run_dir, base, _flag_overrides(args, base))
 
 

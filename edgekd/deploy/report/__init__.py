@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..gate import load_manifest
 from ...io import atomic_write_text
 from ...manifest import Manifest
 from .doc import Document, Paragraph, Section
@@ -40,7 +39,7 @@ def _run_section(data: dict[str, Any]) -> Section:
 
 def build_document(run_dir: str | Path) -> Document:
     """Read the run's manifest, draw the plots, and assemble the report's sections."""
-    manifest = load_manifest(run_dir)  # ArtifactError when the folder or manifest is missing or malformed
+    manifest = Manifest.load(run_dir)  # ArtifactError when the folder or manifest is missing or malformed
     verify_models(manifest)
     data = manifest.data
     check = (data["stages"].get("check") or {}).get("metrics") or {}
