@@ -17,16 +17,16 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_t
 
 
 def cpu_info() -> dict[str, Any]:
-    model, flags = platform.processor() or "unknown", set()
+    model = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("model name") and model in ("unknown", "", platform.processor()):
+                if line.startswith("model name"):
                     model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
+                    break
     except OSError:
         pass
+    flags = detect_cpu_features().flags  # the one flag reader (/proc/cpuinfo, else torch's probes)
     return {
         "model": model,
         "cores": os.cpu_count(),
