@@ -1,7 +1,8 @@
 """Dataset containers, the dataset registry and the seeded, stratified splits (numpy only).
 
 Every reader registered in ``DATASETS`` is ``fn(cfg: DataConfig) -> (train, test, classes, mean, std)``
-and returns uint8 NCHW images. ``build_dataset`` turns that into a ``DatasetBundle``: it carves the
+and returns uint8 NCHW images, in memory (``Split``) or, for data too large to hold, on disk
+(``edgekd.data.files.FileSplit``, streamed by the loader). ``build_dataset`` turns that into a ``DatasetBundle``: it carves the
 validation split out of the training set (seeded, stratified; used for model selection) and takes the
 optional ``train_subset`` / ``test_subset``. The test set is never used to select anything.
 
@@ -10,13 +11,16 @@ No torch here: the check stage evaluates ONNX models in a CI job that has only n
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence, Union
 
 import numpy as np
 
 from ..config import DataConfig
 from ..errors import ConfigError
 from ..registry import Registry
+
+if TYPE_CHECKING:
+    from .files import FileSplit
 
 # Random streams derived from the run seed; distinct ids keep the val split independent of the subsets.
 _STREAM_VAL, _STREAM_TRAIN_SUBSET, _STREAM_TEST_SUBSET = 1, 2, 3
@@ -58,7 +62,7 @@ class DatasetBundle:
     image_size: tuple[int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    train: Split
+    train: "AnySplit"  # a FileSplit (edgekd.data.files) when the images are streamed from disk
     val: Split
     test: Split
 
@@ -67,7 +71,9 @@ class DatasetBundle:
         return len(self.classes)
 
 
-ReaderResult = tuple[Split, Split, Sequence[str], Sequence[float], Sequence[float]]
+# A split in memory (Split) or on disk (edgekd.data.files.FileSplit: paths decoded on demand).
+AnySplit = Union[Split, "FileSplit"]
+ReaderResult = tuple[AnySplit, AnySplit, Sequence[str], Sequence[float], Sequence[float]]
 Reader = Callable[[DataConfig], ReaderResult]
 DATASETS: Registry[Reader] = Registry("dataset")
 
@@ -99,8 +105,16 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, stream]))
 
 
-def split_train_val(train: Split, val_size: int, seed: int) -> tuple[Split, Split]:
-    """Carve a stratified, seeded validation split of ``val_size`` samples out of ``train``."""
+def in_memory(split: "AnySplit") -> Split:
+    """``split`` as an in-memory Split (a streamed FileSplit is decoded; a Split is returned as is)."""
+    return split if isinstance(split, Split) else split.materialize()
+
+
+def split_train_val(train: "AnySplit", val_size: int, seed: int) -> tuple["AnySplit", Split]:
+    """Carve a stratified, seeded validation split of ``val_size`` samples out of ``train``.
+
+    The validation split is always held in memory; the rest keeps ``train``'s kind (a streamed
+    FileSplit stays on disk)."""
     if not 0 < val_size < len(train):
         raise ConfigError(
             f"data.val_size={val_size} must be between 1 and the training set size - 1 ({len(train) - 1})",
@@ -109,10 +123,10 @@ def split_train_val(train: Split, val_size: int, seed: int) -> tuple[Split, Spli
     val_idx = stratified_indices(train.labels, val_size, _rng(seed, _STREAM_VAL))
     keep = np.ones(len(train), dtype=bool)
     keep[val_idx] = False
-    return train.take(np.flatnonzero(keep)), train.take(val_idx)
+    return train.take(np.flatnonzero(keep)), in_memory(train.take(val_idx))
 
 
-def _subset(split: Split, n: int | None, seed: int, stream: int, key: str) -> Split:
+def _subset(split: "AnySplit", n: int | None, seed: int, stream: int, key: str) -> "AnySplit":
     if n is None:
         return split.take(np.arange(len(split)))  # a private, writable copy (reader caches are read-only)
     if not 0 < n <= len(split):
@@ -140,8 +154,10 @@ def build_dataset(cfg: DataConfig, seed: int) -> DatasetBundle:
     train_full, test_full, classes, mean, std = reader(cfg)
     train, val = split_train_val(train_full, cfg.val_size, seed)
     train = _subset(train, cfg.train_subset, seed, _STREAM_TRAIN_SUBSET, "data.train_subset")
-    test = _subset(test_full, cfg.test_subset, seed, _STREAM_TEST_SUBSET, "data.test_subset")
-    _, channels, height, width = train.images.shape
+    # the test split is scored by numpy/onnxruntime in the check stage: always in memory (cap it with
+    # data.test_subset for a huge folder); only the training split may stay on disk and stream
+    test = in_memory(_subset(test_full, cfg.test_subset, seed, _STREAM_TEST_SUBSET, "data.test_subset"))
+    _, channels, height, width = train.images.shape if isinstance(train, Split) else train.shape
     return DatasetBundle(
         name=cfg.dataset,
         classes=list(classes),

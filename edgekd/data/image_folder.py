@@ -1,4 +1,4 @@
-"""Any folder of images, ``root/<class>/<image>``, loaded into memory as uint8 (numpy + Pillow).
+"""Any folder of images, ``root/<class>/<image>``: held in memory when it fits, else streamed from disk.
 
 Layout (``data.root``):
 
@@ -8,33 +8,32 @@ Layout (``data.root``):
   class to test, with the fixed ``SPLIT_SEED`` (not the run seed), so every run and every baseline
   is scored on the same test images.
 
-Every image is resized to ``data.image_size`` x ``data.image_size`` (bilinear, aspect ratio not kept)
-and converted to one colour mode for the whole dataset: grayscale when every image is grayscale,
-otherwise RGB (an alpha channel is dropped). Files with other extensions and hidden files are ignored.
-Pillow (installed with torchvision) is imported lazily.
+Size and colour: the images keep their native size (the most common one; others are resized to it)
+unless ``data.image_size`` is set, then all are resized to that square (bilinear, aspect ratio not
+kept). One colour mode for the whole dataset: grayscale when every image is grayscale, otherwise RGB
+(an alpha channel is dropped). Files with other extensions and hidden files are ignored; unreadable
+files follow ``data.on_corrupt`` (``edgekd.data.files``).
+
+Memory: when the decoded training images (N x C x H x W bytes) fit in ``data.in_memory_mb`` they are
+decoded once into memory; otherwise the training split stays on disk and the loader streams it
+(``data.workers`` decoding processes). Validation and test images are always held in memory.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
 from .base import DATASETS, ReaderResult, Split, stratified_indices
+from .files import FileSplit, Header, common_mode, native_size, scan
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
-
-
-def _pil():  # noqa: ANN202 - the PIL.Image module
-    try:
-        from PIL import Image
-    except ImportError as e:
-        raise DataError("image_folder datasets need Pillow, which is not installed", "pip install pillow") from e
-    return Image
+STATS_SAMPLE = 5000  # streamed data: mean/std from this many training images (seeded), not a whole extra epoch
 
 
 def list_images(tree: Path) -> tuple[list[str], list[tuple[Path, str]]]:
@@ -55,59 +54,20 @@ def list_images(tree: Path) -> tuple[list[str], list[tuple[Path, str]]]:
     return classes, files
 
 
-def _unreadable(path: Path, e: Exception) -> DataError:
-    return DataError(f"{path}: unreadable image ({type(e).__name__}: {e})", f"delete or replace {path}")
-
-
-def _mode_of(path: Path) -> str:
-    Image = _pil()
-    try:
-        with Image.open(path) as img:  # reads the header only
-            return img.mode
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise _unreadable(path, e) from e
-
-
-def _load(path: Path, mode: str, size: int) -> np.ndarray:
-    """One image as uint8 [C, size, size]."""
-    Image = _pil()
-    try:
-        with Image.open(path) as img:
-            img = img.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise _unreadable(path, e) from e
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-
-def _to_split(files: list[tuple[Path, str]], class_index: dict[str, int], mode: str, size: int) -> Split:
-    images = np.stack([_load(p, mode, size) for p, _ in files])
-    labels = np.array([class_index[c] for _, c in files], dtype=np.int64)
-    return Split(images, labels)
-
-
-def _channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    x = images.astype(np.float64) / 255.0
-    mean = x.mean(axis=(0, 2, 3))
-    std = np.maximum(x.std(axis=(0, 2, 3)), 1e-3)  # a constant channel must not divide by zero
-    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
-
-
-@DATASETS.register("image_folder")
-def image_folder(cfg: DataConfig) -> ReaderResult:
-    """Read ``data.root`` (see the module docstring for the layout) into uint8 train/test splits."""
-    if not cfg.root:
+def check_root(root_value: str | None) -> Path:
+    """``data.root`` as an existing folder, or a DataError saying what to set."""
+    if not root_value:
         raise DataError("the image_folder dataset needs data.root", "set data.root to a folder of <class>/<image> files")
-    if not cfg.image_size or cfg.image_size < 1:
-        raise DataError(
-            "the image_folder dataset needs data.image_size (images are resized to one square size)",
-            "set data.image_size, e.g. 64",
-        )
-    root = Path(cfg.root).expanduser()
+    root = Path(root_value).expanduser()
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
         raise DataError(f"data.root {root} {what}; expected a folder of <class>/<image> (or train/ and test/) files",
                         "set data.root to an existing image folder")
+    return root
+
+
+def split_files(root: Path) -> tuple[list[str], list[tuple[Path, str]], list[tuple[Path, str]]]:
+    """(classes, train files, test files) of ``root``: its own train/ and test/, or a fixed stratified split."""
     if (root / "train").is_dir() and (root / "test").is_dir():
         classes, train_files = list_images(root / "train")
         test_classes, test_files = list_images(root / "test")
@@ -117,18 +77,69 @@ def image_folder(cfg: DataConfig) -> ReaderResult:
     else:
         classes, files = list_images(root)
         labels = np.array([classes.index(c) for _, c in files])
-        test_idx = set(stratified_indices(labels, int(round(TEST_FRACTION * len(files))), np.random.default_rng(SPLIT_SEED)).tolist())
+        n_test = int(round(TEST_FRACTION * len(files)))
+        test_idx = set(stratified_indices(labels, n_test, np.random.default_rng(SPLIT_SEED)).tolist())
         train_files = [f for i, f in enumerate(files) if i not in test_idx]
         test_files = [f for i, f in enumerate(files) if i in test_idx]
     if len(classes) < 2:
         raise DataError(f"image folder {root} has {len(classes)} class folder(s); a classifier needs 2 or more",
                         "lay the images out as root/<class>/<image> with one folder per class")
+    return classes, train_files, test_files
+
+
+def _readable(files: list[tuple[Path, str]], on_corrupt: str, log: Callable[[str], None] | None
+              ) -> tuple[list[tuple[Path, str]], list[Header]]:
+    keep, headers = scan([p for p, _ in files], on_corrupt, log)
+    return [files[i] for i in keep], headers
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 [N, C, H, W] images, in [0, 1] units (std floored at 1e-3)."""
+    x = images.astype(np.float64) / 255.0
+    mean = x.mean(axis=(0, 2, 3))
+    std = np.maximum(x.std(axis=(0, 2, 3)), 1e-3)  # a constant channel must not divide by zero
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def open_folder(cfg: DataConfig, log: Callable[[str], None] | None = None) -> tuple[FileSplit, FileSplit, list[str]]:
+    """Scan ``data.root``: (train, test, classes) as on-disk splits, corrupt files handled per policy."""
+    root = check_root(cfg.root)
+    classes, train_files, test_files = split_files(root)
+    train_files, train_headers = _readable(train_files, cfg.on_corrupt, log)
+    test_files, test_headers = _readable(test_files, cfg.on_corrupt, log)
     if not train_files or not test_files:
-        raise DataError(f"image folder {root} has too few images to form a train and a test split", "add images")
-    modes = {_mode_of(p) for p, _ in train_files + test_files}
-    mode = "L" if modes <= GRAY_MODES else "RGB"
+        raise DataError(f"image folder {root} has too few readable images to form a train and a test split", "add images")
+    headers = train_headers + test_headers
+    mode = common_mode(headers)
+    size = (cfg.image_size, cfg.image_size) if cfg.image_size else native_size(headers)
     index = {c: i for i, c in enumerate(classes)}
-    train = _to_split(train_files, index, mode, cfg.image_size)
-    test = _to_split(test_files, index, mode, cfg.image_size)
-    mean, std = _channel_stats(train.images)
+
+    def split(files: list[tuple[Path, str]]) -> FileSplit:
+        return FileSplit([p for p, _ in files], np.array([index[c] for _, c in files], dtype=np.int64), mode, size)
+
+    return split(train_files), split(test_files), classes
+
+
+def fits_in_memory(split: FileSplit, limit_mb: float) -> bool:
+    """Whether the decoded uint8 images of ``split`` take at most ``limit_mb`` MB."""
+    n, c, h, w = split.shape
+    return n * c * h * w <= limit_mb * 1e6
+
+
+@DATASETS.register("image_folder")
+def image_folder(cfg: DataConfig) -> ReaderResult:
+    """Read ``data.root`` (see the module docstring): in-memory Splits, or a streamed training FileSplit."""
+    train, test, classes = open_folder(cfg)
+    if fits_in_memory(train, cfg.in_memory_mb):
+        train_mem = train.materialize()
+        mean, std = channel_stats(train_mem.images)
+        return train_mem, test, classes, mean, std
+    # streamed: the statistics come from a seeded sample (they set the model's input normalization)
+    pick = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(train))[:STATS_SAMPLE])
+    mean, std = channel_stats(train.load(pick))
     return train, test, classes, mean, std
+
+
+def is_streamed(split: Split | FileSplit) -> bool:
+    """Whether ``split`` stays on disk (the loader then decodes it batch by batch)."""
+    return isinstance(split, FileSplit)

@@ -1,7 +1,8 @@
-"""In-memory batch loader (torch): shuffling, batched augmentation and DDP sharding, all seeded.
+"""Batch loader (torch): shuffling, batched augmentation and DDP sharding, all seeded.
 
-The whole split lives in one uint8 tensor; a batch is one fancy-index plus batched tensor ops, so
-there are no worker processes and no per-sample Python transforms. The order and augmentation of
+An in-memory split lives in one uint8 tensor; a batch is one fancy-index plus batched tensor ops, no
+per-sample Python transforms. A split on disk (``FileSplit``, a large image folder) is decoded batch
+by batch by worker processes (``edgekd.data.streaming``) and then goes through the same steps. The order and augmentation of
 epoch ``e`` are a pure function of (seed, e) (and the rank): a resumed run sees the same batches.
 """
 from __future__ import annotations
@@ -15,7 +16,9 @@ import torch
 from ..config import AugmentConfig, DataConfig
 from .augment import Augmenter, is_active, seeded_generator
 from ..pixels import to_float
-from .base import DatasetBundle, Split
+from .base import AnySplit, DatasetBundle
+from .files import FileSplit
+from .streaming import stream_batches
 
 _STREAM_ORDER = 11
 Photometric = Literal["input", "student"]
@@ -40,11 +43,12 @@ class BatchLoader:
     - ``extras``: per-sample tensors aligned with ``split`` (e.g. cached teacher logits), returned
       after ``y`` and permuted the same way.
     - ``device``: where the images are held and batches are produced (default CPU).
+    - ``workers``: for a split on disk (``FileSplit``), the decoding processes (0: decode in this one).
     """
 
     def __init__(
         self,
-        split: Split,
+        split: AnySplit,
         batch_size: int,
         shuffle: bool,
         augment: AugmentConfig | None = None,
@@ -55,6 +59,7 @@ class BatchLoader:
         drop_last: bool | None = None,
         device: torch.device | str | None = None,
         photometric: Photometric = "input",
+        workers: int = 0,
     ) -> None:
         assert photometric in ("input", "student"), photometric
         if batch_size < 1:
@@ -72,8 +77,10 @@ class BatchLoader:
         self.drop_last = self.shuffle if drop_last is None else bool(drop_last)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.epoch = 0
-        # one private copy: the bundle's numpy arrays stay untouched
-        self._images = torch.from_numpy(np.array(split.images, dtype=np.uint8, copy=True)).to(self.device)
+        self.workers = int(workers)
+        # in memory: one private copy, the bundle's numpy arrays stay untouched; on disk: decoded per batch
+        self._images = None if isinstance(split, FileSplit) else torch.from_numpy(
+            np.array(split.images, dtype=np.uint8, copy=True)).to(self.device)
         self._labels = torch.from_numpy(np.array(split.labels, dtype=np.int64, copy=True)).to(self.device)
         self._extras = [self._as_extra(e, i) for i, e in enumerate(extras or [])]
 
@@ -118,9 +125,14 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         order = self.indices().to(self.device)
-        for b in range(len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            x = to_float(self._images[idx])
+        batches = [order[b * self.batch_size : (b + 1) * self.batch_size] for b in range(len(self))]
+        if self._images is None:
+            streamed = stream_batches(self.split, [i.cpu().numpy() for i in batches], self.workers)
+            pixels = (u8.to(self.device) for u8 in streamed)
+        else:
+            pixels = (self._images[idx] for idx in batches)
+        for b, (idx, u8) in enumerate(zip(batches, pixels)):
+            x = to_float(u8)
             extras = [e[idx] for e in self._extras]
             if self.augmenter is not None:
                 geometric, photometric = self.augmenter.views(x, self.epoch, b, self.rank)
@@ -151,7 +163,8 @@ def make_loaders(
     exact metrics (no padding duplicates, no collective needed to agree on the best epoch).
     """
     train = BatchLoader(bundle.train, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=seed,
-                        rank=rank, world_size=world_size, drop_last=True, device=device, photometric=photometric)
+                        rank=rank, world_size=world_size, drop_last=True, device=device, photometric=photometric,
+                        workers=cfg.workers)
     val = BatchLoader(bundle.val, cfg.eval_batch_size, shuffle=False, seed=seed, drop_last=False, device=device)
     test = BatchLoader(bundle.test, cfg.eval_batch_size, shuffle=False, seed=seed, drop_last=False, device=device)
     return train, val, test
