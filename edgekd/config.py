@@ -47,7 +47,10 @@ class DataConfig:
     val_size: int = 5000  # taken from the training set; the test set is never used to select
     train_subset: Optional[int] = None  # use N training images (smoke runs)
     test_subset: Optional[int] = None
-    image_size: Optional[int] = None  # ImageFolder: resize to this square size
+    image_size: Optional[int] = None  # ImageFolder: resize to this square size (None: the images' native size)
+    on_corrupt: str = "fail"  # ImageFolder: an unreadable image fails the run naming it (fail) or is left out with a warning (skip)
+    in_memory_mb: float = 1024.0  # ImageFolder: decode the training images into memory up to this many MB, else stream them from disk
+    workers: int = 2  # ImageFolder streaming: decoding processes (0: decode in the training process)
     batch_size: int = 128
     eval_batch_size: int = 512
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -69,6 +72,9 @@ class TrainConfig:
     grad_clip: Optional[float] = None
     amp: str = "auto"  # auto (cuda: fp16/bf16, cpu: bf16 where AMX) | on | off
     channels_last: str = "auto"  # auto | on | off
+    # torch.compile of the training model: auto = on for CUDA only (launch-bound steps; the compile
+    # takes tens of seconds), off on CPU where a short schedule does not pay the inductor's C++ build back
+    compile: str = "off"  # off | on | auto
     max_steps_per_epoch: Optional[int] = None  # cap for smoke runs
     log_every: int = 50
 
@@ -194,12 +200,44 @@ class BudgetsConfig:
 
 
 @dataclass
+class TuneConfig:
+    """Search space and objective of ``edgekd tune`` (edgekd.tuning); ``edgekd run`` ignores it.
+
+    The run's own values (distill.loss, temperature, alpha, student.width, teacher.arch) are always
+    added to the space, so the unchanged config can be trial 0 and the tuned result is never worse.
+    """
+
+    methods: list[str] = field(default_factory=list)  # KD losses (distill.loss) to try; empty = every registered one
+    teachers: list[str] = field(default_factory=list)  # teacher archs, each trained once and reused; empty = teacher.arch
+    temperature: list[float] = field(default_factory=lambda: [1.0, 8.0])  # [low, high], sampled log-uniformly
+    alpha: list[float] = field(default_factory=lambda: [0.5, 1.0])  # [low, high], uniform
+    student_widths: list[float] = field(default_factory=lambda: [0.35, 0.5, 0.75])  # categorical
+    max_latency_ms: Optional[float] = None  # INT8 latency budget; None: budgets.max_latency_ms, else unconstrained
+    latency_batch: int = 1  # used when budgets.max_latency_ms does not say (it wins: the gate checks that one)
+    latency_threads: int = 1
+    latency_runs: int = 50  # timed onnxruntime runs per trial (median taken), after 5 warm-up runs
+    sampler_seed: int = 0  # TPE sampler seed: the same study repeats its suggestions
+    source: Optional[str] = None  # set by edgekd tune in chosen.yaml: the tune folder (the report shows its Pareto front)
+
+
+@dataclass
+class LoggingConfig:
+    """What the training stages log besides metrics.jsonl (edgekd.train.logging_hooks)."""
+
+    # TensorBoard scalars per epoch (loss, accuracy, lr) in <run>/tensorboard/<stage>/: auto = when the
+    # tensorboard package is installed; on = required (pip install 'edgekd[tensorboard]'); off = never
+    tensorboard: str = "auto"
+
+
+@dataclass
 class Config:
     name: str = "fashion_mnist"
     out_dir: str = "export"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    deterministic: bool = True
+    # reproducible kernels: auto = on for CPU (bit-exact resume), off on CUDA (cudnn.benchmark, TF32);
+    # on | off force it (YAML true/false mean on/off). The manifest's environment records the choice and why.
+    deterministic: str = "auto"
     num_threads: Optional[int] = None  # torch threads in the training stages (None: torch default)
     stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))
     data: DataConfig = field(default_factory=DataConfig)
@@ -211,6 +249,8 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
     budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)  # edgekd tune only
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

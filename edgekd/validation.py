@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # config.py imports this module; at run time only the values 
     from .config import BudgetsConfig, Config, TrainConfig
     from .registry import Registry
 
-SWITCHES = ("auto", "on", "off")  # amp, channels_last
+SWITCHES = ("auto", "on", "off")  # amp, channels_last, compile, deterministic
 OPTIMIZERS = ("sgd", "adamw")  # edgekd.train.optim.build_optimizer
 SCHEDULES = ("onecycle", "cosine", "constant")  # edgekd.train.optim.Schedule
 DEVICES = ("auto", "cpu", "cuda")  # cuda:N is cuda plus an index
@@ -128,6 +128,7 @@ def _validate_train(key: str, tc: "TrainConfig") -> None:
     one_of(f"{key}.schedule", tc.schedule, SCHEDULES)
     one_of(f"{key}.amp", tc.amp, SWITCHES)
     one_of(f"{key}.channels_last", tc.channels_last, SWITCHES)
+    one_of(f"{key}.compile", tc.compile, SWITCHES)
     at_least(f"{key}.epochs", tc.epochs, 0, f"set {key}.epochs to 0 (skip training) or more")
     positive(f"{key}.lr", tc.lr, f"set {key}.lr to a positive learning rate, e.g. 0.1 (sgd) or 1e-3 (adamw)")
     between(f"{key}.momentum", tc.momentum, 0.0, 1.0, hi_open=True)
@@ -148,6 +149,9 @@ def _validate_data(cfg: "Config") -> None:
     optional(at_least, "data.train_subset", d.train_subset, 1)
     optional(at_least, "data.test_subset", d.test_subset, 1)
     optional(at_least, "data.image_size", d.image_size, 1)
+    one_of("data.on_corrupt", d.on_corrupt, ("fail", "skip"))  # edgekd.data.files.ON_CORRUPT
+    at_least("data.in_memory_mb", d.in_memory_mb, 0.0, "set data.in_memory_mb to 0 (always stream) or a size in MB, e.g. 1024")
+    at_least("data.workers", d.workers, 0, "set data.workers to 0 (decode in the training process) or a few processes, e.g. 2")
     a = d.augment
     at_least("data.augment.crop_padding", a.crop_padding, 0, "set it to 0 (off) or a few pixels")
     at_least("data.augment.noise_std", a.noise_std, 0.0, "set it to 0 (off) or a positive std")
@@ -206,12 +210,43 @@ def _validate_export_and_check(cfg: "Config") -> None:
                           "set check.robustness.ood_folder to a folder of images, or drop 'folder' from the list")
 
 
+def _validate_range(key: str, pair: list[float], lo: float, hi: float) -> None:
+    """A ``[low, high]`` search range inside ``[lo, hi]`` with low <= high."""
+    if len(pair) != 2:
+        raise _bad(key, pair, "[low, high]", f"write {key}: [low, high]")
+    for i, v in enumerate(pair):
+        between(f"{key}[{i}]", v, lo, hi)
+    if pair[0] > pair[1]:
+        raise _bad(key, pair, "[low, high] with low <= high", f"swap the two values of {key}")
+
+
+def _validate_tune(cfg: "Config") -> None:
+    """edgekd tune's search space (names are checked with the other registry names)."""
+    t = cfg.tune
+    _validate_range("tune.temperature", t.temperature, 1e-3, 1e3)
+    if t.temperature[0] <= 0:
+        raise _bad("tune.temperature[0]", t.temperature[0], "> 0", "temperatures are positive: use e.g. [1, 8]")
+    _validate_range("tune.alpha", t.alpha, 0.0, 1.0)
+    if not t.student_widths:
+        raise _bad("tune.student_widths", t.student_widths, "a non-empty list", "list the widths to try, e.g. [0.35, 0.5]")
+    for i, w in enumerate(t.student_widths):
+        positive(f"tune.student_widths[{i}]", w)
+    optional(positive, "tune.max_latency_ms", t.max_latency_ms,
+             "set tune.max_latency_ms to the INT8 latency budget in milliseconds, or null for none")
+    at_least("tune.latency_batch", t.latency_batch, 1)
+    at_least("tune.latency_threads", t.latency_threads, 0, "0 means all cores; otherwise 1 or more")
+    at_least("tune.latency_runs", t.latency_runs, 1)
+    at_least("tune.sampler_seed", t.sampler_seed, 0)
+
+
 def _validate_top(cfg: "Config") -> None:
     kind, _, index = cfg.device.partition(":")
     one_of("device", kind, DEVICES)
     if index and (kind != "cuda" or not index.isdigit()):
         raise _bad("device", cfg.device, "auto, cpu, cuda or cuda:N", "set device to e.g. cuda:0")
     at_least("seed", cfg.seed, 0, "set seed to a non-negative integer")
+    one_of("deterministic", cfg.deterministic, SWITCHES)
+    one_of("logging.tensorboard", cfg.logging.tensorboard, SWITCHES)
     optional(at_least, "num_threads", cfg.num_threads, 1)
     check_stage_names(cfg.stages, "in 'stages'", "set stages to a list of")
 
@@ -285,6 +320,12 @@ def validate_registry_names(cfg: "Config") -> None:
         valid = registered_names(spec)
         if values[key] not in valid:
             raise unknown_name(spec.kind, values[key], key, valid)
+    for key, names in (("tune.methods", cfg.tune.methods), ("tune.teachers", cfg.tune.teachers)):
+        spec = TORCH_REGISTRIES["distill.loss" if key == "tune.methods" else "teacher.arch"]
+        valid = registered_names(spec)
+        for i, name in enumerate(names):
+            if name not in valid:
+                raise unknown_name(spec.kind, name, f"{key}[{i}]", valid)
 
 
 # ------------------------------------------------------------------ entry point
@@ -299,5 +340,6 @@ def validate_config(cfg: "Config", registries: bool = True) -> None:
     _validate_models_and_distill(cfg)
     _validate_export_and_check(cfg)
     validate_budgets(cfg.budgets)
+    _validate_tune(cfg)
     if registries:
         validate_registry_names(cfg)
