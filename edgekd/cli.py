@@ -71,12 +71,23 @@ examples:
 
 The recorded models are verified against their sha256 first: a changed file is an error (exit 2)."""
 
+TUNE_EPILOG = """\
+examples:
+  edgekd tune -c configs/smoke.yaml --trials 20 --out /tmp/tune
+  edgekd tune -c configs/smoke.yaml --trials 30 --out /tmp/tune      continue the same study to 30 trials
+  edgekd run --config /tmp/tune/chosen.yaml                         run the chosen config
+
+Trial 0 is the config as given. Writes study.db (Optuna, sqlite), trials.md, pareto.md, plots/pareto.png,
+report.md/.html, summary.json and chosen.yaml into the tune folder. Needs pip install 'edgekd[tune]'."""
+
 
 def _common() -> argparse.ArgumentParser:
     """Options every subcommand accepts (SUPPRESS keeps a top-level --debug when the subcommand lacks it)."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show the Python traceback of an error")
+    p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="no progress bars (they are drawn only when stderr is a terminal anyway)")
     return p
 
 
@@ -102,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (drawn only on a terminal anyway)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = _sub(sub, "run", "the whole pipeline: " + " > ".join(STAGE_NAMES),
              RUN_EPILOG.format(cmd="run") + "\n  edgekd run -c configs/smoke.yaml --out /tmp/runs --stages export,check")
@@ -117,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--provider", default="CPUExecutionProvider", help="onnxruntime execution provider")
     r = _sub(sub, "report", "render report.md and report.html for a run folder again", REPORT_EPILOG)
     r.add_argument("run_dir", help="a run folder written by 'edgekd run'")
+    t = _sub(sub, "tune", "search KD method, temperature, alpha, student width and teacher (Optuna)", TUNE_EPILOG)
+    t.add_argument("--config", "-c", help="YAML config whose tune: section sets the search space (default: fashion_mnist)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set tune.max_latency_ms=2 (repeatable)")
+    t.add_argument("--trials", type=int, required=True, help="finished trials the tune folder should hold (resumable)")
+    t.add_argument("--out", help="the tune folder (default: <out_dir>/<name>-tune)")
     return parser
 
 
@@ -157,6 +175,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .tuning import tune
+
+    result = tune(args.config, args.trials, out=args.out, overrides=args.overrides)
+    print(f"tune folder: {result.tune_dir}\nchosen config: {result.chosen_yaml}\nreport: {result.report_md}")
+    return 0
+
+
 def _cmd_gate(args: argparse.Namespace) -> int:
     from .deploy.gate import gate_command
 
@@ -170,7 +196,7 @@ def _command(args: argparse.Namespace) -> Callable[[], int]:
         return lambda: _cmd_run(args, stages)
     if args.command in BY_NAME and BY_NAME[args.command].command:
         return lambda: _cmd_run(args, [args.command])
-    handler = {"gate": _cmd_gate, "doctor": _cmd_doctor, "report": _cmd_report}[args.command]
+    handler = {"gate": _cmd_gate, "doctor": _cmd_doctor, "report": _cmd_report, "tune": _cmd_tune}[args.command]
     return lambda: handler(args)
 
 
@@ -178,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the command; user errors print a message and return 2 (see the module doc)."""
     args = build_parser().parse_args(argv)
     prog = f"{PROG} {args.command}"
+    if args.quiet:
+        from .progress import set_quiet
+
+        set_quiet()
     try:
         return _command(args)()
     except KeyboardInterrupt:

@@ -77,6 +77,9 @@ class TrainConfig:
     compile: str = "off"  # off | on | auto
     max_steps_per_epoch: Optional[int] = None  # cap for smoke runs
     log_every: int = 50
+    # stop the run after this stage when training diverged: loss not finite or rising, or validation
+    # accuracy at chance (edgekd.train.health); the stage's outputs are then not kept
+    divergence_check: bool = True
 
 
 @dataclass
@@ -86,6 +89,10 @@ class ModelConfig:
     weights: Optional[str] = None  # "torchvision:DEFAULT" or a local weights file
     stem_stride: int = 1  # small inputs keep resolution in the stem
     maxpool: bool = True  # teachers: keep the stem max-pool
+    # small: adapt the stem to small images (stride stem_stride, max-pool per `maxpool`; built-ins use a 3x3
+    # kernel); native: the architecture's published stem (ResNet's 7x7/2 + max-pool), so pretrained stem
+    # weights load; auto: native for images >= 128 px, else small (edgekd.models.stems)
+    stem: str = "auto"
 
 
 @dataclass
@@ -100,12 +107,60 @@ class RobustKDConfig:
 
 
 @dataclass
+class FeatureKDConfig:
+    """Feature KD (distill.loss: fitnets | at): which teacher layer guides which student layer."""
+
+    # "teacher_layer=student_layer" module names, e.g. "net.layer2=net.features.6"; empty: pair the teacher's
+    # stages (net.layerN) with the last student block (net.features.i) of the same spatial size
+    pairs: list[str] = field(default_factory=list)
+    hint_weight: float = 1.0  # fitnets: weight of the hint (MSE) term beside Hinton KD
+    at_beta: float = 1000.0  # at: beta of the attention term (Zagoruyko & Komodakis 2017 use 1e3)
+
+
+@dataclass
+class DKDConfig:
+    """Decoupled KD (distill.loss: dkd; Zhao et al. 2022): loss = CE + alpha TCKD + beta NCKD."""
+
+    alpha: float = 1.0  # target-class KD weight (paper: 1)
+    beta: float = 8.0  # non-target-class KD weight (paper: 8 on CIFAR-100)
+
+
+@dataclass
+class CTKDConfig:
+    """Curriculum temperature KD (distill.loss: ctkd; Li et al. AAAI 2023): a learned, adversarial temperature."""
+
+    min_temperature: float = 1.0  # the learned temperature stays in (min, max); it starts at distill.temperature
+    max_temperature: float = 21.0
+    lambda_max: float = 1.0  # gradient-reversal strength reached by the cosine curriculum at the last epoch
+
+
+@dataclass
+class AugMixKDConfig:
+    """Robust KD with AugMix-style views (distill.loss: augmix_kd; Hendrycks et al. ICLR 2020)."""
+
+    js_weight: float = 12.0  # weight of the Jensen-Shannon consistency term (AugMix: 12)
+    max_severity: int = 3  # corruption severities sampled per batch in 1..max_severity
+    width: int = 3  # corruptions mixed per view (AugMix: 3)
+    ops: list[str] = field(default_factory=list)  # corruption names the views use; empty = all registered
+
+
+@dataclass
 class DistillConfig:
     loss: str = "hinton"
     temperature: float = 4.0
     alpha: float = 0.9
     cache_teacher_logits: bool = False  # only valid when augmentation is off
     robust: RobustKDConfig = field(default_factory=RobustKDConfig)
+    features: FeatureKDConfig = field(default_factory=FeatureKDConfig)
+    dkd: DKDConfig = field(default_factory=DKDConfig)
+    ctkd: CTKDConfig = field(default_factory=CTKDConfig)
+    augmix: AugMixKDConfig = field(default_factory=AugMixKDConfig)
+    # multi_teacher: extra teachers beside the run's own (teacher stage); each needs arch, width and weights
+    # (a weights file, or a run folder whose teacher stage trained it)
+    teachers: list[ModelConfig] = field(default_factory=list)
+    teacher_weighting: str = "mean"  # multi_teacher: mean | fixed (teacher_weights) | confidence (per sample)
+    teacher_weights: list[float] = field(default_factory=list)  # fixed: one per teacher, the run's own first
+    ema_decay: float = 0.999  # self_distill: the teacher is this exponential moving average of the student
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5))
 
 
@@ -144,6 +199,13 @@ class ExportConfig:
     # boundary land one step away, and such flips in earlier layers propagate. Measured on a correct
     # MobileNetV2-0.5 export: worst image 1.6x the one-step bound (99th percentile 1.3x); 3 leaves ~2x headroom.
     int8_noise_steps: float = 3.0
+    # ORT Mobile: also write model.fp32.ort / model.int8.ort (onnxruntime.tools.convert_onnx_models_to_ort)
+    # and check each gives the ONNX file's top-1 on the parity images (edgekd.deploy.runtime.ort_format)
+    ort_format: bool = False
+    ort_target_platform: str = "arm"  # arm (phones, boards: no x86 layouts baked in) | amd64
+    # top-1 agreement .ort vs .onnx; below 1.0 because "arm" files skip x86 layout kernels, whose float
+    # rounding differs in the last bits and may flip a near-tie image
+    ort_min_agreement: float = 0.99
 
 
 @dataclass

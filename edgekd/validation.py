@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from .arch_names import check_arch, split_arch
 from .errors import ConfigError
 from .registry import declared_names, unknown_name
 from .stage_specs import STAGE_NAMES, training_configs
@@ -32,6 +33,8 @@ SWITCHES = ("auto", "on", "off")  # amp, channels_last, compile, deterministic
 OPTIMIZERS = ("sgd", "adamw")  # edgekd.train.optim.build_optimizer
 SCHEDULES = ("onecycle", "cosine", "constant")  # edgekd.train.optim.Schedule
 DEVICES = ("auto", "cpu", "cuda")  # cuda:N is cuda plus an index
+ORT_TARGET_PLATFORMS = ("arm", "amd64")  # edgekd.deploy.runtime.ort_format
+STEMS = ("auto", "small", "native")  # model stems (edgekd.models.stems)
 STEM_STRIDES = (1, 2)  # 1 keeps a 28-32 px input's resolution in the stem; 2 halves it (edgekd.models)
 SEVERITIES = (1, 5)  # corruption severities run 1..5 (Hendrycks & Dietterich 2019)
 
@@ -164,6 +167,10 @@ def _validate_models_and_distill(cfg: "Config") -> None:
         positive(f"{key}.width", m.width, f"set {key}.width to a positive multiplier, e.g. 1.0")
         if m.stem_stride not in STEM_STRIDES:
             raise _bad(f"{key}.stem_stride", m.stem_stride, "1 or 2", f"set {key}.stem_stride to 1 (28-32 px inputs) or 2")
+        one_of(f"{key}.stem", m.stem, STEMS)
+        if split_arch(m.arch)[0] is not None and m.width != 1.0:
+            raise _bad(f"{key}.width", m.width, f"1.0 for {m.arch} (width scales built-in models only)",
+                       f"set {key}.width: 1.0 and pick a smaller model, e.g. torchvision:mobilenet_v3_small")
     ds = cfg.distill
     positive("distill.temperature", ds.temperature, "set distill.temperature to a positive number, e.g. 4")
     between("distill.alpha", ds.alpha, 0.0, 1.0, "alpha weighs the KD term against cross-entropy: use e.g. 0.9")
@@ -187,6 +194,8 @@ def _validate_export_and_check(cfg: "Config") -> None:
     e = cfg.export
     at_least("export.opset", e.opset, 17, "set export.opset to 17 or more (older opsets lack the QDQ ops used)")
     at_least("export.parity_images", e.parity_images, 1)
+    one_of("export.ort_target_platform", e.ort_target_platform, ORT_TARGET_PLATFORMS)
+    between("export.ort_min_agreement", e.ort_min_agreement, 0.0, 1.0)
     for i, bs in enumerate(e.parity_batch_sizes):
         at_least(f"export.parity_batch_sizes[{i}]", bs, 1)
     lat = cfg.check.latency
@@ -317,6 +326,9 @@ def validate_registry_names(cfg: "Config") -> None:
     values = {"distill.loss": cfg.distill.loss, "teacher.arch": cfg.teacher.arch, "student.arch": cfg.student.arch,
               "distill.robust.attack": cfg.distill.robust.attack}
     for key, spec in TORCH_REGISTRIES.items():
+        if key.endswith(".arch") and split_arch(values[key])[0] is not None:
+            check_arch(key, values[key])  # torchvision:NAME, timm:NAME, torchscript:PATH (edgekd.arch_names)
+            continue
         valid = registered_names(spec)
         if values[key] not in valid:
             raise unknown_name(spec.kind, values[key], key, valid)
@@ -324,7 +336,9 @@ def validate_registry_names(cfg: "Config") -> None:
         spec = TORCH_REGISTRIES["distill.loss" if key == "tune.methods" else "teacher.arch"]
         valid = registered_names(spec)
         for i, name in enumerate(names):
-            if name not in valid:
+            if key == "tune.teachers" and split_arch(name)[0] is not None:
+                check_arch(f"{key}[{i}]", name)
+            elif name not in valid:
                 raise unknown_name(spec.kind, name, f"{key}[{i}]", valid)
 
 

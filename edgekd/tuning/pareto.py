@@ -1,0 +1,70 @@
+"""Pareto front and the choice of one trial: validation accuracy up, INT8 latency down. Plain Python.
+
+A trial row is a dict with at least ``number``, ``state``, ``val_accuracy`` and ``latency_ms``
+(see ``edgekd.tuning.study``); only finished trials (state ``COMPLETE``) take part.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+Row = dict[str, Any]
+
+
+def finished(rows: Sequence[Row]) -> list[Row]:
+    return [r for r in rows if r.get("state") == "COMPLETE"]
+
+
+def dominates(a: Row, b: Row) -> bool:
+    """``a`` is at least as accurate and as fast as ``b``, and strictly better in one of the two."""
+    ge = a["val_accuracy"] >= b["val_accuracy"] and a["latency_ms"] <= b["latency_ms"]
+    gt = a["val_accuracy"] > b["val_accuracy"] or a["latency_ms"] < b["latency_ms"]
+    return ge and gt
+
+
+def pareto_front(rows: Sequence[Row]) -> list[Row]:
+    """The finished trials no other finished trial dominates, fastest first."""
+    done = finished(rows)
+    front = [r for r in done if not any(dominates(o, r) for o in done if o is not r)]
+    return sorted(front, key=lambda r: (r["latency_ms"], -r["val_accuracy"], r["number"]))
+
+
+def feasible(row: Row, budget_ms: float | None) -> bool:
+    return budget_ms is None or row["latency_ms"] <= budget_ms
+
+
+def choose(rows: Sequence[Row], budget_ms: float | None) -> Row | None:
+    """The most accurate finished trial within the latency budget; ties go to the faster, then the earlier.
+
+    None when no finished trial meets the budget (the caller says so; it never picks an over-budget one).
+    """
+    ok = [r for r in finished(rows) if feasible(r, budget_ms)]
+    if not ok:
+        return None
+    return min(ok, key=lambda r: (-r["val_accuracy"], r["latency_ms"], r["number"]))
+
+
+def teacher_table(rows: Sequence[Row], teacher_accuracy: dict[str, float]) -> list[Row]:
+    """Per candidate teacher: its own validation accuracy and the best / mean validation accuracy of the
+    students distilled from it, best student first.
+
+    Teacher selection uses the student column: the teacher that teaches best is not always the one that
+    is most accurate itself (a capacity gap, or a teacher too confident for its soft targets to help).
+    """
+    out = []
+    for arch, acc in teacher_accuracy.items():
+        students = [r["val_accuracy"] for r in finished(rows) if r["teacher"] == arch]
+        out.append({"teacher": arch, "teacher_val_accuracy": acc, "trials": len(students),
+                    "best_student_val_accuracy": max(students) if students else None,
+                    "mean_student_val_accuracy": sum(students) / len(students) if students else None})
+    return sorted(out, key=lambda r: (r["best_student_val_accuracy"] is None, -(r["best_student_val_accuracy"] or 0)))
+
+
+def teacher_selection(table: Sequence[Row]) -> dict[str, Any]:
+    """Which teacher is most accurate, which teaches the best student, and whether they differ."""
+    scored = [r for r in table if r["best_student_val_accuracy"] is not None]
+    if not table:
+        return {}
+    most_accurate = max(table, key=lambda r: r["teacher_val_accuracy"])["teacher"]
+    best_teaching = max(scored, key=lambda r: r["best_student_val_accuracy"])["teacher"] if scored else None
+    return {"most_accurate_teacher": most_accurate, "best_student_teacher": best_teaching,
+            "differ": best_teaching is not None and best_teaching != most_accurate}
