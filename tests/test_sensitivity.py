@@ -1,0 +1,142 @@
+"""Layer sensitivity and the divergence finder on a real exported pair, with a wrong scale planted in one layer.
+
+A four-layer CNN trained for seconds on real Fashion-MNIST goes through the real QAT preparation and
+the real exporters (fp32 and int8 QDQ files). Both tools must name the layer whose weight scale was
+tampered with; graph edits with nothing edited must give back the source file exactly.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from conftest import fmnist_prefix
+from edgekd.deploy.onnx_io import constants, producers
+from edgekd.deploy.qdq_layers import layer_names, quantized_layers, with_layers_float, with_layers_quantized
+from edgekd.deploy.runtime.session import make_session, onnx_logits
+from edgekd.deploy.sensitivity import accuracy_of, layer_sensitivity
+from edgekd.errors import ConfigError
+from edgekd.exporting import export_fp32, export_int8, find_divergence
+from edgekd.models.normalize import Normalized
+from edgekd.quant import freeze_observers, prepare_qat
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+PLANTED = "6"  # the third conv (nn.Sequential index 6: the exporter names layers after their modules)
+
+
+def tiny_cnn() -> Normalized:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    return Normalized(net, (0.286,), (0.353,))
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    x, y = fmnist_prefix("train", 3000)
+    tx, ty = fmnist_prefix("test", 400)
+    return x.astype(np.float32) / 255, y.astype(np.int64), tx.astype(np.float32) / 255, ty.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def pair(data, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """fp32 and int8 files of one trained tiny CNN, its QAT model, and the int8 file with a planted wrong scale."""
+    x, y, _, _ = data
+    model = tiny_cnn()
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    model.train()
+    for i in list(range(0, len(x), 50)) * 2:  # two epochs of 60 steps: far above chance (10 %)
+        loss = nn.functional.cross_entropy(model(torch.from_numpy(x[i:i + 50])), torch.from_numpy(y[i:i + 50]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    calib = [torch.from_numpy(x[i:i + 100]) for i in range(0, 400, 100)]
+    qat = prepare_qat(model, calib, len(calib))
+    freeze_observers(qat)
+    d = tmp_path_factory.mktemp("sens")
+    export_fp32(model, d / "model.fp32.onnx", (1, 1, 28, 28))
+    export_int8(qat, d / "model.int8.onnx", (1, 1, 28, 28))
+    bad = onnx.load(str(d / "model.int8.onnx"))
+    prod = producers(bad)
+    node = next(n for n in bad.graph.node if n.op_type == "Conv" and n.name == PLANTED)
+    scale_name = prod[node.input[1]].input[1]
+    init = next(t for t in bad.graph.initializer if t.name == scale_name)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(8.0), scale_name))
+    onnx.save(bad, str(d / "planted.int8.onnx"))
+    return {"dir": d, "fp32": d / "model.fp32.onnx", "int8": d / "model.int8.onnx", "planted": d / "planted.int8.onnx",
+            "model": model, "qat": qat}
+
+
+def test_layer_names_are_the_module_names(pair: dict) -> None:
+    names = layer_names(onnx.load(str(pair["int8"])))
+    assert names == ["0", "3", "6", "11"]  # the nn.Sequential indices of the 3 convs and the Linear
+
+
+def test_no_edit_gives_back_the_source_files(pair: dict, data) -> None:
+    """The edit machinery with nothing to edit is the identity: same logits, bit for bit."""
+    _, _, tx, _ = data
+    fp32, int8 = onnx.load(str(pair["fp32"])), onnx.load(str(pair["int8"]))
+
+    def logits(m: onnx.ModelProto | Path) -> np.ndarray:
+        return onnx_logits(make_session(m.SerializeToString() if isinstance(m, onnx.ModelProto) else m), tx[:64])
+
+    assert np.array_equal(logits(with_layers_quantized(fp32, int8, [])), logits(pair["fp32"]))
+    assert np.array_equal(logits(with_layers_float(int8, fp32, [])), logits(pair["int8"]))
+    # every layer float in the INT8 graph: no Conv/Gemm reads a dequantized weight any more
+    all_float = with_layers_float(int8, fp32, layer_names(int8))
+    assert quantized_layers(all_float) == []
+    # and every layer quantized in the FP32 graph: the same int8 weights as the INT8 file
+    all_q = with_layers_quantized(fp32, int8, layer_names(int8))
+    c8, cq = constants(int8), constants(all_q)
+    assert sorted(a.tobytes() for a in c8.values() if a.dtype == np.int8) == \
+        sorted(a.tobytes() for a in cq.values() if a.dtype == np.int8)
+
+
+def test_unknown_layer_name_lists_the_valid_ones(pair: dict) -> None:
+    fp32, int8 = onnx.load(str(pair["fp32"])), onnx.load(str(pair["int8"]))
+    with pytest.raises(ConfigError, match=r"unknown layer name\(s\) 'features\.9'; valid: 0, 3, 6, 11"):
+        with_layers_float(int8, fp32, ["features.9"])
+
+
+def test_sensitivity_rows_and_references(pair: dict, data) -> None:
+    _, _, tx, ty = data
+    r = layer_sensitivity(pair["fp32"], pair["int8"], tx, ty, threads=1)
+    assert [row["layer"] for row in r["layers"]] == ["0", "3", "6", "11"]
+    for row in r["layers"]:
+        assert 0.0 <= row["only_quantized"] <= 1.0 and 0.0 <= row["only_float"] <= 1.0
+    assert r["float_everything_accuracy"] == r["fp32_accuracy"] == accuracy_of(pair["fp32"], tx, ty)
+    assert r["fp32_accuracy"] > 0.4  # trained: a wrong layer has accuracy to lose
+    assert sorted(r["ranking"]) == sorted(row["layer"] for row in r["layers"])
+
+
+def test_planted_wrong_scale_is_named_by_both_tools(pair: dict, data) -> None:
+    """A weight scale x8 in one layer of the INT8 file: sensitivity ranks it first, the divergence finder names it."""
+    _, _, tx, ty = data
+    r = layer_sensitivity(pair["fp32"], pair["planted"], tx, ty, threads=1)
+    row = {x["layer"]: x for x in r["layers"]}[PLANTED]
+    assert r["ranking"][0] == PLANTED, r["layers"]
+    assert row["drop_when_quantized"] > 0.1 and row["gain_when_float"] > 0.1  # both variants see it
+    found = find_divergence(pair["qat"], pair["planted"], tx[:32])
+    assert found["optimization"] == "all" and found["observed"] == "output quantizers"
+    assert found["layer"] == f"net.{PLANTED}", found["summary"]
+    assert found["probe_kept_logits"]  # observing the int8 tensors did not change what onnxruntime ran
+
+
+def test_divergence_clean_int8_file_agrees_at_fused_level(pair: dict, data) -> None:
+    _, _, tx, _ = data
+    found = find_divergence(pair["qat"], pair["int8"], tx[:32])
+    assert found["layer"] is None, found["layers"]
+    assert found["probe_kept_logits"]
+    # the int8 kernels may round an element one step away; relative L2 stays far below the 0.05 threshold
+    assert max(layer["relative_error"] for layer in found["layers"]) < 0.02
+    fp = find_divergence(pair["model"], pair["fp32"], tx[:32])
+    assert fp["layer"] is None and fp["observed"] == "layer outputs"
+    assert max(layer["relative_error"] for layer in fp["layers"]) < 1e-4  # float kernels: rounding only
