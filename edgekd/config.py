@@ -172,6 +172,14 @@ class QATConfig:
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(epochs=1, lr=0.005, schedule="cosine", warmup_fraction=0.0)
     )
+    # mixed precision: Conv/Linear layers QAT trains in float and the INT8 file keeps in float, by the names
+    # 'edgekd sensitivity RUN' prints (the student's module names, e.g. "features.0.0"); checked against the
+    # student when the qat stage builds it (an unknown name lists the valid ones)
+    keep_float: list[str] = field(default_factory=list)
+    # also keep in float the k layers that a sensitivity ranking names first; 0 = none
+    keep_float_most_sensitive: int = 0
+    # that ranking: a run folder holding sensitivity.json, or the file ('edgekd sensitivity' on a full-int8 run)
+    sensitivity: str = ""
 
 
 @dataclass

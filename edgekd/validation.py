@@ -179,6 +179,7 @@ def _validate_models_and_distill(cfg: "Config") -> None:
     at_least("distill.robust.steps", r.steps, 1)
     optional(positive, "distill.robust.step_size", r.step_size)
     at_least("distill.robust.beta", r.beta, 0.0)
+    _validate_kd_methods(cfg)
     aug = cfg.data.augment
     if ds.cache_teacher_logits and (aug.crop_padding or aug.hflip or aug.noise_std or aug.corruption_prob):
         raise ConfigError(
@@ -188,6 +189,87 @@ def _validate_models_and_distill(cfg: "Config") -> None:
     q = cfg.qat
     at_least("qat.freeze_observers_epoch", q.freeze_observers_epoch, 0)
     at_least("qat.calibration_batches", q.calibration_batches, 1)
+    _validate_keep_float(q)
+
+
+def _validate_keep_float(q: Any) -> None:
+    """Mixed precision: names are strings, k >= 0, and k needs a ranking that exists and holds k layers.
+
+    The names themselves are checked against the student when the qat stage builds it (torch side).
+    """
+    if not all(isinstance(n, str) and n for n in q.keep_float):
+        raise _bad("qat.keep_float", q.keep_float, "a list of layer names",
+                   "list layer names as 'edgekd sensitivity RUN' prints them, e.g. [features.0.0]")
+    at_least("qat.keep_float_most_sensitive", q.keep_float_most_sensitive, 0)
+    if q.keep_float_most_sensitive == 0:
+        return
+    if not q.sensitivity:
+        raise _bad("qat.sensitivity", q.sensitivity, "a run folder or sensitivity.json when "
+                   "qat.keep_float_most_sensitive > 0", "run 'edgekd sensitivity RUN' on a full-int8 run and set "
+                   "qat.sensitivity to that run folder")
+    from .sensitivity_file import load_ranking
+
+    ranking = load_ranking(q.sensitivity)
+    if q.keep_float_most_sensitive > len(ranking):
+        raise _bad("qat.keep_float_most_sensitive", q.keep_float_most_sensitive,
+                   f"<= {len(ranking)}, the number of quantized layers ranked in {q.sensitivity}",
+                   f"set qat.keep_float_most_sensitive to at most {len(ranking)}")
+
+
+TEACHER_WEIGHTINGS = ("mean", "fixed", "confidence")  # edgekd.losses.multi_teacher
+# losses that read the teacher's features or are their own teacher: the teacher must run every step
+UNCACHEABLE_LOSSES = ("fitnets", "at", "self_distill")
+
+
+def _validate_kd_methods(cfg: "Config") -> None:
+    """The settings of the KD methods of edgekd/losses (docs/methods.md)."""
+    ds = cfg.distill
+    f = ds.features
+    for i, pair in enumerate(f.pairs):
+        teacher, sep, student = pair.partition("=")
+        if not sep or not teacher.strip() or not student.strip():
+            raise _bad(f"distill.features.pairs[{i}]", pair, "'teacher_layer=student_layer'",
+                       "write each pair as module names, e.g. net.layer2=net.features.6")
+    at_least("distill.features.hint_weight", f.hint_weight, 0.0)
+    at_least("distill.features.at_beta", f.at_beta, 0.0)
+    at_least("distill.dkd.alpha", ds.dkd.alpha, 0.0)
+    at_least("distill.dkd.beta", ds.dkd.beta, 0.0)
+    c = ds.ctkd
+    positive("distill.ctkd.min_temperature", c.min_temperature)
+    at_least("distill.ctkd.lambda_max", c.lambda_max, 0.0)
+    if ds.loss == "ctkd" and not c.min_temperature < ds.temperature < c.max_temperature:
+        raise _bad("distill.temperature", ds.temperature,
+                   f"strictly between distill.ctkd.min_temperature ({c.min_temperature:g}) and max_temperature "
+                   f"({c.max_temperature:g}) for ctkd", "set distill.temperature inside that range, e.g. 4")
+    a = ds.augmix
+    at_least("distill.augmix.js_weight", a.js_weight, 0.0)
+    between("distill.augmix.max_severity", a.max_severity, *SEVERITIES)
+    at_least("distill.augmix.width", a.width, 1)
+    between("distill.ema_decay", ds.ema_decay, 0.0, 1.0, "use e.g. 0.999 (the teacher averages ~1000 steps)",
+            hi_open=True)
+    one_of("distill.teacher_weighting", ds.teacher_weighting, TEACHER_WEIGHTINGS)
+    if ds.teachers and ds.loss != "multi_teacher":
+        raise ConfigError(f"distill.teachers lists {len(ds.teachers)} extra teacher(s), but distill.loss is "
+                          f"'{ds.loss}', which uses one teacher", "set distill.loss: multi_teacher, or remove distill.teachers")
+    for i, t in enumerate(ds.teachers):
+        positive(f"distill.teachers[{i}].width", t.width)
+        if not t.weights:
+            raise ConfigError(f"distill.teachers[{i}] ({t.arch}) has no weights",
+                              f"set distill.teachers[{i}].weights to a weights file or to a run folder whose "
+                              "teacher stage trained it")
+    n = 1 + len(ds.teachers)
+    if ds.teacher_weighting == "fixed":
+        if len(ds.teacher_weights) != n or any(w < 0 for w in ds.teacher_weights) or sum(ds.teacher_weights) <= 0:
+            raise _bad("distill.teacher_weights", ds.teacher_weights,
+                       f"{n} non-negative numbers (the run's teacher, then distill.teachers), not all 0",
+                       f"give one weight per teacher, e.g. {[1.0] * n}")
+    elif ds.teacher_weights:
+        raise ConfigError(f"distill.teacher_weights is set but distill.teacher_weighting is '{ds.teacher_weighting}'",
+                          "set distill.teacher_weighting: fixed, or remove distill.teacher_weights")
+    if ds.cache_teacher_logits and ds.loss in UNCACHEABLE_LOSSES:
+        raise ConfigError(f"distill.cache_teacher_logits cannot serve distill.loss '{ds.loss}': it needs the "
+                          "teacher to run every step (features or a moving teacher)",
+                          "set distill.cache_teacher_logits: false")
 
 
 def _validate_export_and_check(cfg: "Config") -> None:
@@ -204,6 +286,10 @@ def _validate_export_and_check(cfg: "Config") -> None:
     for i, t in enumerate(lat.threads):
         at_least(f"check.latency.threads[{i}]", t, 0, "0 means all cores; otherwise 1 or more")
     at_least("check.latency.warmup", lat.warmup, 0)
+    if lat.provider != "CPUExecutionProvider":  # a typo fails at load; whether it is installed, where sessions open
+        from .ort_providers import check_provider_name  # imports onnxruntime: only for a non-default provider
+
+        check_provider_name(lat.provider)
     at_least("check.latency.runs", lat.runs, 1, "set check.latency.runs to 1 or more (the median is reported)")
     rob = cfg.check.robustness
     for i, s in enumerate(rob.severities):
@@ -332,6 +418,14 @@ def validate_registry_names(cfg: "Config") -> None:
         valid = registered_names(spec)
         if values[key] not in valid:
             raise unknown_name(spec.kind, values[key], key, valid)
+    for i, name in enumerate(cfg.distill.augmix.ops):
+        reg["corruption"].check(name, f"distill.augmix.ops[{i}]")
+    for i, teacher in enumerate(cfg.distill.teachers):
+        key = f"distill.teachers[{i}].arch"
+        if split_arch(teacher.arch)[0] is not None:
+            check_arch(key, teacher.arch)
+        elif teacher.arch not in registered_names(TORCH_REGISTRIES["teacher.arch"]):
+            raise unknown_name("teacher", teacher.arch, key, registered_names(TORCH_REGISTRIES["teacher.arch"]))
     for key, names in (("tune.methods", cfg.tune.methods), ("tune.teachers", cfg.tune.teachers)):
         spec = TORCH_REGISTRIES["distill.loss" if key == "tune.methods" else "teacher.arch"]
         valid = registered_names(spec)

@@ -67,14 +67,14 @@ def test_ard_with_zero_epsilon_is_hinton_kd(batch) -> None:
     with torch.no_grad():
         t = teacher(x)
     ard = ARDLoss(temperature=4.0, alpha=0.9, robust=RobustKDConfig(epsilon=0.0))
-    loss, s = ard.adversarial_step(student, x, y, t)
+    loss, s = ard.student_step(student, x, y, t)
     with torch.no_grad():  # x' = x: the student's clean logits are those of x alone, BatchNorm included
         torch.testing.assert_close(s.detach(), student(x), rtol=1e-4, atol=1e-5)
     expected = _hand_kd(s.detach(), t, y, 4.0, 0.9)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert loss.item() == pytest.approx(HintonKD(4.0, 0.9)(s.detach(), t, y).item(), rel=1e-5)
     # RSLAD at epsilon 0: (5/6 + 1/6) KL(t || s) at temperature 1
-    loss_r, s_r = RSLADLoss(RobustKDConfig(epsilon=0.0)).adversarial_step(student, x, y, t)
+    loss_r, s_r = RSLADLoss(RobustKDConfig(epsilon=0.0)).student_step(student, x, y, t)
     assert loss_r.item() == pytest.approx(_hand_kd(s_r.detach(), t, y, 1.0, 1.0).item(), rel=1e-5)
 
 
@@ -127,7 +127,7 @@ def test_gradients_reach_the_student_not_the_teacher(batch, name: str) -> None:
     teacher2 = _net(16, 2)
     t = teacher2(x)
     student.zero_grad()
-    loss2, _ = KD_LOSSES.get(name)(cfg).adversarial_step(student, x, y, t)
+    loss2, _ = KD_LOSSES.get(name)(cfg).student_step(student, x, y, t)
     loss2.backward()
     assert all(p.grad is None for p in teacher2.parameters())
     assert all(p.grad is not None for p in student.parameters())
@@ -141,7 +141,7 @@ def test_teacher_soft_labels_come_from_the_clean_input(batch) -> None:
         t = teacher(x)
     rslad = RSLADLoss(RobustKDConfig(attack="fgsm_rs", epsilon=0.05))
     torch.manual_seed(3)
-    loss, s = rslad.adversarial_step(student, x, y, t)
+    loss, s = rslad.student_step(student, x, y, t)
     torch.manual_seed(3)
     x_adv = rslad.adversarial_inputs(student, x, y, t)
     with torch.no_grad():

@@ -11,7 +11,7 @@ authors' released code does). ``beta`` (``distill.robust.beta``, default 1 = the
 natural-input term. With epsilon = 0, x' = x and the loss is exactly Hinton KD.
 
 ``RobustKDLoss`` is the shared shape of ARD and RSLAD: the attack runs inside the loss, so
-they define ``adversarial_step(student, x, y, teacher_logits) -> (loss, student_logits_clean)``,
+they define ``student_step(student, x, y, teacher_logits) -> (loss, student_logits_clean)``,
 which ``Distiller.step`` (the one KD training step) calls instead of ``student(x)`` + ``forward``
 (see ``losses/base.py``).
 """
@@ -62,7 +62,7 @@ class RobustKDLoss(KDLoss):
         r = self.robust
         return f"attack={r.attack}, epsilon={r.epsilon:.4f}, steps={r.steps}, beta={r.beta}"
 
-    def adversarial_step(self, student: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+    def student_step(self, student: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                          teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Craft x', run the student on x and x', return ``(loss, student_logits_on_clean_x)``.
 

@@ -13,20 +13,35 @@ package) that subclasses ``KDLoss`` and registers it::
 
 ``KD_LOSSES.get(name)`` returns ``fn(cfg: DistillConfig) -> KDLoss`` (the class's ``from_config``).
 
-A loss that needs the student itself, not just its logits (adversarial KD such as ARD / RSLAD,
-which attack the student's input), also defines ``adversarial_step(student, x, labels,
-teacher_logits) -> (loss, student_logits)``; ``Distiller.step`` (the one KD training step, used by
-the distill and QAT stages and by the tests) calls it instead of ``student(x)`` + ``forward``.
-``teacher_logits`` are always the teacher's logits on the clean input.
+What a loss may ask of ``Distiller.step`` (the one KD training step, used by the distill and QAT
+stages and by the tests), each by a class attribute or an override:
+
+- **features** (FitNets, attention transfer): ``bind(student, teacher, sample)`` sets
+  ``student_layers`` / ``teacher_layers`` (module names); the step then taps those layers with
+  forward hooks that exist only during the forward (``edgekd.models.features``), and calls
+  ``forward(s, t, y, student_features=..., teacher_features=...)``.
+- **learnable parameters** (FitNets adapters, the CTKD temperature): ordinary ``nn.Parameter`` of the
+  loss module. The stages hand the loss to the engine as ``aux``: its parameters are optimized with
+  the student and its state checkpointed for resume, but it is never part of the student, so never
+  in the saved weights or the exported ONNX file.
+- **the student itself** (adversarial KD: ARD, RSLAD; augmented views: AugMix-style KD): define
+  ``student_step(student, x, labels, teacher_logits) -> (loss, student_logits)``; the step calls it
+  instead of ``student(x)`` + ``forward``. ``teacher_logits`` are always the teacher's logits on the
+  clean input.
+- **its own teacher** (self-distillation): ``self_teacher = True`` and ``make_teacher(student)``;
+  the Distiller is then built with ``teacher=None``. ``before_step(student)`` runs before each step
+  (the EMA update) and ``start_epoch(epoch, epochs)`` at each epoch start (curricula such as CTKD's).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+from contextlib import nullcontext
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import torch
 from torch import nn
 
 from ..config import DistillConfig
+from ..models.features import tap_features
 from ..registry import Registry
 
 KDLossFn = Callable[[DistillConfig], "KDLoss"]
@@ -38,10 +53,32 @@ L = TypeVar("L", bound=type)
 class KDLoss(nn.Module):
     """Base class: ``forward(student_logits [B,K], teacher_logits [B,K], labels [B]) -> scalar loss``."""
 
+    #: module names whose outputs ``forward`` receives as ``student_features`` / ``teacher_features``
+    student_layers: tuple[str, ...] = ()
+    teacher_layers: tuple[str, ...] = ()
+    #: the loss makes its own teacher from the student (``make_teacher``); no teacher stage output is read
+    self_teacher: bool = False
+
     @classmethod
     def from_config(cls, cfg: DistillConfig) -> "KDLoss":
         """Build the loss from the distill config; override when the loss has parameters."""
         return cls()
+
+    def bind(self, student: nn.Module, teacher: nn.Module, sample: Optional[torch.Tensor]) -> None:
+        """Fit the loss to the two models (layer names, adapter shapes); ``sample`` is a small input batch."""
+
+    def make_teacher(self, student: nn.Module) -> nn.Module:
+        raise NotImplementedError(f"{type(self).__name__} needs a teacher")
+
+    def before_step(self, student: nn.Module) -> None:
+        """Called by ``Distiller.step`` before each step (self-distillation updates its EMA teacher here)."""
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called at the start of each 0-based ``epoch`` of ``epochs`` (curricula)."""
+
+    def metrics(self) -> dict[str, float]:
+        """What the loss learned, for the stage's metrics (CTKD: the temperature); {} for most losses."""
+        return {}
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement forward(student_logits, teacher_logits, labels)")
@@ -57,19 +94,33 @@ def register_kd_loss(name: str) -> Callable[[L], L]:
     return add
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare module under a DDP wrapper (or ``model`` itself)."""
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
 class Distiller(nn.Module):
     """A student trained against a frozen teacher with ``kd_loss``.
 
     The teacher never trains: its parameters have ``requires_grad=False``, it stays in eval mode
     (``train()`` puts only the student in training mode, so the teacher's BatchNorm statistics and
     dropout never change), and it runs under ``torch.inference_mode``.
+
+    ``teacher=None`` is allowed for a loss with ``self_teacher`` (self-distillation). ``sample`` (a
+    few input images) lets a feature loss probe the layer shapes when it is bound to the models.
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, kd_loss: KDLoss) -> None:
+    def __init__(self, student: nn.Module, teacher: Optional[nn.Module], kd_loss: KDLoss,
+                 sample: Optional[torch.Tensor] = None) -> None:
         super().__init__()
+        if teacher is None:
+            assert kd_loss.self_teacher, f"{type(kd_loss).__name__} needs a teacher"
+            teacher = kd_loss.make_teacher(student)
         self.student = student
         self.teacher = teacher.requires_grad_(False).eval()
         self.kd_loss = kd_loss
+        kd_loss.bind(student, self.teacher, sample)
 
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)
@@ -78,16 +129,28 @@ class Distiller(nn.Module):
 
     def teacher_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The teacher's logits for ``x`` (no graph), as an ordinary tensor autograd code can use."""
+        return self._teacher(x)[0]
+
+    def _teacher(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Teacher logits and tapped features (inference mode; cloned so autograd code can use them)."""
         self.teacher.eval()  # in case someone called teacher.train() directly
-        with torch.inference_mode():
+        layers = self.kd_loss.teacher_layers
+        with torch.inference_mode(), (tap_features(self.teacher, layers) if layers else nullcontext({})) as feats:
             logits = self.teacher(x)
         # Inference tensors cannot enter autograd; a clone made outside inference mode can.
-        return logits.clone()
+        return logits.clone(), {k: v.clone() for k, v in feats.items()}
 
     @classmethod
-    def from_config(cls, student: nn.Module, teacher: nn.Module, cfg: DistillConfig) -> "Distiller":
+    def from_config(cls, student: nn.Module, teacher: Optional[nn.Module], cfg: DistillConfig,
+                    sample: Optional[torch.Tensor] = None) -> "Distiller":
         """The distiller with the KD loss ``cfg.loss`` (``KD_LOSSES``) built from ``cfg``."""
-        return cls(student, teacher, KD_LOSSES.get(cfg.loss)(cfg))
+        return cls(student, teacher, KD_LOSSES.get(cfg.loss)(cfg), sample)
+
+    def epoch_hook(self, epochs: int) -> Callable[[int, Any], None]:
+        """An engine hook ``hook(epoch, model)`` that tells the loss which epoch of ``epochs`` starts."""
+        def hook(e: int, _model: Any) -> None:
+            self.kd_loss.start_epoch(e, epochs)
+        return hook
 
     def step(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The KD training step: ``(loss, student_logits)`` for one batch; the engine's ``step_fn``.
@@ -98,22 +161,32 @@ class Distiller(nn.Module):
             (x, y[, teacher_logits][, x_student])
 
         - ``x`` [B, C, H, W]: the clean (geometrically augmented) input; the teacher sees it.
-        - ``teacher_logits`` [B, K]: cached logits of the teacher on ``x``; when present the teacher
-          does not run.
+        - ``teacher_logits`` [B, K] (or [B, M, K] for M teachers): cached logits of the teacher on
+          ``x``; when present the teacher does not run (a feature loss needs it to run: the config
+          check forbids caching then).
         - ``x_student`` [B, C, H, W], last: the student's view of ``x`` with the photometric
           augmentation (noise / corruption, robust KD option (a)); absent, the student sees ``x``.
 
-        Adversarial losses (ARD, RSLAD) craft their inputs around the student's view inside
-        ``adversarial_step``; their soft labels are still the teacher's logits on the clean ``x``.
+        Losses with ``student_step`` (ARD, RSLAD, AugMix-style KD) build their inputs around the
+        student's view themselves; their soft labels are still the teacher's logits on the clean ``x``.
         """
         x, y, *rest = batch
         x_student = rest.pop() if rest and rest[-1].shape == x.shape else x
         assert len(rest) <= 1, f"a KD batch is (x, y[, teacher_logits][, x_student]), got {len(batch)} items"
-        t = self.teacher_forward(x) if not rest else rest[0].detach()
-        if hasattr(self.kd_loss, "adversarial_step"):
-            return self.kd_loss.adversarial_step(model, x_student, y, t)
-        s = model(x_student)
-        return self.kd_loss(s, t, y), s
+        loss_fn = self.kd_loss
+        loss_fn.before_step(unwrap(model))
+        if rest and not loss_fn.teacher_layers:
+            t, t_feats = rest[0].detach(), {}
+        else:
+            t, t_feats = self._teacher(x)
+        if hasattr(loss_fn, "student_step"):
+            return loss_fn.student_step(model, x_student, y, t)
+        if not loss_fn.student_layers:
+            s = model(x_student)
+            return loss_fn(s, t, y), s
+        with tap_features(unwrap(model), loss_fn.student_layers) as s_feats:
+            s = model(x_student)
+        return loss_fn(s, t, y, student_features=s_feats, teacher_features=t_feats), s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The student's logits (what is trained, evaluated and exported)."""

@@ -6,41 +6,59 @@ from typing import Any
 import torch
 
 from ..data.loader import BatchLoader
-from ..losses import Distiller
-from ..train.distributed import rank_and_world
+from ..train.distributed import gather_strided, init_distributed, rank_and_world
 from ..models import build_student
 from .base import StageContext, StageResult
-from .common import begin_training_stage, config_meta, load_teacher, save_weights, train_and_score
+from .common import begin_training_stage, config_meta, save_weights, train_and_score
+from .kd_setup import build_distiller, kd_loss_for, kd_teacher
 
 
 @torch.inference_mode()
 def teacher_logits_for(teacher: torch.nn.Module, loader: Any, device: torch.device) -> torch.Tensor:
-    """Teacher logits for every training image in loader order (unshuffled, unaugmented)."""
+    """Teacher logits (float32, on ``device``) for every image ``loader`` yields, in loader order."""
     teacher.eval()
-    outs = [teacher(batch[0].to(device)).float().cpu() for batch in loader]
+    outs = [teacher(batch[0].to(device, non_blocking=True)).float() for batch in loader]
     return torch.cat(outs)
+
+
+def cached_teacher_logits(teacher: torch.nn.Module, split: Any, batch_size: int, seed: int,
+                          device: torch.device) -> torch.Tensor:
+    """The teacher's logits for the whole (unaugmented) ``split``, on ``device``, on every rank.
+
+    Under torchrun each rank runs the teacher on its own strided shard (rows ``rank::world``) and the
+    shards are all-gathered, so N ranks share the one teacher pass instead of each repeating it.
+    """
+    init_distributed(device)  # idempotent; the pipeline has normally joined the group already
+    rank, world = rank_and_world()
+    shard = BatchLoader(split, batch_size, shuffle=False, augment=None, seed=seed, rank=rank, world_size=world,
+                        drop_last=False, device=device)
+    local = teacher_logits_for(teacher, shard, device)
+    return gather_strided(local.clone(), len(split))  # clone: an inference tensor cannot be all-gathered into
 
 
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.cfg
     device = begin_training_stage(ctx)
-    teacher = load_teacher(ctx, device)
+    kd_loss = kd_loss_for(ctx)
+    teacher = kd_teacher(ctx, device, kd_loss)  # before the student is built: its init follows the seed as before
     student = build_student(cfg.student, ctx.dataset()).to(device)
-    distiller = Distiller.from_config(student, teacher, cfg.distill)
+    distiller = build_distiller(ctx, student, teacher, kd_loss, device)
     train_loader = None
     if cfg.distill.cache_teacher_logits:
         # Inputs are fixed (validated: no augmentation), so one teacher pass serves every epoch.
+        # The logits stay on the training device, next to the images the loader holds there.
         bundle = ctx.dataset()
         rank, world = rank_and_world()
-        plain = BatchLoader(bundle.train, cfg.data.eval_batch_size, shuffle=False, augment=None, seed=cfg.seed)
-        cached = teacher_logits_for(teacher, plain, device)
+        cached = cached_teacher_logits(distiller.teacher, bundle.train, cfg.data.eval_batch_size, cfg.seed, device)
         train_loader = BatchLoader(bundle.train, cfg.data.batch_size, shuffle=True, augment=None, seed=cfg.seed,
-                                   rank=rank, world_size=world, extras=[cached])
+                                   rank=rank, world_size=world, extras=[cached], device=device)
         ctx.log(f"[edgekd] distill: cached teacher logits for {len(cached)} images")
     metrics = train_and_score(
         ctx, "distill", student, distiller.step, cfg.distill.train,
         photometric="student", train_loader=train_loader,
+        hooks=(distiller.epoch_hook(cfg.distill.train.epochs),), aux=distiller.kd_loss,
     )
+    metrics.update(distiller.kd_loss.metrics())
     metrics.update(loss=cfg.distill.loss, temperature=cfg.distill.temperature, alpha=cfg.distill.alpha,
                    parameters=sum(p.numel() for p in student.parameters()))
     path = save_weights(student, ctx.stage_dir("distill") / "student_fp32.pt", config_meta(cfg, "distill", ctx))

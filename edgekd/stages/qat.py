@@ -6,10 +6,10 @@ that the INT8 ONNX file carries unchanged.
 """
 from __future__ import annotations
 
-from ..losses import Distiller
 from ..quant import freeze_observers, prepare_qat
 from .base import StageContext, StageResult
-from .common import begin_training_stage, config_meta, device_of, load_student, load_teacher, loaders, save_weights, train_and_score
+from .common import begin_training_stage, config_meta, device_of, load_student, loaders, save_weights, train_and_score
+from .kd_setup import build_distiller, kd_loss_for, kd_teacher
 
 
 def build_qat_student(ctx: StageContext, calibrate: bool, device=None):
@@ -34,9 +34,12 @@ def load_qat_student(ctx: StageContext, device):
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.cfg
     device = begin_training_stage(ctx)
-    teacher = load_teacher(ctx, device)
+    # the distill stage's KD method (ARD/RSLAD too: their INT8 student is what the check stage measures);
+    # a feature loss's adapters start afresh here (they are not saved by the distill stage)
+    kd_loss = kd_loss_for(ctx)
+    teacher = kd_teacher(ctx, device, kd_loss)
     qmodel = build_qat_student(ctx, calibrate=True)
-    distiller = Distiller.from_config(qmodel, teacher, cfg.distill)
+    distiller = build_distiller(ctx, qmodel, teacher, kd_loss, device)
     freeze_at = cfg.qat.freeze_observers_epoch
 
     def observer_schedule(epoch: int, model) -> None:
@@ -47,8 +50,10 @@ def run(ctx: StageContext) -> StageResult:
         freeze_observers(qmodel)  # never train past the point where scales must be final
     metrics = train_and_score(
         ctx, "qat", qmodel, distiller.step, cfg.qat.train,
-        hooks=(observer_schedule,), photometric="student",
+        hooks=(observer_schedule, distiller.epoch_hook(cfg.qat.train.epochs)), photometric="student",
+        aux=distiller.kd_loss,
     )
+    metrics.update(distiller.kd_loss.metrics())
     freeze_observers(qmodel)
     metrics["freeze_observers_epoch"] = freeze_at
     path = save_weights(qmodel, ctx.stage_dir("qat") / "student_qat.pt", config_meta(cfg, "qat", ctx))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from .distributed import (
     init_distributed,
     resolve_amp,
     resolve_channels_last,
+    resolve_compile,
     resolve_device,
     seed_everything,
     wrap_ddp,
@@ -37,10 +37,11 @@ from .distributed import (
 from ..errors import CheckpointError, ConfigError, EdgekdError
 from ..faults import fault_point
 from ..io import append_jsonl, atomic_write_text
+from ..progress import enabled as progress_enabled, is_quiet
 from .optim import build_optimizer, build_schedule
 
 __all__ = ["FitResult", "Precision", "evaluate", "fit", "make_criterion", "resolve_amp", "resolve_channels_last",
-           "resolve_device", "seed_everything"]
+           "resolve_device", "seed_everything", "to_device", "train_step"]
 
 StepFn = Callable[[torch.nn.Module, tuple], tuple[torch.Tensor, "torch.Tensor | None"]]
 Hook = Callable[[int, torch.nn.Module], None]
@@ -63,7 +64,8 @@ def make_criterion(cfg: TrainConfig) -> torch.nn.Module:
     return torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
 
-def _to_device(batch: Sequence[Any], device: torch.device, channels_last: bool) -> tuple:
+def to_device(batch: Sequence[Any], device: torch.device, channels_last: bool) -> tuple:
+    """The batch's tensors on ``device`` (non_blocking; a no-op for a loader already there), 4-D floats channels_last."""
     out = []
     for t in batch:
         if isinstance(t, torch.Tensor):
@@ -96,7 +98,7 @@ def evaluate(
     try:
         with torch.inference_mode():
             for batch in loader:
-                x, y = _to_device(batch[:2], device, channels_last)
+                x, y = to_device(batch[:2], device, channels_last)
                 with precision.autocast(device):
                     logits = model(x)
                 logits = logits.float()
@@ -113,7 +115,7 @@ def evaluate(
 
 
 def _progress_enabled(is_main: bool) -> bool:
-    return is_main and os.environ.get("EDGEKD_PROGRESS", "1") != "0" and sys.stderr.isatty()
+    return is_main and progress_enabled()  # a terminal, not --quiet (edgekd.progress)
 
 
 def _log(message: str) -> None:
@@ -133,13 +135,15 @@ class _State:
 
 
 def _resume(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
-            meta: dict[str, Any], rank: int, world: int) -> _State:
+            meta: dict[str, Any], rank: int, world: int, aux: torch.nn.Module | None = None) -> _State:
     """Load ``path`` into model/optimizer/scaler/RNG; raise CheckpointError when it does not belong here."""
     ckpt = load_training_checkpoint(path)
     check_meta(path, ckpt.get("meta", {}), meta)
     check_fits(model, ckpt["model"], f"checkpoint {path}", resume_fix(path))
     try:
         model.load_state_dict(ckpt["model"])
+        if aux is not None:
+            aux.load_state_dict(ckpt.get("aux", {}))
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
@@ -184,7 +188,9 @@ def fit(
     desc: str = "train",
     eval_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     meta: dict[str, Any] | None = None,
-    deterministic: bool = True,
+    deterministic: bool | str = True,
+    on_epoch: Sequence[Callable[[dict[str, Any]], None]] = (),
+    aux: torch.nn.Module | None = None,
 ) -> FitResult:
     """Train ``model`` for ``cfg.epochs`` epochs and return the best-on-validation state.
 
@@ -196,8 +202,15 @@ def fit(
       (e.g. the config fingerprint); ``resume`` continues from it, bit-exactly on CPU, and refuses a
       checkpoint from another config or model (CheckpointError). ``work_dir/metrics.jsonl`` gets
       one line per epoch.
+    - ``on_epoch``: ``callback(record)`` on rank 0 after each epoch, with the record ``metrics.jsonl``
+      gets (TensorBoard: :mod:`edgekd.train.logging_hooks`).
+    - ``aux``: a module trained beside ``model`` but not part of it (a KD loss's adapters or learned
+      temperature): optimized with it, checkpointed and resumed with it, never in ``best_state``.
     - On return ``model`` holds the last epoch's weights; load ``result.best_state`` for the best.
-    - ``deterministic`` (default on) picks reproducible kernels; see :func:`seed_everything`.
+    - ``deterministic`` (default on; or a switch ``auto`` | ``on`` | ``off``) picks reproducible kernels;
+      see :func:`seed_everything` and :func:`~edgekd.train.distributed.resolve_deterministic`.
+    - ``cfg.compile`` wraps the (DDP) training model in ``torch.compile`` (fixed shapes: the train
+      loader drops the last partial batch); evaluation and checkpoints use the plain ``model``.
     """
     t_start = time.perf_counter()
     work_dir = Path(work_dir)
@@ -215,7 +228,10 @@ def fit(
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg)
+    if aux is not None:
+        aux.to(device)
+    # aux (a KD loss's adapters / learned temperature) trains with the model but is never part of it
+    optimizer = build_optimizer(model if aux is None else torch.nn.ModuleList([model, aux]), cfg, device)
     schedule = build_schedule(cfg, steps_per_epoch)
     precision = resolve_amp(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type) if precision.scaler else None
@@ -225,7 +241,7 @@ def fit(
     ckpt_path = work_dir / CHECKPOINT_NAME
     state = _State()
     if resume and ckpt_path.exists():
-        state = _resume(ckpt_path, model, optimizer, scaler, full_meta, dctx.rank, dctx.world_size)
+        state = _resume(ckpt_path, model, optimizer, scaler, full_meta, dctx.rank, dctx.world_size, aux)
         if dctx.is_main:
             _log(f"[edgekd] {desc}: resumed from {ckpt_path} at epoch {state.epoch}/{cfg.epochs}")
     elif resume and dctx.is_main:
@@ -233,6 +249,13 @@ def fit(
     if dctx.is_main:
         _prepare_work_dir(work_dir, resume, state.history)
     ddp_model = wrap_ddp(model, device)
+    if aux is not None and dctx.world_size > 1:
+        _average_gradients_over_ranks(aux)  # DDP averages the model's gradients; aux's need the same
+    if resolve_compile(cfg.compile, device):
+        # compiled around DDP, so its optimizer splits graphs at bucket boundaries (overlapping all-reduce)
+        ddp_model = torch.compile(ddp_model, dynamic=False)
+        if dctx.is_main:
+            _log(f"[edgekd] {desc}: torch.compile on ({device.type}); the first steps include compilation")
 
     for epoch in range(state.epoch, cfg.epochs):
         for hook in hooks:
@@ -252,6 +275,7 @@ def fit(
         if dctx.is_main:
             save_checkpoint(ckpt_path, {
                 "model": cpu_state(model), "optimizer": optimizer.state_dict(),
+                "aux": cpu_state(aux) if aux is not None else {},
                 "scheduler": {"kind": schedule.kind, "step": state.global_step, "total_steps": schedule.total_steps},
                 "scaler": scaler.state_dict() if scaler is not None else {},
                 "epoch": epoch, "global_step": state.global_step, "best_state": state.best_state,
@@ -259,6 +283,8 @@ def fit(
                 "rng": rngs, "meta": full_meta,
             })
             append_jsonl(work_dir / METRICS_NAME, record)
+            for callback in on_epoch:
+                callback(record)
             _log(f"[edgekd] {desc} epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f} "
                  f"train {record['train_acc']:.4f} val {record['val_accuracy']:.4f} "
                  f"({record['images_per_second']:.0f} img/s)")
@@ -289,12 +315,9 @@ def _train_epoch(model, step_fn, loader, optimizer, schedule, scaler, precision,
         for i, batch in enumerate(loader):
             if i >= steps:
                 break
-            batch = _to_device(batch, device, channels_last)
+            batch = to_device(batch, device, channels_last)
             lr = schedule.apply(optimizer, state.global_step)
-            with precision.autocast(device):
-                loss, logits = step_fn(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            _backward_step(loss, optimizer, scaler, cfg.grad_clip, model)
+            loss, logits = train_step(model, step_fn, batch, optimizer, scaler, precision, device, cfg.grad_clip)
             n = int(batch[1].shape[0])
             finite = torch.isfinite(loss.detach())
             loss_sum += torch.where(finite, loss.detach().double(), 0.0) * n
@@ -309,7 +332,7 @@ def _train_epoch(model, step_fn, loader, optimizer, schedule, scaler, precision,
                 _check_finite(bad, i + 1, scaler, desc, epoch)
                 if bar is not None:
                     bar.set_postfix(loss=f"{float(loss_sum) / max(seen, 1):.4f}", lr=f"{lr:.2e}")
-                elif is_main and os.environ.get("EDGEKD_PROGRESS", "1") != "0" and i + 1 < steps:
+                elif is_main and not is_quiet() and i + 1 < steps:
                     _log(f"[edgekd] {desc} epoch {epoch + 1} step {i + 1}/{steps} "
                          f"loss {float(loss_sum) / max(seen, 1):.4f} lr {lr:.2e}")
             if bar is not None:
@@ -327,6 +350,34 @@ def _train_epoch(model, step_fn, loader, optimizer, schedule, scaler, precision,
         "train_acc": tot_correct / tot_acc_seen if tot_acc_seen else float("nan"),
         "lr": lr, "seconds": seconds, "images_per_second": tot_seen / max(seconds, 1e-9), "steps": state.global_step,
     }
+
+
+def _average_gradients_over_ranks(module: torch.nn.Module) -> None:
+    """Hook ``module``'s trainable parameters so each gradient is averaged over the DDP ranks once accumulated."""
+    import torch.distributed as dist
+
+    def average(p: torch.Tensor) -> None:
+        dist.all_reduce(p.grad)
+        p.grad.div_(dist.get_world_size())
+
+    for p in module.parameters():
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(average)
+
+
+def train_step(model: torch.nn.Module, step_fn: StepFn, batch: tuple, optimizer: torch.optim.Optimizer, scaler: Any,
+               precision: Precision, device: torch.device, grad_clip: float | None = None
+               ) -> tuple[torch.Tensor, "torch.Tensor | None"]:
+    """One optimizer step on a batch already on ``device``: forward under autocast, backward, (clip), update.
+
+    The engine's inner step, public so that benchmarks/throughput.py times exactly what training runs.
+    Returns ``step_fn``'s ``(loss, logits)``; nothing here waits for the device.
+    """
+    with precision.autocast(device):
+        loss, logits = step_fn(model, batch)
+    optimizer.zero_grad(set_to_none=True)
+    _backward_step(loss, optimizer, scaler, grad_clip, model)
+    return loss, logits
 
 
 def _backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: Any, grad_clip: float | None,

@@ -1,0 +1,67 @@
+"""What the distill and QAT stages share to set up KD: the teacher(s) and the ``Distiller``.
+
+- The teacher is the run's own (teacher stage), plus, for ``distill.loss: multi_teacher``, the extra
+  teachers of ``distill.teachers``, each a registered architecture with weights from a file or from
+  an earlier run's teacher stage (its run folder), run side by side (``TeacherEnsemble``).
+- A self-distilling loss (``self_distill``) reads no teacher: it makes its own from the student.
+- The loss is bound to the models with a few real training images, so a feature loss can probe
+  layer shapes (adapters, default layer pairs).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+from ..losses import KD_LOSSES, Distiller, KDLoss
+from ..losses.multi_teacher import TeacherEnsemble
+from ..manifest import Manifest
+from ..models import build_teacher
+from ..pixels import to_float
+from .base import StageContext
+from .common import load_teacher
+
+SAMPLE_IMAGES = 2  # probe batch for binding feature losses (eval mode: no statistics move)
+
+
+def kd_loss_for(ctx: StageContext) -> KDLoss:
+    """The configured KD loss (``distill.loss``), built from the distill config."""
+    return KD_LOSSES.get(ctx.cfg.distill.loss)(ctx.cfg.distill)
+
+
+def extra_teacher_weights(spec: ModelConfig, key: str) -> Path:
+    """The weights file of an extra teacher: the file itself, or the teacher artifact of a run folder."""
+    path = Path(str(spec.weights)).expanduser()
+    if path.is_dir():
+        return Manifest.load(path).artifact("teacher", "weights")
+    if not path.is_file():
+        raise ConfigError(f"{key}.weights {path} does not exist",
+                          "give a weights file, or the folder of a run whose teacher stage trained this teacher")
+    return path
+
+
+def kd_teacher(ctx: StageContext, device: torch.device, kd_loss: KDLoss) -> Optional[torch.nn.Module]:
+    """The teacher the loss learns from: None (self-distillation), the run's teacher, or an ensemble."""
+    if kd_loss.self_teacher:
+        return None
+    teacher = load_teacher(ctx, device)
+    extras = []
+    for i, spec in enumerate(ctx.cfg.distill.teachers):
+        weights = extra_teacher_weights(spec, f"distill.teachers[{i}]")
+        extras.append(build_teacher(replace(spec, weights=str(weights)), ctx.dataset()).to(device).eval())
+    return TeacherEnsemble([teacher, *extras]).eval() if extras else teacher
+
+
+def sample_images(ctx: StageContext, device: torch.device, n: int = SAMPLE_IMAGES) -> torch.Tensor:
+    """The first ``n`` training images as float [0, 1] on ``device``."""
+    return to_float(torch.from_numpy(ctx.dataset().train.images[:n])).to(device)
+
+
+def build_distiller(ctx: StageContext, student: torch.nn.Module, teacher: Optional[torch.nn.Module],
+                    kd_loss: KDLoss, device: torch.device) -> Distiller:
+    """The Distiller of ``student`` and ``teacher`` (from :func:`kd_teacher`) with ``kd_loss``, bound to both."""
+    return Distiller(student, teacher, kd_loss, sample=sample_images(ctx, device))
