@@ -65,11 +65,49 @@ examples:
   edgekd doctor export/fashion_mnist           the run's INT8 model, timed against its fp32 model
   edgekd doctor model.int8.onnx                any ONNX file (no timing)"""
 
+SENSITIVITY_EPILOG = """\
+examples:
+  edgekd sensitivity export/fashion_mnist      every quantized layer: accuracy quantized alone / kept float alone
+  edgekd sensitivity export/fashion_mnist --images 500 --threads 1 --top 10
+
+Writes sensitivity.json into the run folder (recorded in manifest.json with its sha256) and prints
+the top offenders; qat.keep_float / qat.keep_float_most_sensitive keep such layers in float."""
+
+DIVERGENCE_EPILOG = """\
+examples:
+  edgekd divergence export/fashion_mnist       the INT8 file vs the QAT model, int8 kernels as fused
+  edgekd divergence export/fashion_mnist --model fp32 --images 8
+
+Compares layer by layer at the onnxruntime optimization level the check stage uses ('all') and
+names the first layer whose relative error exceeds --threshold."""
+
 REPORT_EPILOG = """\
 examples:
   edgekd report export/fashion_mnist           rewrites report.md, report.html and plots/
 
 The recorded models are verified against their sha256 first: a changed file is an error (exit 2)."""
+
+COMPARE_EPILOG = """\
+examples:
+  edgekd compare export/baseline export/candidate                 markdown table of B - A to stdout
+  edgekd compare export/baseline export/candidate --out compare.md --model student_int8
+  edgekd report export/candidate --compare export/baseline         the same deltas as a report section
+
+Reads the two manifests' check metrics (a run folder or its manifest.json; no model is run): accuracy,
+size, latency (median ms per batch/threads) and robustness (corruption, adversarial, ECE, OOD AUROC).
+
+exit codes: 0 compared, 2 a run is missing, has no check metrics, or --out cannot be written,
+3 internal error."""
+
+STATS_EPILOG = """\
+examples:
+  edgekd stats /path/to/images                      classes, image counts, size, mean/std per channel
+  edgekd stats /path/to/images --json stats.json    also write them as JSON
+  edgekd stats /path/to/images --on-corrupt skip    leave unreadable images out (listed in a warning)
+
+Reads the folder exactly as a run with data.dataset: image_folder would (root/<class>/<image> or
+root/train/ + root/test/; see docs/own-data.md). exit codes: 0 done, 2 a missing folder, an unreadable
+image (with --on-corrupt fail) or an unwritable --json path, 3 internal error."""
 
 TUNE_EPILOG = """\
 examples:
@@ -127,8 +165,35 @@ def build_parser() -> argparse.ArgumentParser:
     d = _sub(sub, "doctor", "explain why INT8 is (or is not) faster for a run or an ONNX file", DOCTOR_EPILOG)
     d.add_argument("target", help="a run folder or an .onnx file")
     d.add_argument("--provider", default="CPUExecutionProvider", help="onnxruntime execution provider")
+    s = _sub(sub, "sensitivity", "rank a run's quantized layers by the accuracy their int8 form costs",
+             SENSITIVITY_EPILOG)
+    s.add_argument("run_dir", help="a run folder written by 'edgekd run' (export stage finished)")
+    s.add_argument("--images", type=int, default=2000, help="test images to score each variant on (default 2000)")
+    s.add_argument("--threads", type=int, default=0, help="onnxruntime threads (default 0 = all cores)")
+    s.add_argument("--top", type=int, default=5, help="offenders to print (default 5)")
+    v = _sub(sub, "divergence", "name the first layer where a run's ONNX file departs from its torch model",
+             DIVERGENCE_EPILOG)
+    v.add_argument("run_dir", help="a run folder written by 'edgekd run' (export stage finished)")
+    v.add_argument("--model", default="int8", help="int8 (vs the QAT model, default) or fp32 (vs the student)")
+    v.add_argument("--images", type=int, default=32, help="test images to compare on (default 32)")
+    v.add_argument("--threshold", type=float, default=0.05, help="relative L2 error that counts as diverging")
+    v.add_argument("--optimization", default="all", help="onnxruntime graph optimization level (default all)")
     r = _sub(sub, "report", "render report.md and report.html for a run folder again", REPORT_EPILOG)
     r.add_argument("run_dir", help="a run folder written by 'edgekd run'")
+    r.add_argument("--compare", metavar="BASELINE_RUN",
+                   help="add a section comparing this run (B) with BASELINE_RUN (A): see 'edgekd compare'")
+    c = _sub(sub, "compare", "show accuracy, robustness, size and latency deltas between two runs", COMPARE_EPILOG)
+    c.add_argument("run_a", help="run A, the reference: a run folder or its manifest.json")
+    c.add_argument("run_b", help="run B, compared with A (deltas are B - A)")
+    c.add_argument("--model", action="append", metavar="NAME",
+                   help="compare only this model (teacher, student_fp32, student_int8; repeatable; default all)")
+    c.add_argument("--out", help="also write the markdown to this file")
+    st = _sub(sub, "stats", "show an image folder's class balance, image size and per-channel mean/std", STATS_EPILOG)
+    st.add_argument("root", help="an image folder: root/<class>/<image>, or root/train/ and root/test/")
+    st.add_argument("--json", metavar="PATH", help="also write the statistics to this JSON file")
+    st.add_argument("--on-corrupt", choices=("fail", "skip"), default="fail",
+                    help="an unreadable image: stop naming it (fail, default) or leave it out with a warning (skip)")
+    st.add_argument("--image-size", type=int, help="resize to this square size first (default: the native size)")
     t = _sub(sub, "tune", "search KD method, temperature, alpha, student width and teacher (Optuna)", TUNE_EPILOG)
     t.add_argument("--config", "-c", help="YAML config whose tune: section sets the search space (default: fashion_mnist)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -170,8 +235,28 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .deploy.report import render_report
 
-    md, html = render_report(args.run_dir)
+    md, html = render_report(args.run_dir, compare_to=args.compare)
     print(f"report: {md}\nreport: {html}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .deploy.compare import compare_runs, to_markdown, write_markdown
+
+    cmp = compare_runs(args.run_a, args.run_b, args.model)
+    if args.out:
+        write_markdown(cmp, args.out)  # before printing: a failed write never follows printed output
+    print(to_markdown(cmp), end="")
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from .data.stats import folder_stats, format_stats, write_stats
+
+    stats = folder_stats(args.root, on_corrupt=args.on_corrupt, image_size=args.image_size)
+    if args.json:
+        write_stats(stats, args.json)  # before printing: a failed write never follows printed output
+    print(format_stats(stats))
     return 0
 
 
@@ -180,6 +265,28 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     result = tune(args.config, args.trials, out=args.out, overrides=args.overrides)
     print(f"tune folder: {result.tune_dir}\nchosen config: {result.chosen_yaml}\nreport: {result.report_md}")
+    return 0
+
+
+def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    from .deploy.sensitivity import format_sensitivity, run_sensitivity
+
+    if args.top < 1:
+        from .errors import ConfigError
+
+        raise ConfigError(f"--top must be >= 1, got {args.top}", "pass a positive number of layers to print")
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - progress on stderr
+    result = run_sensitivity(args.run_dir, images=args.images, threads=args.threads, log=log)
+    print(format_sensitivity(result, args.top))
+    print(f"sensitivity: {Path(args.run_dir) / 'sensitivity.json'}")
+    return 0
+
+
+def _cmd_divergence(args: argparse.Namespace) -> int:
+    from .stages.inspect import format_divergence, run_divergence
+
+    print(format_divergence(run_divergence(args.run_dir, model=args.model, images=args.images,
+                                           threshold=args.threshold, optimization=args.optimization)))
     return 0
 
 
@@ -196,7 +303,8 @@ def _command(args: argparse.Namespace) -> Callable[[], int]:
         return lambda: _cmd_run(args, stages)
     if args.command in BY_NAME and BY_NAME[args.command].command:
         return lambda: _cmd_run(args, [args.command])
-    handler = {"gate": _cmd_gate, "doctor": _cmd_doctor, "report": _cmd_report, "tune": _cmd_tune}[args.command]
+    handler = {"gate": _cmd_gate, "doctor": _cmd_doctor, "report": _cmd_report, "tune": _cmd_tune, "compare": _cmd_compare,
+               "sensitivity": _cmd_sensitivity, "divergence": _cmd_divergence, "stats": _cmd_stats}[args.command]
     return lambda: handler(args)
 
 

@@ -37,13 +37,38 @@ def _run_section(data: dict[str, Any]) -> Section:
     return Section("Run", [Paragraph("; ".join(facts + [f"stages recorded: {stages}"]) + ".")])
 
 
-def build_document(run_dir: str | Path) -> Document:
-    """Read the run's manifest, draw the plots, and assemble the report's sections."""
+def _tune_sections(data: dict[str, Any], plots_dir: Path, notes: list[str]) -> list[Section]:
+    """The Pareto front of the ``edgekd tune`` folder this run's config came from (``tune.source``), if any."""
+    from ...errors import ArtifactError
+    from .tune_report import load_summary, tune_sections
+
+    source = ((data.get("config") or {}).get("tune") or {}).get("source")
+    if not source:
+        return []
+    try:
+        return tune_sections(load_summary(source), plots_dir)
+    except ArtifactError as e:  # the tune folder is optional context: say why the section is missing
+        notes.append(f"This config came from edgekd tune in {source}, but its summary cannot be read ({e.problem}): "
+                     "tuning sections omitted.")
+        return []
+
+
+def build_document(run_dir: str | Path, compare_to: str | Path | None = None) -> Document:
+    """Read the run's manifest, draw the plots, and assemble the report's sections.
+
+    ``compare_to``: another run (folder or manifest.json); a section of deltas, this run minus that
+    one (edgekd.deploy.compare), follows the run facts.
+    """
     manifest = Manifest.load(run_dir)  # ArtifactError when the folder or manifest is missing or malformed
     verify_models(manifest)
     data = manifest.data
     check = (data["stages"].get("check") or {}).get("metrics") or {}
     sections = [_run_section(data)]
+    if compare_to is not None:
+        from ..compare import compare_runs, comparison_section  # compare builds on this package's doc model
+
+        sections.append(comparison_section(compare_runs(compare_to, manifest.run_dir),
+                                           f"Compared with {compare_to}"))
     notes: list[str] = []
     if check.get("models"):
         plots, plot_note = make_plots(check, manifest.run_dir / "plots")
@@ -69,6 +94,7 @@ def build_document(run_dir: str | Path) -> Document:
     if gate is None:
         notes.append("No gate verdict recorded (run 'edgekd gate RUN_DIR').")
     tail = [gate, student_section(data), stages_section(data), environment_section(data)]
+    sections += _tune_sections(data, manifest.run_dir / "plots", notes)
     sections += [s for s in tail if s is not None]
     if notes:
         sections.append(Section("Notes", [Paragraph(n) for n in notes]))
@@ -76,9 +102,12 @@ def build_document(run_dir: str | Path) -> Document:
     return Document(title=title, sections=sections, run_dir=manifest.run_dir)
 
 
-def render_report(run_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``report.html`` (atomically) and ``plots/*.png`` into the run folder."""
-    doc = build_document(run_dir)
+def render_report(run_dir: str | Path, compare_to: str | Path | None = None) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` (atomically) and ``plots/*.png`` into the run folder.
+
+    ``compare_to`` adds a comparison with that run (see :func:`build_document`).
+    """
+    doc = build_document(run_dir, compare_to)
     md = atomic_write_text(doc.run_dir / "report.md", render_md(doc))
     html = atomic_write_text(doc.run_dir / "report.html", render_html(doc))
     return md, html
