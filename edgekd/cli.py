@@ -222,13 +222,14 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     from .manifest import Manifest
 
     target = Path(args.target)
-    fp32 = None
+    fp32, check = None, None
     # a file is an ONNX model; anything else is a run folder (a missing one is named as such)
     if not target.is_file() and not (target.suffix == ".onnx" and not target.exists()):
         m = Manifest.load(target)
         fp32 = m.artifact("export", "student_fp32")
         target = m.artifact("export", "student_int8")
-    print(format_diagnosis(diagnose(target, provider=args.provider, fp32_path=fp32)))
+        check = m.metrics("check") or None  # the measured latency table leads the verdict
+    print(format_diagnosis(diagnose(target, provider=args.provider, fp32_path=fp32, check=check)))
     return 0
 
 

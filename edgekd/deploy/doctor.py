@@ -19,6 +19,9 @@ import onnx
 
 from ..environment import cpu_info
 from ..errors import report_error
+from ..hardware import detect_cpu_features, int8_support
+from .doctor_latency import (float_ops, float_ops_text, latency_table, measured_verdict, profile_overhead,
+                             runtime_float_nodes, setting_text)
 from .onnx_io import constants, load_model, producers
 from .runtime import make_session, measure_latency
 
@@ -152,6 +155,7 @@ def analyze(path: Path, provider: str) -> dict[str, Any]:
                           "float": sum(1 for f in float_ops if f["family"] == fam)} for fam in sorted(families_src)},
         "float_compute": float_ops,
         "float_elementwise": {op: c for op, c in ext_ops.items() if op in FLOAT_ONLY},
+        "runtime_float": runtime_float_nodes(full, float_ops),  # what stays float and why (doctor_latency)
         "types": _quant_types(src),
         "io": {"inputs": [i.name for i in src.graph.input if i.name not in {t.name for t in src.graph.initializer}],
                "outputs": [o.name for o in src.graph.output]},
@@ -219,15 +223,8 @@ def rule_weights_stored_float(d: dict[str, Any]) -> Finding | None:
 def rule_isa(d: dict[str, Any]) -> Finding | None:
     if not is_quantized(d):
         return None
-    isa = d["cpu"]["isa"]
-    if isa.get("avx512_vnni") or isa.get("avx_vnni"):
-        amx = " It also has AMX (amx_int8)." if isa.get("amx_int8") else ""
-        kind = "AVX-512 VNNI" if isa.get("avx512_vnni") else "AVX-VNNI"
-        return {"level": "ok", "text": f"The CPU has {kind}: int8 dot products are single instructions.{amx}"}
-    if isa.get("avx2"):
-        return {"level": "warn", "text": "The CPU lacks VNNI: int8 dot products are emulated with AVX2 "
-                "(pmaddubsw + pmaddwd), still faster than fp32 but by less."}
-    return {"level": "warn", "text": "The CPU reports neither AVX2 nor VNNI: int8 kernels may not beat fp32 here."}
+    int8 = d["cpu"]["int8"]  # edgekd.hardware.int8_support: x86 (VNNI, AVX2) and aarch64 (asimddp, i8mm)
+    return {"level": int8["level"], "text": int8["text"]}
 
 
 def rule_tiny(d: dict[str, Any]) -> Finding | None:
@@ -251,8 +248,21 @@ def rule_measured(d: dict[str, Any]) -> Finding | None:
             f"vs fp32 {lat['fp32_ms']:.3f} ms, x{ratio:.2f}."}
 
 
+def rule_latency_table(d: dict[str, Any]) -> Finding | None:
+    table = d.get("latency_table") or []
+    if not table:
+        return None
+    rows = "; ".join(f"{setting_text(r)} x{r['ratio']:.2f}" for r in table)
+    slow = [r for r in table if r["ratio"] > 1.0]
+    return {"level": "warn" if slow else "ok", "text": f"INT8/FP32 median latency in the check stage: {rows}."}
+
+
+def rule_float_ops(d: dict[str, Any]) -> Finding | None:
+    return {"level": "info", "text": float_ops_text(d)} if is_quantized(d) else None
+
+
 RULES: list[Rule] = [rule_float_compute, rule_float_elementwise, rule_leftover_qdq, rule_weights_stored_float,
-                     rule_isa, rule_tiny, rule_measured]
+                     rule_isa, rule_tiny, rule_measured, rule_latency_table, rule_float_ops]
 
 
 def _family_phrase(d: dict[str, Any]) -> str:
@@ -268,17 +278,15 @@ def verdict(d: dict[str, Any]) -> str:
     if not is_quantized(d):
         return ("This is an FP32 model: no QDQ nodes (QuantizeLinear/DequantizeLinear) and no int8 kernels; "
                 "quantize it first (edgekd qat, then edgekd export writes model.int8.onnx).")
-    isa = d["cpu"]["isa"]
-    cpu = ("the CPU has AVX-512 VNNI" if isa.get("avx512_vnni") else "the CPU has AVX-VNNI" if isa.get("avx_vnni")
-           else "the CPU has AVX2 but no VNNI" if isa.get("avx2") else "the CPU has neither AVX2 nor VNNI")
+    cpu = d["cpu"]["int8"]["phrase"]
     total = sum(c["total"] for c in d["compute"].values())
     n_int8 = sum(c["int8"] for c in d["compute"].values())
     n_float = len(d["float_compute"])
     if total and n_int8 == 0:
         return (f"INT8 will not be faster: onnxruntime ({d['provider']}) fused none of the {total} compute ops into "
                 "int8 kernels, so they run in float between extra quantize/dequantize steps.")
-    if n_float == 0:
-        return f"INT8 should be faster: {_family_phrase(d)}; {cpu}."
+    if n_float == 0:  # a prediction from the graph only: diagnose() puts a measurement first when it has one
+        return f"INT8 can be faster: every compute op is an int8 kernel ({_family_phrase(d)}); {cpu}."
     stayed = "; ".join(
         f"{c['float']} of {c['total']} {fam} stayed float (fed by "
         + ", ".join(sorted({f["input_from"] for f in d["float_compute"] if f["family"] == fam})) + ")"
@@ -290,22 +298,39 @@ def verdict(d: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- public API
 
 def diagnose(onnx_path: str | Path, provider: str = "CPUExecutionProvider",
-             fp32_path: str | Path | None = None) -> dict[str, Any]:
+             fp32_path: str | Path | None = None, check: dict[str, Any] | None = None) -> dict[str, Any]:
     """Explain an ONNX model's INT8 status; with ``fp32_path`` also time both at batch 1, 1 thread.
 
-    Returns a JSON-ready dict: graph facts (see ``analyze``), ``cpu``, optional ``latency``,
-    ``findings`` (list of {"level", "text"}) and ``verdict`` (one sentence).
+    ``check`` is the run's ``stages.check.metrics``: its INT8-vs-FP32 latency table (every batch/thread
+    setting) and INT8 profile lead the verdict; where INT8 was slower it names the setting, the likely
+    causes and what to do (``edgekd.deploy.doctor_latency``). Returns a JSON-ready dict: graph facts
+    (see ``analyze``), ``cpu``, optional ``latency`` and ``latency_table``, ``float_ops`` (what stays
+    float and why), ``findings`` (list of {"level", "text"}) and ``verdict``.
     """
     path = Path(onnx_path)
     d = analyze(path, provider)
     d["cpu"] = cpu_info()
+    d["cpu"]["int8"] = int8_support(detect_cpu_features().flags, d["cpu"].get("machine", ""))
     if fp32_path is not None:
         fp32 = Path(fp32_path)
         load_model(fp32)  # a clear error for a missing/corrupt reference before timing anything
         d["latency"] = {"batch": 1, "threads": 1, "int8_ms": _median_ms(path, provider),
                         "fp32_ms": _median_ms(fp32, provider), "fp32_model": str(fp32)}
+    d["latency_table"] = latency_table(check) if check else []
+    d["profile_overhead"] = profile_overhead(check) if check else {}
+    source = "the check stage"
+    if not d["latency_table"] and d.get("latency"):
+        lat = d["latency"]
+        d["latency_table"] = [{"batch": 1, "threads": 1, "int8_ms": lat["int8_ms"], "fp32_ms": lat["fp32_ms"],
+                               "ratio": lat["int8_ms"] / lat["fp32_ms"]}]
+        source = "the doctor"
+    d["float_ops"] = float_ops(d) if is_quantized(d) else []
     d["findings"] = [f for rule in RULES if (f := rule(d)) is not None]
-    d["verdict"] = verdict(d)
+    measured = measured_verdict(d, d["latency_table"], source) if is_quantized(d) else None
+    graph = verdict(d)
+    if measured:  # the measurement decides; the graph facts follow as the explanation
+        graph = graph.replace("INT8 can be faster: every", "Graph: every", 1)
+    d["verdict"] = f"{measured} {graph}" if measured else graph
     return d
 
 

@@ -15,6 +15,7 @@ from .call_order import is_weight_layer, record_calls
 from ..deploy.onnx_io import check_onnx_model, initializer_dtypes, op_counts, set_metadata, unique_node_names
 from .qdq import (compact_names, inline_constant_identities, int8_weight_stats, name_weight_layers, postprocess_qdq,
                   verify_scales)
+from .slim import slim_int8
 from .torch_export import INPUT_NAME, OUTPUT_NAME, sample_input, to_onnx
 
 
@@ -68,8 +69,14 @@ def qat_quantizers(qat_model: torch.nn.Module, sample: torch.Tensor) -> tuple[li
     calls = record_calls(qat_model, sample.to(device), lambda m: isinstance(m, ActFakeQuant) or is_weight_layer(m))
     act = [(n, m.scale.detach().cpu().numpy(), m.zero_point.detach().cpu().numpy())
            for n, m, _ in calls if isinstance(m, ActFakeQuant)]
-    weights = [(n, m.w_scale.detach().cpu().numpy()) for n, m, _ in calls if is_weight_layer(m)]
+    weights = [(n, m.w_scale.detach().cpu().numpy()) for n, m, _ in calls if is_weight_layer(m) and hasattr(m, "w_scale")]
     return act, weights
+
+
+def weight_layer_calls(qat_model: torch.nn.Module, sample: torch.Tensor) -> list[tuple[str, bool]]:
+    """(name, quantized) of every Conv/Linear call in order; unquantized = kept float (``qat.keep_float``)."""
+    device = next(qat_model.parameters()).device
+    return [(n, hasattr(m, "w_scale")) for n, m, _ in record_calls(qat_model, sample.to(device), is_weight_layer)]
 
 
 def export_int8(qat_model: torch.nn.Module, path: str | os.PathLike[str],
@@ -90,23 +97,29 @@ def export_int8(qat_model: torch.nn.Module, path: str | os.PathLike[str],
     shape = _shape_of(sample_shape)
     onx = to_onnx(qat_model, sample_shape, opset)
     act, weights = qat_quantizers(qat_model, sample_input(sample_shape))
-    name_weight_layers(onx, [name for name, _ in weights])  # unique by construction (see its docstring)
+    layers = weight_layer_calls(qat_model, sample_input(sample_shape))
+    name_weight_layers(onx, [name for name, _ in layers])  # unique by construction (see its docstring)
+    nodes = [n.name for n in onx.graph.node if n.op_type in ("Conv", "Gemm")]  # named as sensitivity.json names them
+    kept_float = [node for node, (_, quantized) in zip(nodes, layers) if not quantized]
     post = postprocess_qdq(onx)
     n_scales = verify_scales(onx, act, weights)
     stats = int8_weight_stats(onx)
-    if stats["float_weight_initializers"]:
-        raise ArtifactError(f"{stats['float_weight_initializers']} Conv/Gemm still read float weights after quantization",
-                            "every Conv/Linear of the QAT model must be a QConv2d/QLinear; re-run prepare_qat")
+    if stats["float_weight_initializers"] != len(kept_float):
+        raise ArtifactError(f"{stats['float_weight_initializers']} Conv/Gemm read float weights after quantization, "
+                            f"but {len(kept_float)} layers are kept float (qat.keep_float)",
+                            "every other Conv/Linear of the QAT model must be a QConv2d/QLinear; re-run prepare_qat")
+    slimmed = slim_int8(onx)  # exact rewrites (zero points, derived bias scales, redundant Clips): see .slim
     set_metadata(onx, {**default_metadata(shape), "precision": "int8-qdq",
                        "quantization": json.dumps({"weights": "int8 per-channel symmetric",
-                                                   "activations": "uint8 per-tensor affine (QAT, frozen)"}),
+                                                   "activations": "uint8 per-tensor affine (QAT, frozen)",
+                                                   "float_layers": kept_float}),
                        **dict(metadata or {})})
     names_saved = compact_names(onx)
     post["nodes_renamed"] += unique_node_names(onx)  # again after every rewrite: whatever a pass emitted
     out = _save(onx, path)
     return {"path": str(out), "size_bytes": out.stat().st_size, "ops": op_counts(onx),
             "int8_weights": post["int8_weights"], "int32_biases": post["int32_biases"], "scales_verified": n_scales,
-            "name_bytes_saved": names_saved, "nodes_renamed": post["nodes_renamed"],
+            "name_bytes_saved": names_saved, "nodes_renamed": post["nodes_renamed"], "slimmed": slimmed,
             "initializer_dtypes": initializer_dtypes(onx), **stats}
 
 

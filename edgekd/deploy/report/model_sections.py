@@ -130,13 +130,14 @@ def doctor_section(manifest: Manifest, check: dict[str, Any]) -> Section:
             return sec
         from ..doctor import diagnose, format_diagnosis
 
-        d = diagnose(path, provider=check.get("provider", "CPUExecutionProvider"))
+        d = diagnose(path, provider=check.get("provider", "CPUExecutionProvider"), check=check)
     except Exception as e:  # the report must still render; the error is printed in it and on stderr
         print(f"edgekd report: doctor failed: {type(e).__name__}: {e}", file=sys.stderr)
         sec.blocks.append(Paragraph(f"The doctor failed on this run's INT8 model: {type(e).__name__}: {e}"))
         return sec
     sec.blocks.append(Paragraph(f"Verdict: {d['verdict']}"))
-    sec.blocks.append(Paragraph("Graph facts come from the ONNX file; CPU facts from the machine that rendered "
-                                "this report (the run's own CPU is under Environment)."))
+    sec.blocks.append(Paragraph("Latency facts come from this run's check stage; graph facts from the ONNX file; CPU "
+                                "facts from the machine that rendered this report (the run's own CPU is under "
+                                "Environment)."))
     sec.blocks.append(Code(format_diagnosis(d)))
     return sec
