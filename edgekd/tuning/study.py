@@ -58,9 +58,22 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _changed(d: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
+    """The leaves of ``d`` that differ from ``default`` (a new config key at its default changes nothing)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and isinstance(default.get(k), dict):
+            sub = _changed(v, default[k])
+            if sub:
+                out[k] = sub
+        elif k not in default or default[k] != v:
+            out[k] = v
+    return out
+
+
 def _study_key(base: dict[str, Any], space: SearchSpace, latency: LatencySpec) -> str:
     """What a study's trials depend on; a folder holding a study with another key is not continued."""
-    fixed = {k: v for k, v in base.items() if k not in ("name", "out_dir", "tune")}
+    fixed = {k: v for k, v in _changed(base, Config().to_dict()).items() if k not in ("name", "out_dir", "tune")}
     return stable_hash({"config": fixed, "space": space.describe(), "latency": latency.__dict__})
 
 

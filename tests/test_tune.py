@@ -1,0 +1,203 @@
+"""edgekd tune: the real CLI on a tiny config (Optuna study, cached teacher, trial 0 = the config as given,
+Pareto table and plot, chosen.yaml that edgekd run accepts), the Pareto/choice logic, failed and resumed
+trials, and bad inputs (exit 2)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import requires_fashion_mnist
+from helpers import tiny_run_config
+
+import edgekd
+from edgekd.tuning import pareto
+from edgekd.tuning.space import default_params, search_space
+
+optuna = pytest.importorskip("optuna", reason="edgekd tune needs the optional extra: pip install 'edgekd[tune]'")
+
+ROOT = Path(__file__).resolve().parents[1]
+EDGEKD = [sys.executable, "-m", "edgekd"]
+STEPS = {"epochs": 1, "max_steps_per_epoch": 2}
+
+
+def tiny_tune_config(tmp: Path) -> Path:
+    """The seconds-long whole chain, plus a two-method search space at the config's own width."""
+    d = tiny_run_config("tiny", 32, STEPS, STEPS, {**STEPS, "lr": 0.002})
+    d["tune"] = {"methods": ["hinton", "ce"], "student_widths": [0.5], "latency_runs": 5}
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*EDGEKD, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "EDGEKD_PROGRESS": "0", "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+# ------------------------------------------------------------------ the real CLI, end to end
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("tune")
+    config = tiny_tune_config(tmp)
+    proc = cli("tune", "-c", str(config), "--trials", "2", "--out", str(tmp / "tune"))
+    assert proc.returncode == 0, (proc.stderr + proc.stdout)[-4000:]
+    return {"config": config, "dir": tmp / "tune", "tmp": tmp, "proc": proc}
+
+
+@requires_fashion_mnist
+@pytest.mark.slow
+def test_tune_smoke_through_the_cli(tuned: dict[str, Any]) -> None:
+    d: Path = tuned["dir"]
+    summary = json.loads((d / "summary.json").read_text())
+    rows = summary["trials"]
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"], rows
+    # trial 0 is the config as given, enqueued before the sampler chose anything
+    base = edgekd.load_config(tuned["config"])
+    assert rows[0]["default"] is True and summary["default"] == 0
+    assert {k: rows[0][k] for k in default_params(base)} == default_params(base)
+    assert rows[1]["method"] in ("hinton", "ce") and "default" not in rows[1]
+    for r in rows:  # measured numbers, not placeholders: accuracy a fraction of the 64 val images
+        assert 0.0 <= r["val_accuracy"] <= 1.0 and abs(r["val_accuracy"] * 64 - round(r["val_accuracy"] * 64)) < 1e-6
+        assert r["latency_ms"] > 0 and r["size_mb"] > 0
+    # the chosen trial is the most accurate (no budget), so it is never worse than trial 0
+    chosen = rows[summary["chosen"]]
+    assert chosen["val_accuracy"] == max(r["val_accuracy"] for r in rows) >= rows[0]["val_accuracy"]
+    assert summary["pareto"] == [r["number"] for r in pareto.pareto_front(rows)]
+    # the Pareto table lists exactly the front; the plot exists and the report shows it
+    table = (d / "pareto.md").read_text().splitlines()
+    assert table[0].startswith("| number | state | method | teacher |") and len(table) == 2 + len(summary["pareto"])
+    assert (d / "plots" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    report = (d / "report.md").read_text()
+    assert "## Pareto front" in report and "](plots/pareto.png)" in report and "## Teacher selection" in report
+    # one teacher, trained once and reused: both trials loaded the same cached weights file
+    assert [t["teacher"] for t in summary["teachers"]] == ["resnet18"] and summary["teachers"][0]["trials"] == 2
+    for r in rows:
+        cfg = json.loads((Path(r["run_dir"]) / "manifest.json").read_text())["config"]
+        assert cfg["teacher_train"]["epochs"] == 0 and cfg["teacher"]["weights"].startswith(str(d / "teachers"))
+    # the study is resumable: the same call again finds 2 finished trials and runs none
+    again = cli("tune", "-c", str(tuned["config"]), "--trials", "2", "--out", str(d))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "tune: trial" not in again.stderr and "teacher: up to date, skipped" in again.stderr
+    assert len(json.loads((d / "summary.json").read_text())["trials"]) == 2
+
+
+@requires_fashion_mnist
+@pytest.mark.slow
+def test_chosen_yaml_loads_and_runs(tuned: dict[str, Any]) -> None:
+    d: Path = tuned["dir"]
+    summary = json.loads((d / "summary.json").read_text())
+    chosen = summary["trials"][summary["chosen"]]
+    cfg = edgekd.load_config(d / "chosen.yaml")  # edgekd's own loader: every key valid
+    assert (cfg.distill.loss, cfg.teacher.arch, cfg.student.width) == (chosen["method"], chosen["teacher"],
+                                                                       chosen["student_width"])
+    assert cfg.distill.temperature == pytest.approx(chosen["temperature"], rel=1e-12)  # YAML round trip of a float
+    assert cfg.tune.source == str(d.resolve())
+    out = tuned["tmp"] / "runs"
+    proc = cli("run", "--config", str(d / "chosen.yaml"), "--out", str(out))
+    assert proc.returncode == 0, (proc.stderr + proc.stdout)[-4000:]
+    report = (out / "tiny-tuned" / "report.md").read_text()
+    assert "## Pareto front" in report and (out / "tiny-tuned" / "plots" / "pareto.png").is_file()
+
+
+# ------------------------------------------------------------------ bad inputs
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trials", "0"], "--trials must be a whole number >= 1"),
+    (["--trials", "1", "--set", "tune.methods=[hinton,nope]"], "tune.methods[1]"),
+    (["--trials", "1", "--set", "tune.teachers=[resnet9000]"], "tune.teachers[0]"),
+    (["--trials", "1", "--set", "tune.alpha=[0.9,0.1]"], "low <= high"),
+])
+def test_bad_tune_inputs_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
+    proc = cli("tune", "-c", "smoke", "--out", str(tmp_path / "t"), *args)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_optuna_says_how_to_install(tmp_path: Path) -> None:
+    fake = tmp_path / "site" / "optuna"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'optuna'\")\n")  # optuna absent
+    proc = cli("tune", "-c", "smoke", "--trials", "1", "--out", str(tmp_path / "t"),
+               env={"PYTHONPATH": str(tmp_path / "site")})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "needs optuna" in proc.stderr and "pip install 'edgekd[tune]'" in proc.stderr
+    assert not (tmp_path / "t").exists()  # nothing written before the check
+
+
+# ------------------------------------------------------------------ logic, without training
+
+
+def row(n: int, acc: float, ms: float, state: str = "COMPLETE", teacher: str = "a") -> dict[str, Any]:
+    return {"number": n, "state": state, "val_accuracy": acc, "latency_ms": ms, "teacher": teacher}
+
+
+def test_pareto_front_and_choice_under_a_budget() -> None:
+    rows = [row(0, 0.90, 2.0), row(1, 0.92, 3.0), row(2, 0.89, 2.5), row(3, 0.95, 9.0), row(4, 0.99, 1.0, "FAIL")]
+    assert [r["number"] for r in pareto.pareto_front(rows)] == [0, 1, 3]  # 2 is beaten by 0; 4 failed
+    assert pareto.choose(rows, None)["number"] == 3
+    assert pareto.choose(rows, 5.0)["number"] == 1  # 3 is more accurate but over budget
+    assert pareto.choose(rows, 1.5) is None  # nothing within budget: never an over-budget pick
+
+
+def test_teacher_selection_by_student_not_by_teacher_accuracy() -> None:
+    rows = [row(0, 0.80, 1.0, teacher="big"), row(1, 0.85, 1.0, teacher="small"), row(2, 0.70, 1.0, teacher="big")]
+    table = pareto.teacher_table(rows, {"big": 0.95, "small": 0.90})
+    assert [t["teacher"] for t in table] == ["small", "big"]
+    assert table[1]["mean_student_val_accuracy"] == pytest.approx(0.75, rel=1e-12)
+    assert pareto.teacher_selection(table) == {"most_accurate_teacher": "big", "best_student_teacher": "small",
+                                               "differ": True}
+
+
+def test_search_space_always_holds_the_config_itself() -> None:
+    cfg = edgekd.load_config("smoke", ["tune.methods=[ce]", "tune.student_widths=[0.35]", "tune.temperature=[1,2]",
+                                       "distill.temperature=4", "tune.teachers=[wrn16_4]"])
+    space = search_space(cfg)
+    assert cfg.distill.loss in space.methods and "ce" in space.methods
+    assert space.temperature == (1.0, 4.0) and cfg.student.width in space.widths and 0.35 in space.widths
+    assert space.teachers == ("wrn16_4", cfg.teacher.arch)
+
+
+def test_empty_methods_means_every_registered_loss() -> None:
+    from edgekd.losses import KD_LOSSES
+
+    assert set(search_space(edgekd.load_config("smoke")).methods) == set(KD_LOSSES.names())
+
+
+def test_failed_trial_is_recorded_and_the_study_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial that raises is a FAIL row with its error (the study goes on); a second call continues the study."""
+    from edgekd.tuning import study as study_mod
+    from edgekd.tuning.teachers import CachedTeacher
+
+    def fake_teacher(base: dict, arch: str, folder: Path, log: Any = None) -> CachedTeacher:
+        return CachedTeacher(arch, folder / "t.pt", 0.9, 0.9, True)
+
+    def fake_trial(base: dict, params: dict, weights: Path, folder: Path, data: Any, latency: Any, log: Any = None):
+        if params["method"] == "ce":
+            raise RuntimeError("boom in ce")
+        return {"val_accuracy": params["alpha"], "latency_ms": 1.0 + params["temperature"], "test_accuracy": 0.5,
+                "size_mb": 1.0, "train_seconds": 1.0, "run_dir": str(folder)}
+
+    monkeypatch.setattr(study_mod, "cached_teacher", fake_teacher)
+    monkeypatch.setattr(study_mod, "run_trial", fake_trial)
+    monkeypatch.setattr("edgekd.data.build_dataset", lambda cfg, seed: None)
+    cfg = edgekd.load_config("smoke", ["tune.methods=[hinton,ce]", "distill.loss=ce"])
+    with pytest.raises(edgekd.EdgekdError, match="every trial .* failed .*boom in ce"):
+        study_mod.tune(cfg, 1, out=tmp_path, log=lambda m: None)  # trial 0 (ce) fails: recorded, then named
+    rows = json.loads((tmp_path / "summary.json").read_text())["trials"]
+    assert rows[0]["state"] == "FAIL" and "boom in ce" in rows[0]["error"]
+    result = study_mod.tune(cfg, 6, out=tmp_path, log=lambda m: None)  # continues the same study to 6
+    rows = result.summary["trials"]
+    assert len(rows) == 6 and rows[0]["state"] == "FAIL"
+    assert all((r["state"] == "FAIL") == (r["method"] == "ce") for r in rows)
+    assert result.summary["failed"] == [r["number"] for r in rows if r["method"] == "ce"]
+    assert "boom in ce" in (tmp_path / "trials.md").read_text()
