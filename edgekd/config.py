@@ -246,6 +246,10 @@ class RobustnessEvalConfig:
 class CheckConfig:
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     robustness: RobustnessEvalConfig = field(default_factory=RobustnessEvalConfig)
+    # run the student files in a second runtime (OpenCV DNN, OpenVINO) where installed and report top-1
+    # agreement with onnxruntime; a runtime not installed is reported as skipped (edgekd.deploy.runtime.portability)
+    portability: bool = False
+    portability_images: int = 256  # test images each second runtime runs (one at a time)
 
 
 @dataclass

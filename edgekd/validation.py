@@ -286,6 +286,7 @@ def _validate_export_and_check(cfg: "Config") -> None:
     for i, t in enumerate(lat.threads):
         at_least(f"check.latency.threads[{i}]", t, 0, "0 means all cores; otherwise 1 or more")
     at_least("check.latency.warmup", lat.warmup, 0)
+    at_least("check.portability_images", cfg.check.portability_images, 1)
     if lat.provider != "CPUExecutionProvider":  # a typo fails at load; whether it is installed, where sessions open
         from .ort_providers import check_provider_name  # imports onnxruntime: only for a non-default provider
 
@@ -417,7 +418,10 @@ def validate_registry_names(cfg: "Config") -> None:
             continue
         valid = registered_names(spec)
         if values[key] not in valid:
-            raise unknown_name(spec.kind, values[key], key, valid)
+            err = unknown_name(spec.kind, values[key], key, valid)
+            if key.endswith(".arch"):  # outside models are named by their source (edgekd.arch_names)
+                err = ConfigError(f"{err.problem}; or torchvision:NAME, timm:NAME, torchscript:PATH", err.fix)
+            raise err
     for i, name in enumerate(cfg.distill.augmix.ops):
         reg["corruption"].check(name, f"distill.augmix.ops[{i}]")
     for i, teacher in enumerate(cfg.distill.teachers):

@@ -26,11 +26,11 @@ from ..errors import ConfigError
 from ..io import atomic_write_json
 from ..manifest import Manifest
 from ..pixels import to_float
+from ..sensitivity_file import SENSITIVITY_FILE
 from .onnx_io import load_model
 from .qdq_layers import check_names_unique, quantized_layers, with_layers_float, with_layers_quantized
 from .runtime.session import make_session, onnx_logits
 
-SENSITIVITY_FILE = "sensitivity.json"
 STAGE = "sensitivity"  # its manifest entry: the file, its sha256, the inputs it was computed from
 DEFAULT_IMAGES = 2000  # ~2 x 53 MobileNetV2 variants in a few minutes on 2 cores (see docs/quantization.md)
 GRAPH_OPTIMIZATION = "all"  # what the check stage measures with (make_session's default)
@@ -159,26 +159,5 @@ def run_sensitivity(run_dir: str | Path, images: int = DEFAULT_IMAGES, threads: 
     return result
 
 
-def load_ranking(path: str | Path) -> list[str]:
-    """Layer names of a ``sensitivity.json`` (or of a run folder holding one), most sensitive first."""
-    import json
-
-    p = Path(path)
-    if p.is_dir():
-        p = p / SENSITIVITY_FILE
-    if not p.is_file():
-        raise ConfigError(f"no sensitivity file at {p}", "run 'edgekd sensitivity RUN' on a full-int8 run first, and "
-                          "point to its run folder or its sensitivity.json")
-    try:
-        data = json.loads(p.read_text())
-        ranking = data["ranking"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{p} is not a sensitivity.json written by edgekd sensitivity ({e})",
-                          "run 'edgekd sensitivity RUN' again") from None
-    if not isinstance(ranking, list) or not all(isinstance(n, str) for n in ranking):
-        raise ConfigError(f"{p}: 'ranking' is not a list of layer names", "run 'edgekd sensitivity RUN' again")
-    return list(ranking)
-
-
 __all__: Sequence[str] = ("layer_sensitivity", "run_sensitivity", "format_sensitivity", "top_offenders",
-                          "load_ranking", "eval_subset", "accuracy_of")
+                          "eval_subset", "accuracy_of")

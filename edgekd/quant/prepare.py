@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import operator
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 import torch
 import torch.fx as fx
@@ -92,8 +92,23 @@ def _set_module(gm: fx.GraphModule, qualname: str, module: nn.Module) -> None:
     setattr(gm.get_submodule(parent_name) if parent_name else gm, attr, module)
 
 
-def _swap_weight_modules(gm: fx.GraphModule) -> None:
+def float_layer_names(gm: fx.GraphModule) -> list[str]:
+    """Qualified names of the Conv2d/Linear modules of a BN-folded graph (what ``keep_float`` may name)."""
+    return [name for name, mod in gm.named_modules() if type(mod) in (nn.Conv2d, nn.Linear)]
+
+
+def _check_keep_float(gm: fx.GraphModule, keep_float: Collection[str]) -> None:
+    valid = float_layer_names(gm)
+    unknown = sorted(set(keep_float) - set(valid))
+    if unknown:
+        raise ConfigError(f"qat.keep_float names unknown layer(s) {', '.join(repr(u) for u in unknown)}; valid: "
+                          f"{', '.join(valid)}", "use layer names as 'edgekd sensitivity RUN' prints them")
+
+
+def _swap_weight_modules(gm: fx.GraphModule, keep_float: Collection[str] = ()) -> None:
     for name, mod in list(gm.named_modules()):
+        if name in keep_float:
+            continue  # mixed precision: trained and exported in float
         if type(mod) is nn.Conv2d:
             _set_module(gm, name, QConv2d.from_float(mod))
         elif type(mod) is nn.Linear:
@@ -119,7 +134,7 @@ class _Inserter:
         return fq
 
 
-def _insert_fake_quant(gm: fx.GraphModule) -> int:
+def _insert_fake_quant(gm: fx.GraphModule, keep_float: Collection[str] = ()) -> int:
     ins = _Inserter(gm)
     for node in list(gm.graph.nodes):
         if node.op == "placeholder":
@@ -137,7 +152,7 @@ def _insert_fake_quant(gm: fx.GraphModule) -> int:
     for node in list(gm.graph.nodes):
         if node.op != "call_module" and node.op != "call_function" and node.op != "call_method":
             continue
-        if not _is_compute(gm, node) or node in ins.quantized:
+        if not _is_compute(gm, node) or node in ins.quantized or _kept_float(node, keep_float):
             continue
         for arg in node.all_input_nodes:
             origin = arg
@@ -145,10 +160,32 @@ def _insert_fake_quant(gm: fx.GraphModule) -> int:
                 origin = origin.args[0]
             if origin not in ins.quantized and origin.op != "get_attr":
                 ins.after(origin, "any")
+    removed = _bypass_input_quant(gm, keep_float)
     _link_input_quantizers(gm)
     gm.graph.lint()
     gm.recompile()
-    return ins.count
+    return ins.count - removed
+
+
+def _kept_float(node: fx.Node, keep_float: Collection[str]) -> bool:
+    return node.op == "call_module" and str(node.target) in keep_float
+
+
+def _bypass_input_quant(gm: fx.GraphModule, keep_float: Collection[str]) -> int:
+    """A kept-float layer reads the float tensor before its input quantizer (others keep reading the quantized
+    one); a quantizer left without readers is removed. Returns how many were removed."""
+    removed = 0
+    for node in list(gm.graph.nodes):
+        if not _kept_float(node, keep_float):
+            continue
+        fq = node.args[0]
+        if isinstance(fq, fx.Node) and isinstance(_module(gm, fq), ActFakeQuant):
+            node.replace_input_with(fq, fq.args[0])
+            if not fq.users:
+                gm.graph.erase_node(fq)
+                gm.delete_submodule(str(fq.target))
+                removed += 1
+    return removed
 
 
 def _link_input_quantizers(gm: fx.GraphModule) -> None:
@@ -165,8 +202,12 @@ def _link_input_quantizers(gm: fx.GraphModule) -> None:
             layer.link_input_quant(fq)
 
 
-def quantize_graph(net: nn.Module) -> fx.GraphModule:
-    """Trace ``net`` and apply BN folding, weight fake quant and activation fake quant."""
+def quantize_graph(net: nn.Module, keep_float: Collection[str] = ()) -> fx.GraphModule:
+    """Trace ``net`` and apply BN folding, weight fake quant and activation fake quant.
+
+    Layers named in ``keep_float`` (qualified Conv2d/Linear names of ``net``) stay float modules that read
+    a float input; an unknown name raises ConfigError listing the valid ones.
+    """
     try:
         gm = fx.symbolic_trace(net)
     except Exception as exc:  # tracing errors are many types; report them as a config problem
@@ -175,8 +216,9 @@ def quantize_graph(net: nn.Module) -> fx.GraphModule:
             "use a traceable student (mobilenet_v2, mobilenet_v3, resnet) or disable qat") from exc
     _fold_batchnorms(gm)
     gm.delete_all_unused_submodules()  # the folded BatchNorms must not linger in state_dict
-    _swap_weight_modules(gm)
-    _insert_fake_quant(gm)
+    _check_keep_float(gm, keep_float)
+    _swap_weight_modules(gm, keep_float)
+    _insert_fake_quant(gm, keep_float)
     return gm
 
 

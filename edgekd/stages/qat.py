@@ -6,10 +6,21 @@ that the INT8 ONNX file carries unchanged.
 """
 from __future__ import annotations
 
+from ..config import QATConfig
 from ..quant import freeze_observers, prepare_qat
+from ..sensitivity_file import load_ranking
 from .base import StageContext, StageResult
 from .common import begin_training_stage, config_meta, device_of, load_student, loaders, save_weights, train_and_score
 from .kd_setup import build_distiller, kd_loss_for, kd_teacher
+
+
+def keep_float_layers(qcfg: QATConfig) -> list[str]:
+    """The layers to leave in float: ``qat.keep_float`` plus the first ``keep_float_most_sensitive`` of the
+    ranking in ``qat.sensitivity`` (duplicates once, in that order)."""
+    names = list(qcfg.keep_float)
+    if qcfg.keep_float_most_sensitive:
+        names += load_ranking(qcfg.sensitivity)[: qcfg.keep_float_most_sensitive]
+    return list(dict.fromkeys(names))
 
 
 def build_qat_student(ctx: StageContext, calibrate: bool, device=None):
@@ -18,7 +29,7 @@ def build_qat_student(ctx: StageContext, calibrate: bool, device=None):
     student = load_student(ctx, device).eval()
     calib = loaders(ctx, augment=False)[0] if calibrate else None
     n = ctx.cfg.qat.calibration_batches if calibrate else 0
-    return prepare_qat(student, calib, n).to(device)
+    return prepare_qat(student, calib, n, keep_float=keep_float_layers(ctx.cfg.qat)).to(device)
 
 
 def load_qat_student(ctx: StageContext, device):
