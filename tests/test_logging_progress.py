@@ -147,3 +147,44 @@ def test_tensorboard_on_without_the_package_names_the_extra(monkeypatch, tmp_pat
     with logging_hooks.epoch_loggers("off", tmp_path) as callbacks:
         assert callbacks == ()
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def _long_steps(tmp_path: Path) -> None:
+    """check's measurements, robustness corruptions, export parity and teacher-logit caching, on tiny inputs."""
+    import torch
+
+    from edgekd.exporting.parity import parity_fp32
+    from edgekd.deploy.runtime import check_models
+    from edgekd.robustness.evaluate import corruption_accuracy
+    from edgekd.stages.distill import teacher_logits_for
+    from onnx_helpers import FAST_LATENCY, LABELS, band_images, band_weights, gemm_model
+
+    onnx_path = gemm_model(tmp_path / "gemm.onnx")
+    images = band_images()
+    check_models({"student_int8": onnx_path}, images, LABELS, ["a", "b", "c"], FAST_LATENCY)
+    corruption_accuracy(lambda x: x.reshape(len(x), -1) @ band_weights(), images, LABELS, ["gaussian_noise"], [1, 2], 0)
+    linear = torch.nn.Linear(64, 3, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(band_weights().T))
+    model = torch.nn.Sequential(torch.nn.Flatten(), linear)
+    parity_fp32(model, onnx_path, images, batch_sizes=(1, 4))
+    batches = [(torch.from_numpy(images[i:i + 4]),) for i in range(0, len(images), 4)]
+    teacher_logits_for(model, batches, torch.device("cpu"))
+
+
+LONG_STEP_BARS = ("check: accuracy and latency", "robustness: corruptions", "parity gemm.onnx", "distill: teacher logits")
+
+
+def test_every_long_step_draws_a_bar_on_a_terminal_and_none_when_quiet(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(progress.ENV, raising=False)
+    tty = _Terminal()
+    monkeypatch.setattr(sys, "stderr", tty)
+    _long_steps(tmp_path)
+    shown = tty.getvalue()
+    for desc in LONG_STEP_BARS:
+        assert desc in shown, (desc, shown)
+    monkeypatch.setenv(progress.ENV, "0")  # --quiet
+    quiet = _Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    _long_steps(tmp_path)
+    assert quiet.getvalue() == ""

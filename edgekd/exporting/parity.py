@@ -8,12 +8,14 @@ the images that are not near-ties, plus logits within a bound derived from the q
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from ..batching import map_batches
+from ..progress import bar, track
 from ..errors import ArtifactError, ParityError
 from ..deploy.runtime.session import make_session, onnx_logits
 from .qnoise import int8_noise_bounds
@@ -79,7 +81,7 @@ def parity_fp32(torch_model: torch.nn.Module, onnx_path: str | os.PathLike[str],
     per_bs: dict[str, float] = {}
     worst: dict[str, Any] = {}
     rel = 0.0
-    for bs in batch_sizes:
+    for bs in track(batch_sizes, f"parity {Path(onnx_path).name}", unit="batch size"):
         w = _worst(ref, onnx_logits(sess, images, bs), bound, bs)
         per_bs[str(bs)] = w["max_abs_diff"]
         rel = max(rel, w["max_rel_diff"])
@@ -120,9 +122,13 @@ def parity_int8(qat_model: torch.nn.Module, onnx_path: str | os.PathLike[str], i
 
     ``agreement`` is the first fraction (key kept for reports), ``agreement_all`` the raw one.
     """
-    ref = torch_logits(qat_model, images).astype(np.float64)
-    got = onnx_logits(make_session(onnx_path, threads=1), images, batch_size).astype(np.float64)
-    noise = int8_noise_bounds(qat_model, images[:1], noise_steps)
+    with bar(3, f"parity {Path(onnx_path).name}", unit="step") as steps:  # torch, onnxruntime, noise bound
+        ref = torch_logits(qat_model, images).astype(np.float64)
+        steps.update(1)
+        got = onnx_logits(make_session(onnx_path, threads=1), images, batch_size).astype(np.float64)
+        steps.update(1)
+        noise = int8_noise_bounds(qat_model, images[:1], noise_steps)
+        steps.update(1)
     if noise["logit_bound"].shape[0] != ref.shape[1]:
         raise ArtifactError(f"the last layer {noise['layer']} has {noise['logit_bound'].shape[0]} outputs, the model "
                             f"{ref.shape[1]} logits", "end the model with a Linear (or 1x1 Conv) classifier layer")

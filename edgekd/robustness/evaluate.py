@@ -17,6 +17,7 @@ from ..batching import map_batches
 from ..config import RobustnessEvalConfig
 from ..errors import ConfigError
 from ..pixels import to_float
+from ..progress import track
 from .blackbox import square_attack
 from .corruptions import CORRUPTIONS, apply_corruption
 from .metrics import auroc, ece, energy_score, fit_temperature, mce, msp_score, nll, reliability, softmax
@@ -49,16 +50,14 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def corruption_accuracy(
     predict_fn: PredictFn, images: np.ndarray, labels: np.ndarray, names: list[str], severities: list[int], seed: int,
-    batch_size: int = 256,
+    batch_size: int = 256, desc: str = "robustness",
 ) -> dict[str, Any]:
-    """Accuracy per corruption and severity, plus the errors mCE needs."""
+    """Accuracy per corruption and severity, plus the errors mCE needs (``desc`` labels the progress bar)."""
     clean_acc = _accuracy(predict_fn_logits(predict_fn, images, batch_size), labels)
-    by_corruption: dict[str, list[float]] = {}
-    for name in names:
-        by_corruption[name] = []
-        for s in severities:
-            corrupted = apply_corruption(name, images, s, _seed(seed, name, s))
-            by_corruption[name].append(_accuracy(predict_fn_logits(predict_fn, corrupted, batch_size), labels))
+    by_corruption: dict[str, list[float]] = {name: [] for name in names}
+    for name, s in track([(n, s) for n in names for s in severities], f"{desc}: corruptions", unit="set"):
+        corrupted = apply_corruption(name, images, s, _seed(seed, name, s))
+        by_corruption[name].append(_accuracy(predict_fn_logits(predict_fn, corrupted, batch_size), labels))
     accs = [a for v in by_corruption.values() for a in v]
     return {
         "mean_accuracy": float(np.mean(accs)) if accs else float("nan"),
@@ -161,11 +160,12 @@ def square_p_init(height: int, width: int) -> float:
 
 def adversarial(
     predict_fn: PredictFn, images: np.ndarray, labels: np.ndarray, cfg: RobustnessEvalConfig, seed: int,
-    torch_model: Any = None, device: str = "cpu", batch_size: int = 256,
+    torch_model: Any = None, device: str = "cpu", batch_size: int = 256, desc: str = "robustness",
 ) -> dict[str, dict[str, float]]:
     """Accuracy under square (black-box on ``predict_fn``), and with a torch model pgd, fgsm, transfer."""
     out: dict[str, dict[str, float]] = {"square": {}} if cfg.square_queries > 0 else {}
-    for eps in cfg.epsilons if cfg.square_queries > 0 else ():  # square_queries: 0 turns the black-box attack off
+    square_eps = cfg.epsilons if cfg.square_queries > 0 else []  # square_queries: 0 turns the black-box attack off
+    for eps in track(square_eps, f"{desc}: square attack", unit="ε"):
         x_adv = square_attack(predict_fn, images, labels, eps, cfg.square_queries, _seed(seed, "square", eps_key(eps)),
                               p_init=square_p_init(*images.shape[-2:]), batch_size=batch_size)
         out["square"][eps_key(eps)] = _accuracy(predict_fn_logits(predict_fn, x_adv, batch_size), labels)
@@ -176,7 +176,7 @@ def adversarial(
     was_training = torch_model.training
     torch_model.eval()
     try:
-        for eps in cfg.epsilons:
+        for eps in track(cfg.epsilons, f"{desc}: PGD/FGSM/transfer", unit="ε"):
             k = eps_key(eps)
             x_pgd = white_box(torch_model, "pgd", images, labels, eps, cfg.pgd_steps, seed, device, batch_size)
             out["pgd"][k] = _accuracy(predict_fn_logits(torch_fn, x_pgd, batch_size), labels)
@@ -201,6 +201,7 @@ def evaluate_robustness(
     torch_model: Any = None,
     device: str = "cpu",
     batch_size: int = 256,
+    desc: str = "robustness",
 ) -> dict[str, Any]:
     """The ``robustness`` metrics of one model (see the check metrics schema).
 
@@ -210,6 +211,7 @@ def evaluate_robustness(
     transfer-attack source (its adversarial images are scored on ``predict_fn``).
     A seeded subset of ``cfg.images`` test images is used for corruptions, calibration and OOD,
     and its first ``cfg.adversarial_images`` for attacks. mCE needs a reference: see ``add_mce``.
+    ``desc`` labels the progress bars (edgekd.progress: drawn on a terminal only).
     """
     x_all, y_all = to_float(images), np.asarray(labels, dtype=np.int64)
     if len(x_all) != len(y_all) or x_all.ndim != 4:
@@ -228,8 +230,8 @@ def evaluate_robustness(
     ood_names = list(cfg.ood) + (["folder"] if cfg.ood_folder and "folder" not in cfg.ood else [])
     n_adv = min(cfg.adversarial_images, len(x))
     return {
-        "corruption": corruption_accuracy(predict_fn, x, y, names, list(cfg.severities), seed, batch_size),
-        "adversarial": adversarial(predict_fn, x[:n_adv], y[:n_adv], cfg, seed, torch_model, device, batch_size),
+        "corruption": corruption_accuracy(predict_fn, x, y, names, list(cfg.severities), seed, batch_size, desc),
+        "adversarial": adversarial(predict_fn, x[:n_adv], y[:n_adv], cfg, seed, torch_model, device, batch_size, desc),
         "calibration": calibration(logits, y, val_logits, val_labels, cfg.temperature_scaling),
         "ood": ood_detection(predict_fn, x, logits, ood_names, seed, cfg.ood_folder, batch_size),
         "settings": {

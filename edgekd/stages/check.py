@@ -10,6 +10,8 @@ from typing import Any
 
 from ..manifest import Manifest
 from ..deploy.runtime import check_models, make_session, onnx_logits
+from ..deploy.runtime.portability import format_portability, portability_check
+from ..pixels import to_float
 from .base import StageContext, StageResult
 
 MODELS = {"teacher": "teacher_fp32", "student_fp32": "student_fp32", "student_int8": "student_int8"}
@@ -26,6 +28,12 @@ def run(ctx: StageContext) -> StageResult:
         ctx.log(f"[edgekd] check: {name}: accuracy {m['accuracy']:.4f}  {m['size_mb']:.2f} MB  median ms {lat}")
     if cfg.check.robustness.enabled:
         _robustness(ctx, paths, metrics)
+    if cfg.check.portability:
+        n = cfg.check.portability_images
+        metrics["portability"] = portability_check({k: paths[k] for k in ("student_fp32", "student_int8")},
+                                                   to_float(bundle.test.images[:n]), bundle.test.labels[:n])
+        for line in format_portability(metrics["portability"]):
+            ctx.log(f"[edgekd] check: {line}")
     return StageResult(metrics=metrics)
 
 
@@ -52,7 +60,7 @@ def _robustness(ctx: StageContext, paths: dict[str, Any], metrics: dict[str, Any
         sess = make_session(path, provider=ctx.cfg.check.latency.provider, threads=0)
         results[name] = evaluate_robustness(
             lambda x, s=sess: onnx_logits(s, x), bundle.test.images, bundle.test.labels, rcfg, ctx.cfg.seed,
-            val=(bundle.val.images, bundle.val.labels), torch_model=sources[name],
+            val=(bundle.val.images, bundle.val.labels), torch_model=sources[name], desc=f"check: {name}",
         )
         c = results[name]["corruption"]
         ctx.log(f"[edgekd] check: {name}: corruption accuracy {c['mean_accuracy']:.4f}")

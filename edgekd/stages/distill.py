@@ -8,16 +8,18 @@ import torch
 from ..data.loader import BatchLoader
 from ..train.distributed import gather_strided, init_distributed, rank_and_world
 from ..models import build_student
+from ..progress import track
 from .base import StageContext, StageResult
 from .common import begin_training_stage, config_meta, save_weights, train_and_score
-from .kd_setup import build_distiller, kd_loss_for, kd_teacher
+from .kd_setup import build_distiller, extra_teacher_records, kd_loss_for, kd_teacher
 
 
 @torch.inference_mode()
 def teacher_logits_for(teacher: torch.nn.Module, loader: Any, device: torch.device) -> torch.Tensor:
     """Teacher logits (float32, on ``device``) for every image ``loader`` yields, in loader order."""
     teacher.eval()
-    outs = [teacher(batch[0].to(device, non_blocking=True)).float() for batch in loader]
+    outs = [teacher(batch[0].to(device, non_blocking=True)).float()
+            for batch in track(loader, "distill: teacher logits", unit="batch")]
     return torch.cat(outs)
 
 
@@ -59,6 +61,8 @@ def run(ctx: StageContext) -> StageResult:
         hooks=(distiller.epoch_hook(cfg.distill.train.epochs),), aux=distiller.kd_loss,
     )
     metrics.update(distiller.kd_loss.metrics())
+    if cfg.distill.teachers:
+        metrics["extra_teachers"] = extra_teacher_records(ctx)
     metrics.update(loss=cfg.distill.loss, temperature=cfg.distill.temperature, alpha=cfg.distill.alpha,
                    parameters=sum(p.numel() for p in student.parameters()))
     path = save_weights(student, ctx.stage_dir("distill") / "student_fp32.pt", config_meta(cfg, "distill", ctx))

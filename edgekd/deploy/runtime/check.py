@@ -7,13 +7,14 @@ and the teacher-over-int8 latency "speedup".
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ...config import LatencyConfig
 from ...errors import ConfigError
 from ...pixels import to_float
+from ...progress import bar
 from .accuracy import accuracy_report
 from .latency import measure_latency
 from .profile import profile_top_ops
@@ -35,25 +36,37 @@ def check_model(
     num_classes: int,
     latency_cfg: LatencyConfig,
     eval_batch_size: int = 256,
+    step: Callable[[int], Any] = lambda n: None,
 ) -> dict[str, Any]:
-    """Size, accuracy, latency over batch_sizes x threads, and (optionally) the top ops of one ONNX file."""
+    """Size, accuracy, latency over batch_sizes x threads, and (optionally) the top ops of one ONNX file.
+
+    ``step(1)`` is called after each of the :func:`measurement_count` measurements (a progress bar).
+    """
     p = Path(path)
     sess = make_session(p, provider=latency_cfg.provider, threads=0)
     logits = onnx_logits(sess, images, eval_batch_size)
+    step(1)
     size = p.stat().st_size
     shape = tuple(images.shape[1:])
     out: dict[str, Any] = {"file": p.name, "size_bytes": size, "size_mb": size / 1e6}
     out.update(accuracy_report(logits, labels, num_classes))
-    out["latency"] = [
-        measure_latency(p, batch=b, threads=t, warmup=latency_cfg.warmup, runs=latency_cfg.runs,
-                        provider=latency_cfg.provider, input_shape=shape)
-        for b in latency_cfg.batch_sizes
-        for t in latency_cfg.threads
-    ]
+    out["latency"] = []
+    for b in latency_cfg.batch_sizes:
+        for t in latency_cfg.threads:
+            out["latency"].append(measure_latency(p, batch=b, threads=t, warmup=latency_cfg.warmup,
+                                                  runs=latency_cfg.runs, provider=latency_cfg.provider,
+                                                  input_shape=shape))
+            step(1)
     if latency_cfg.profile:
         batch = latency_cfg.batch_sizes[0] if latency_cfg.batch_sizes else 1
         out["profile_top_ops"] = profile_top_ops(p, batch=batch, input_shape=shape, provider=latency_cfg.provider)
+        step(1)
     return out
+
+
+def measurement_count(latency_cfg: LatencyConfig) -> int:
+    """Measurements :func:`check_model` makes: accuracy, each latency setting, the profile."""
+    return 1 + len(latency_cfg.batch_sizes) * len(latency_cfg.threads) + int(latency_cfg.profile)
 
 
 def _latency_by_setting(model: Mapping[str, Any]) -> dict[str, float]:
@@ -95,8 +108,9 @@ def check_models(
         raise ConfigError(f"{len(images)} images but {len(labels)} labels", "pass one label per image")
     x = to_float(images)
     y = np.asarray(labels, dtype=np.int64)
-    measured = {name: check_model(path, x, y, len(class_names), latency_cfg, eval_batch_size)
-                for name, path in models.items()}
+    with bar(len(models) * measurement_count(latency_cfg), "check: accuracy and latency", unit="measurement") as b:
+        measured = {name: check_model(path, x, y, len(class_names), latency_cfg, eval_batch_size, step=b.update)
+                    for name, path in models.items()}
     return {
         "provider": latency_cfg.provider,
         "models": measured,
