@@ -54,7 +54,7 @@ def training_precision(cfg: Any) -> dict[str, Any]:
     try:
         import torch  # noqa: F401  (a deploy-only install has no torch and no training to describe)
 
-        from .train.distributed import resolve_amp, resolve_device
+        from .train.distributed import resolve_amp, resolve_compile, resolve_device
     except ImportError as e:
         return {"error": f"torch is not importable ({e}): no training precision to record"}
     from .errors import EdgekdError
@@ -66,8 +66,24 @@ def training_precision(cfg: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for spec, train in training_configs(cfg):
         mode = train.amp
-        out[spec.name] = {"amp": mode, "device": str(device), **resolve_amp(mode, device).to_dict()}
+        out[spec.name] = {"amp": mode, "device": str(device), **resolve_amp(mode, device).to_dict(),
+                          "compile": resolve_compile(train.compile, device)}
     return out
+
+
+def training_determinism(cfg: Any) -> dict[str, Any]:
+    """The config's ``deterministic`` switch, what it resolves to on the run's device, and why (needs torch)."""
+    try:
+        from .train.distributed import resolve_deterministic, resolve_device
+    except ImportError as e:
+        return {"error": f"torch is not importable ({e}): no determinism to record"}
+    from .errors import EdgekdError
+
+    try:
+        device = resolve_device(cfg.device)
+    except EdgekdError as e:
+        return {"error": str(e)}
+    return {"mode": cfg.deterministic, "device": str(device), **resolve_deterministic(cfg.deterministic, device).to_dict()}
 
 
 def environment(cfg: Any = None) -> dict[str, Any]:
@@ -83,6 +99,7 @@ def environment(cfg: Any = None) -> dict[str, Any]:
     }
     if cfg is not None:
         env["precision"] = training_precision(cfg)  # imports torch first, so the records below see it
+        env["determinism"] = training_determinism(cfg)
     env["cpu_features"] = detect_cpu_features().to_dict()
     env["threads"] = thread_settings()
     return env

@@ -136,6 +136,29 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def gather_strided(local: torch.Tensor, total: int) -> torch.Tensor:
+    """Reassemble rows computed rank by rank: rank r holds rows ``r, r + world, r + 2*world, ...`` of ``total``.
+
+    Every rank gets the whole ``[total, ...]`` tensor (on ``local``'s device), in row order. The
+    shards may differ in length by one; they are padded to equal length for ``all_gather`` (which
+    needs equal shapes) and the padding is dropped. Outside a process group ``local`` is returned.
+    """
+    rank, world = rank_and_world()
+    if not (dist.is_available() and dist.is_initialized()) or world == 1:
+        assert local.shape[0] == total, f"a single process must hold all {total} rows, got {local.shape[0]}"
+        return local
+    per_rank = -(-total // world)
+    assert local.shape[0] == len(range(rank, total, world)), "rank r must hold rows r::world"
+    padded = local.new_zeros((per_rank, *local.shape[1:]))
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    out = local.new_empty((total, *local.shape[1:]))
+    for r, part in enumerate(parts):
+        out[r::world] = part[: len(range(r, total, world))]
+    return out
+
+
 def barrier() -> None:
     """Wait for every rank (no-op outside a process group)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -267,16 +290,62 @@ def resolve_channels_last(mode: str, device: torch.device) -> bool:
     return mode == "on" or (mode == "auto" and device.type in ("cpu", "cuda"))
 
 
-def seed_everything(seed: int, deterministic: bool = True, device: torch.device | None = None) -> None:
+@dataclass(frozen=True)
+class Determinism:
+    """Whether training picks reproducible kernels, and why (recorded in the manifest's environment)."""
+
+    enabled: bool
+    reason: str = field(default="", compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"deterministic": self.enabled, "cudnn_benchmark": not self.enabled, "reason": self.reason}
+
+
+def resolve_deterministic(mode: str | bool, device: torch.device | str) -> Determinism:
+    """``auto`` | ``on`` | ``off`` (or a bool) on ``device`` -> Determinism: the one place it is decided.
+
+    - auto on CPU: on. Deterministic CPU kernels cost nothing measurable here and make a resumed
+      run bit-exact, which the kill/resume tests rely on.
+    - auto on CUDA: off, so ``cudnn.benchmark`` picks the fastest convolution per shape (the
+      shapes are fixed: drop_last batches) and TF32 matmuls are allowed; runs then repeat to float
+      rounding, not bit for bit.
+    - on / off: as asked, on any device.
+    """
+    mode = _amp_mode(mode)  # same switch spelling as amp (YAML true/false arrive as on/off)
+    kind = torch.device(device).type
+    if mode != "auto":
+        return Determinism(mode == "on", f"deterministic {mode}: as configured ({kind})")
+    if kind == "cuda":
+        return Determinism(False, "deterministic auto on cuda: off, cudnn.benchmark on (fastest kernels; "
+                                  "results repeat to float rounding, not bitwise)")
+    return Determinism(True, f"deterministic auto on {kind}: on (reproducible kernels, bit-exact resume)")
+
+
+def resolve_compile(mode: str | bool, device: torch.device | str) -> bool:
+    """``auto`` | ``on`` | ``off``: whether the engine wraps the training model in ``torch.compile``.
+
+    auto compiles on CUDA only: there the step is launch-bound and fusing kernels pays back the
+    compile time (tens of seconds) within an epoch; on a CPU the inductor's C++ build costs more than
+    a short CPU schedule gains, so the CPU path stays eager unless ``on`` is asked for.
+    """
+    mode = _amp_mode(mode)
+    return mode == "on" or (mode == "auto" and torch.device(device).type == "cuda")
+
+
+def seed_everything(seed: int, deterministic: bool | str = True, device: torch.device | None = None) -> None:
     """Seed python, numpy and torch; with ``deterministic``, pick reproducible kernels.
 
-    CPU: ``torch.use_deterministic_algorithms(True, warn_only=True)``. CUDA: deterministic cuDNN and
-    ``CUBLAS_WORKSPACE_CONFIG`` (it only takes effect if cuBLAS was not used before this call).
+    ``deterministic`` is a bool or a config switch (``auto`` | ``on`` | ``off``, see
+    :func:`resolve_deterministic`). CPU: ``torch.use_deterministic_algorithms(True, warn_only=True)``.
+    CUDA: deterministic cuDNN and ``CUBLAS_WORKSPACE_CONFIG`` (it only takes effect if cuBLAS was not
+    used before this call); not deterministic on CUDA: ``cudnn.benchmark`` and TF32 matmuls.
     """
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
     torch.manual_seed(seed)
     is_cuda = device is not None and device.type == "cuda"
+    if isinstance(deterministic, str):
+        deterministic = resolve_deterministic(deterministic, device or torch.device("cpu")).enabled
     if deterministic:
         if is_cuda:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -285,4 +354,8 @@ def seed_everything(seed: int, deterministic: bool = True, device: torch.device 
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     elif is_cuda:
+        torch.backends.cudnn.deterministic = False
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+        torch.set_float32_matmul_precision("high")  # TF32 for the fp32 parts (QAT, the heads); cuDNN convs already are
+    else:
+        torch.use_deterministic_algorithms(False)  # undo an earlier deterministic stage in this process
