@@ -33,26 +33,28 @@ class AugmentConfig:
     """Train-time augmentation, applied on [0, 1] pixels in batches."""
 
     crop_padding: int = 2  # padded random crop; 0 disables
-    hflip: bool = True
+    hflip: bool = True  # random horizontal flip (turn off for digits or text)
     noise_std: float = 0.0  # robust KD (a): Gaussian noise on the student's input
     corruption_prob: float = 0.0  # robust KD (a): probability of a random corruption per batch
-    corruption_max_severity: int = 3
+    corruption_max_severity: int = 3  # robust KD (a): highest severity (1-5) of those corruptions
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "fashion_mnist"
+    """The data set, its splits and batching."""
+
+    dataset: str = "fashion_mnist"  # fashion_mnist | cifar10 | cifar100 | image_folder (the edgekd.data registry)
     root: Optional[str] = None  # else $EDGEKD_DATA, else the Debian package path, else download
     download: bool = True  # torchvision download when no local copy (needs network)
     val_size: int = 5000  # taken from the training set; the test set is never used to select
     train_subset: Optional[int] = None  # use N training images (smoke runs)
-    test_subset: Optional[int] = None
+    test_subset: Optional[int] = None  # use N test images (smoke runs)
     image_size: Optional[int] = None  # ImageFolder: resize to this square size (None: the images' native size)
     on_corrupt: str = "fail"  # ImageFolder: an unreadable image fails the run naming it (fail) or is left out with a warning (skip)
     in_memory_mb: float = 1024.0  # ImageFolder: decode the training images into memory up to this many MB, else stream them from disk
     workers: int = 2  # ImageFolder streaming: decoding processes (0: decode in the training process)
-    batch_size: int = 128
-    eval_batch_size: int = 512
+    batch_size: int = 128  # training batch size
+    eval_batch_size: int = 512  # batch size of evaluation and teacher-logit caching
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -60,23 +62,23 @@ class DataConfig:
 class TrainConfig:
     """One schedule for the one training engine."""
 
-    epochs: int = 1
+    epochs: int = 1  # passes over the training set
     optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
+    lr: float = 0.1  # peak learning rate (onecycle's maximum, cosine's start)
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = True  # SGD: Nesterov momentum
+    weight_decay: float = 5e-4  # weight decay (AdamW: decoupled)
     schedule: str = "onecycle"  # onecycle | cosine | constant
     warmup_fraction: float = 0.15  # onecycle: fraction of steps rising; cosine: linear warm-up
-    label_smoothing: float = 0.0
-    grad_clip: Optional[float] = None
+    label_smoothing: float = 0.0  # label smoothing of the hard-label cross-entropy
+    grad_clip: Optional[float] = None  # clip the gradient norm to this value (None: no clipping)
     amp: str = "auto"  # auto (cuda: fp16/bf16, cpu: bf16 where AMX) | on | off
     channels_last: str = "auto"  # auto | on | off
     # torch.compile of the training model: auto = on for CUDA only (launch-bound steps; the compile
     # takes tens of seconds), off on CPU where a short schedule does not pay the inductor's C++ build back
     compile: str = "off"  # off | on | auto
     max_steps_per_epoch: Optional[int] = None  # cap for smoke runs
-    log_every: int = 50
+    log_every: int = 50  # steps between loss checks (a NaN/inf loss stops the stage) and log lines
     # stop the run after this stage when training diverged: loss not finite or rising, or validation
     # accuracy at chance (edgekd.train.health); the stage's outputs are then not kept
     divergence_check: bool = True
@@ -84,7 +86,9 @@ class TrainConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet18"
+    """A teacher or student network."""
+
+    arch: str = "resnet18"  # a registered teacher or student name, e.g. resnet18, mobilenet_v2
     width: float = 1.0  # width multiplier (students) or base-width factor (teachers)
     weights: Optional[str] = None  # "torchvision:DEFAULT" or a local weights file
     stem_stride: int = 1  # small inputs keep resolution in the stem
@@ -100,9 +104,9 @@ class RobustKDConfig:
     """Inner attack of the adversarial KD losses (distill.loss: ard | rslad)."""
 
     attack: str = "fgsm_rs"  # inner attack: fgsm_rs | pgd
-    epsilon: float = 8 / 255
-    steps: int = 1
-    step_size: Optional[float] = None
+    epsilon: float = 8 / 255  # L-inf radius of the inner attack on [0, 1] pixels
+    steps: int = 1  # inner attack iterations
+    step_size: Optional[float] = None  # inner attack step (None: 2.5 * epsilon / steps)
     beta: float = 1.0  # weight of the natural-input KD term (RSLAD/ARD)
 
 
@@ -130,7 +134,7 @@ class CTKDConfig:
     """Curriculum temperature KD (distill.loss: ctkd; Li et al. AAAI 2023): a learned, adversarial temperature."""
 
     min_temperature: float = 1.0  # the learned temperature stays in (min, max); it starts at distill.temperature
-    max_temperature: float = 21.0
+    max_temperature: float = 21.0  # upper end of the learned temperature's range
     lambda_max: float = 1.0  # gradient-reversal strength reached by the cosine curriculum at the last epoch
 
 
@@ -146,9 +150,11 @@ class AugMixKDConfig:
 
 @dataclass
 class DistillConfig:
-    loss: str = "hinton"
-    temperature: float = 4.0
-    alpha: float = 0.9
+    """Knowledge distillation of the student from the frozen teacher (the distill stage)."""
+
+    loss: str = "hinton"  # KD loss: a name in the KD_LOSSES registry (hinton, ard, rslad, ce, ...)
+    temperature: float = 4.0  # softmax temperature T of the soft targets (KD term scaled by T^2)
+    alpha: float = 0.9  # weight of the KD term; 1 - alpha weighs the hard-label cross-entropy
     cache_teacher_logits: bool = False  # only valid when augmentation is off
     robust: RobustKDConfig = field(default_factory=RobustKDConfig)
     features: FeatureKDConfig = field(default_factory=FeatureKDConfig)
@@ -166,9 +172,12 @@ class DistillConfig:
 
 @dataclass
 class QATConfig:
-    enabled: bool = True
+    """INT8 quantization-aware training of the distilled student (the qat stage)."""
+
+    enabled: bool = True  # false: no INT8 chain (drop qat, export and check from stages)
     freeze_observers_epoch: int = 1  # observers frozen from this epoch on (0-based)
-    calibration_batches: int = 20
+    calibration_batches: int = 20  # batches that set the activation ranges before QAT trains
+    # QAT's schedule: short, with a low learning rate (it fine-tunes the distilled student)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(epochs=1, lr=0.005, schedule="cosine", warmup_fraction=0.0)
     )
@@ -184,10 +193,12 @@ class QATConfig:
 
 @dataclass
 class ExportConfig:
-    opset: int = 17
-    simplify: bool = True
-    parity_images: int = 256
-    parity_batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
+    """ONNX export and its parity checks against the torch models (the export stage)."""
+
+    opset: int = 17  # ONNX opset of the exported files
+    simplify: bool = True  # simplify the exported graphs with onnxsim
+    parity_images: int = 256  # test images compared between torch and onnxruntime
+    parity_batch_sizes: list[int] = field(default_factory=lambda: [1, 64])  # fp32 parity is checked at each batch size
     # fp32 parity: every logit within fp32_atol + fp32_rtol * max|logit| of its image (edgekd.exporting.parity).
     # rtol 1e-4: float32 eps is 1.2e-7; rounding grows ~sqrt(K) over K-term dot products (K up to ~10^4
     # here: x100) and again over ~50 layers (x7), and torch (oneDNN) and onnxruntime pick different kernels
@@ -218,32 +229,40 @@ class ExportConfig:
 
 @dataclass
 class LatencyConfig:
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    """onnxruntime latency measurement of every exported model."""
+
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 32])  # batch sizes timed
     threads: list[int] = field(default_factory=lambda: [1, 0])  # 0 = all cores
-    warmup: int = 10
-    runs: int = 100
-    provider: str = "CPUExecutionProvider"
-    profile: bool = True
+    warmup: int = 10  # untimed runs before timing
+    runs: int = 100  # timed runs per setting; the median is reported
+    provider: str = "CPUExecutionProvider"  # onnxruntime execution provider
+    profile: bool = True  # record the top ops with onnxruntime's profiler
 
 
 @dataclass
 class RobustnessEvalConfig:
-    enabled: bool = True
+    """Robustness evaluation in the check stage: corruptions, attacks, calibration, OOD."""
+
+    enabled: bool = True  # false skips robustness (accuracy, size, latency are still measured)
     corruptions: list[str] = field(default_factory=list)  # empty = all registered
-    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])  # corruption severities (1-5) evaluated
     images: int = 1000  # test images used for corruption/adversarial evaluation
+    # attack radii (L-inf, [0, 1] pixels; '8/255' accepted)
     epsilons: list[float] = field(default_factory=lambda: [2 / 255, 8 / 255, 0.1])
-    pgd_steps: int = 20
+    pgd_steps: int = 20  # white-box PGD iterations
     square_queries: int = 200  # black-box Square attack on the ONNX file; 0 turns it off
-    adversarial_images: int = 200
+    adversarial_images: int = 200  # images attacked, the first of the robustness subset
+    # synthetic out-of-distribution sets (uniform, blobs, inverted)
     ood: list[str] = field(default_factory=lambda: ["uniform", "blobs", "inverted"])
-    ood_folder: Optional[str] = None
-    temperature_scaling: bool = True
+    ood_folder: Optional[str] = None  # a folder of real outlier images, scored as OOD set 'folder'
+    temperature_scaling: bool = True  # also report ECE after fitting a temperature on validation
     reference_run: Optional[str] = None  # mCE reference manifest; default: the teacher
 
 
 @dataclass
 class CheckConfig:
+    """The check stage: onnxruntime accuracy, size, latency and robustness of every exported model."""
+
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     robustness: RobustnessEvalConfig = field(default_factory=RobustnessEvalConfig)
     # run the student files in a second runtime (OpenCV DNN, OpenVINO) where installed and report top-1
@@ -254,23 +273,27 @@ class CheckConfig:
 
 @dataclass
 class LatencyBudget:
-    value_ms: float = 0.0
-    batch: int = 1
-    threads: int = 1
-    model: str = "student_int8"
+    """A latency budget: median milliseconds of one model at one batch size and thread count."""
+
+    value_ms: float = 0.0  # largest median latency, in ms
+    batch: int = 1  # batch size it holds at (one of check.latency.batch_sizes)
+    threads: int = 1  # onnxruntime threads (0 = all cores; one of check.latency.threads)
+    model: str = "student_int8"  # the model it applies to
 
 
 @dataclass
 class BudgetsConfig:
+    """Pass/fail budgets of the gate (each has an 'edgekd gate' flag that overrides it)."""
+
     model: str = "student_int8"  # which model the size/accuracy budgets apply to
-    max_size_mb: Optional[float] = None
-    min_accuracy: Optional[float] = None
-    max_latency_ms: Optional[LatencyBudget] = None
-    max_accuracy_drop: Optional[float] = None
+    max_size_mb: Optional[float] = None  # largest ONNX file size of `model`, in MB
+    min_accuracy: Optional[float] = None  # lowest top-1 test accuracy of `model`, in [0, 1]
+    max_latency_ms: Optional[LatencyBudget] = None  # a latency budget: {value_ms, batch, threads, model}
+    max_accuracy_drop: Optional[float] = None  # largest top-1 loss vs the baseline run, in [0, 1]
     baseline: Optional[str] = None  # a baseline run's manifest.json or run folder
-    min_corruption_accuracy: Optional[float] = None
-    min_adversarial_accuracy: Optional[float] = None
-    adversarial_epsilon: float = 2 / 255
+    min_corruption_accuracy: Optional[float] = None  # lowest mean accuracy over the corruptions
+    min_adversarial_accuracy: Optional[float] = None  # lowest accuracy under the worst attack at adversarial_epsilon
+    adversarial_epsilon: float = 2 / 255  # epsilon of the adversarial budget
 
 
 @dataclass
@@ -288,7 +311,7 @@ class TuneConfig:
     student_widths: list[float] = field(default_factory=lambda: [0.35, 0.5, 0.75])  # categorical
     max_latency_ms: Optional[float] = None  # INT8 latency budget; None: budgets.max_latency_ms, else unconstrained
     latency_batch: int = 1  # used when budgets.max_latency_ms does not say (it wins: the gate checks that one)
-    latency_threads: int = 1
+    latency_threads: int = 1  # threads of that latency measurement (0 = all cores)
     latency_runs: int = 50  # timed onnxruntime runs per trial (median taken), after 5 warm-up runs
     sampler_seed: int = 0  # TPE sampler seed: the same study repeats its suggestions
     source: Optional[str] = None  # set by edgekd tune in chosen.yaml: the tune folder (the report shows its Pareto front)
@@ -305,14 +328,17 @@ class LoggingConfig:
 
 @dataclass
 class Config:
-    name: str = "fashion_mnist"
-    out_dir: str = "export"
-    seed: int = 0
+    """A whole run: the pipeline's stages and every setting they read."""
+
+    name: str = "fashion_mnist"  # run name: the run lands in <out_dir>/<name>/
+    out_dir: str = "export"  # folder the runs land in (edgekd run --out overrides it)
+    seed: int = 0  # seeds splits, initial weights, shuffling, augmentation and attacks
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # reproducible kernels: auto = on for CPU (bit-exact resume), off on CUDA (cudnn.benchmark, TF32);
     # on | off force it (YAML true/false mean on/off). The manifest's environment records the choice and why.
     deterministic: str = "auto"
     num_threads: Optional[int] = None  # torch threads in the training stages (None: torch default)
+    # stages 'edgekd run' runs, always in pipeline order
     stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))
     data: DataConfig = field(default_factory=DataConfig)
     teacher: ModelConfig = field(default_factory=lambda: ModelConfig(arch="resnet18"))
