@@ -1,70 +1,152 @@
-"""Which student gains from INT8 in onnxruntime on this CPU? MobileNetV2 vs MobileNetV3, side by side.
+"""Is the INT8 file smaller and faster than FP32 in onnxruntime on this CPU? Side by side, interleaved.
 
-Each student is built for Fashion-MNIST (28×28×1), BN-folded and fake-quantized with edgekd's QAT
-modules, calibrated on real training images, and exported twice (FP32 and INT8 QDQ) with
-edgekd's exporter. Latency of both files is measured in the same process, back to back, with
-``edgekd.deploy.runtime.measure_latency``; the ratios, not the absolute times, are the result. Weights
-are not trained: latency does not depend on them. Writes ``benchmarks/results/int8_speedup.{json,md}``.
+Two ways to get files:
+
+- default: each ``--students`` entry (``arch:width``) is built for Fashion-MNIST (28x28x1), its BN
+  statistics taken from real training images, fake-quantized with edgekd's QAT modules, calibrated,
+  and exported three times with edgekd's exporter: FP32, INT8 as exported today, and INT8 as exported
+  before ``edgekd.exporting.slim`` (the benchmark switches that pass off: the "before" row).
+  Weights are not trained: size and latency do not depend on their values.
+- ``--files LABEL=PATH ...``: time given files (e.g. a finished run's ``model.fp32.onnx`` and a
+  re-export); the first is the reference every ratio divides by.
+
+Every (batch, threads) setting times all files of a student in the same process, *interleaved*: one
+run of each file in turn, repeated, so a background load slows every file alike. The ratios, not the
+absolute times, are the result. Writes ``benchmarks/results/int8_speedup.{json,md}``.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgekd.config import DataConfig, ModelConfig  # noqa: E402
-from edgekd.data import build_dataset  # noqa: E402
-from edgekd.data.loader import BatchLoader  # noqa: E402
+from edgekd.deploy.runtime import make_session  # noqa: E402
+from edgekd.deploy.runtime.latency import fixed_feed, summarize_ms  # noqa: E402
 from edgekd.environment import cpu_info, package_versions  # noqa: E402
-from edgekd.exporting import export_fp32, export_int8  # noqa: E402
 from edgekd.io import atomic_write_json, atomic_write_text  # noqa: E402
-from edgekd.models import build_student  # noqa: E402
-from edgekd.quant import freeze_observers, prepare_qat  # noqa: E402
-from edgekd.deploy.runtime import measure_latency  # noqa: E402
 
-STUDENTS = [("mobilenet_v2", 0.5), ("mobilenet_v2", 1.0), ("mobilenet_v3_small", 1.0), ("mobilenet_v3_large", 1.0)]
+
+def interleaved_latency(files: dict[str, Path], batch: int, threads: int, warmup: int, runs: int) -> dict[str, dict]:
+    """Median/p90/... ms per file, timing one ``session.run`` of each file in turn, ``runs`` rounds."""
+    sessions = {k: make_session(p, threads=threads) for k, p in files.items()}
+    feeds = {k: fixed_feed(s, batch) for k, s in sessions.items()}
+    for k, s in sessions.items():
+        for _ in range(warmup):
+            s.run(None, feeds[k])
+    times: dict[str, list[float]] = {k: [] for k in files}
+    for _ in range(runs):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, feeds[k])
+            times[k].append((time.perf_counter() - t0) * 1000.0)
+    return {k: summarize_ms(v) for k, v in times.items()}
+
+
+def build_files(arch: str, width: float, out: Path) -> dict[str, Path]:
+    """FP32, INT8 (today's exporter) and INT8 without the slim pass, for an untrained, BN-calibrated student."""
+    import torch
+
+    import edgekd.exporting.export as export_mod
+    from edgekd.config import DataConfig, ModelConfig
+    from edgekd.data import build_dataset
+    from edgekd.data.loader import BatchLoader
+    from edgekd.models import build_student
+    from edgekd.quant import freeze_observers, prepare_qat
+
+    torch.manual_seed(0)
+    bundle = build_dataset(DataConfig(train_subset=1024, val_size=500, test_subset=500), seed=0)
+    calib = BatchLoader(bundle.train, 128, shuffle=False, augment=None, seed=0)
+    model = build_student(ModelConfig(arch=arch, width=width, stem_stride=1), bundle)
+    model.train()  # BN statistics of real images and non-trivial BN affine: folded biases are distinct and non-zero
+    with torch.no_grad():
+        for i, batch in enumerate(calib):
+            model(batch[0])
+            if i >= 4:
+                break
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.2)
+    model.eval()
+    q = prepare_qat(model, calib, 4)
+    freeze_observers(q)
+    shape = (1, bundle.channels, *bundle.image_size)
+    files = {"fp32": out / "fp32.onnx", "int8": out / "int8.onnx", "int8_before_slim": out / "int8.before.onnx"}
+    export_mod.export_fp32(model, files["fp32"], shape)
+    export_mod.export_int8(q, files["int8"], shape)
+    slim = export_mod.slim_int8
+    export_mod.slim_int8 = lambda onx: {}  # the exporter as it was before edgekd.exporting.slim
+    try:
+        export_mod.export_int8(q, files["int8_before_slim"], shape)
+    finally:
+        export_mod.slim_int8 = slim
+    return files
+
+
+def measure(student: str, files: dict[str, Path], batches: list[int], threads: list[int], warmup: int,
+            runs: int) -> list[dict[str, Any]]:
+    ref = next(iter(files))
+    rows = []
+    for b in batches:
+        for t in threads:
+            n = max(10, runs // b) if b > 1 else runs  # large batches: fewer rounds, same order of total time
+            lat = interleaved_latency(files, b, t, warmup, n)
+            for k, p in files.items():
+                rows.append({"student": student, "file": k, "batch": b, "threads": t, "runs": n,
+                             "median_ms": lat[k]["median_ms"], "p90_ms": lat[k]["p90_ms"],
+                             "latency_ratio": lat[k]["median_ms"] / lat[ref]["median_ms"],
+                             "size_bytes": p.stat().st_size, "size_ratio": p.stat().st_size / files[ref].stat().st_size})
+                print({k2: (round(v, 4) if isinstance(v, float) else v) for k2, v in rows[-1].items()}, flush=True)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Namespace) -> str:
+    md = ["| student | file | batch | threads | median ms | / reference latency | / reference size |",
+          "|---|---|---|---|---|---|---|"]
+    md += [f"| {r['student']} | {r['file']} | {r['batch']} | {'all' if r['threads'] == 0 else r['threads']} | "
+           f"{r['median_ms']:.3f} | x{r['latency_ratio']:.2f} | x{r['size_ratio']:.4f} |" for r in rows]
+    md.append(f"\nonnxruntime {env['versions'].get('onnxruntime')}, {env['cpu'].get('model')}; each setting times the "
+              f"files interleaved ({args.runs} rounds at batch 1, fewer at larger batches, after {args.warmup} warm-up "
+              "runs); threads 'all' = every core (the check stage's threads: 0). The reference is the first file "
+              "(fp32).\n")
+    return "\n".join(md)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--students", nargs="+", default=["mobilenet_v2:0.5"], help="arch:width entries to build")
+    p.add_argument("--files", nargs="+", metavar="LABEL=PATH", help="time these files instead (first = reference)")
+    p.add_argument("--runs", type=int, default=300)
+    p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 0], help="0 = all cores (as the check stage)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--name", default="int8_speedup", help="result file stem")
     a = p.parse_args()
-    bundle = build_dataset(DataConfig(train_subset=1024, val_size=500, test_subset=500), seed=0)
-    calib = BatchLoader(bundle.train, 128, shuffle=False, augment=None, seed=0)
-    shape = (1, bundle.channels, *bundle.image_size)
-    rows = []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for arch, width in STUDENTS:
-            model = build_student(ModelConfig(arch=arch, width=width, stem_stride=1), bundle).eval()
-            q = prepare_qat(model, calib, 8)
-            freeze_observers(q)
-            q.eval()
-            f32, i8 = Path(tmp) / f"{arch}_{width}.fp32.onnx", Path(tmp) / f"{arch}_{width}.int8.onnx"
-            export_fp32(model, f32, shape)
-            export_int8(q, i8, shape)
-            for batch in a.batches:
-                lf = measure_latency(f32, batch=batch, threads=1, warmup=20, runs=a.runs, input_shape=shape[1:])
-                li = measure_latency(i8, batch=batch, threads=1, warmup=20, runs=a.runs, input_shape=shape[1:])
-                rows.append({"student": f"{arch} x{width}", "batch": batch, "threads": 1,
-                             "fp32_median_ms": lf["median_ms"], "int8_median_ms": li["median_ms"],
-                             "latency_ratio": li["median_ms"] / lf["median_ms"],
-                             "size_ratio": i8.stat().st_size / f32.stat().st_size})
-                print(rows[-1], flush=True)
+        if a.files:
+            files = {s.split("=", 1)[0]: Path(s.split("=", 1)[1]) for s in a.files}
+            rows += measure("given files", files, a.batches, a.threads, a.warmup, a.runs)
+        else:
+            for entry in a.students:
+                arch, width = entry.split(":")
+                d = Path(tmp) / entry.replace(":", "_")
+                d.mkdir()
+                rows += measure(f"{arch} x{width}", build_files(arch, float(width), d), a.batches, a.threads,
+                                a.warmup, a.runs)
     env = {"cpu": cpu_info(), "versions": package_versions()}
-    atomic_write_json(Path(a.out) / "int8_speedup.json", {"rows": rows, "environment": env})
-    md = ["| student | batch | threads | fp32 median ms | int8 median ms | int8/fp32 latency | int8/fp32 size |",
-          "|---|---|---|---|---|---|---|"]
-    md += [f"| {r['student']} | {r['batch']} | {r['threads']} | {r['fp32_median_ms']:.3f} | {r['int8_median_ms']:.3f} | "
-           f"×{r['latency_ratio']:.2f} | ×{r['size_ratio']:.2f} |" for r in rows]
-    md.append(f"\nonnxruntime {env['versions']['onnxruntime']}, {env['cpu']['model']}, {a.runs} timed runs after 20 warm-up.\n")
-    atomic_write_text(Path(a.out) / "int8_speedup.md", "\n".join(md))
-    print("\n".join(md))
+    atomic_write_json(Path(a.out) / f"{a.name}.json", {"rows": rows, "environment": env,
+                                                       "settings": {"runs": a.runs, "warmup": a.warmup}})
+    md = markdown(rows, env, a)
+    atomic_write_text(Path(a.out) / f"{a.name}.md", md)
+    print(md)
     return 0
 
 

@@ -16,7 +16,7 @@ from ...errors import ConfigError
 from ...pixels import to_float
 from ...progress import bar
 from .accuracy import accuracy_report
-from .latency import measure_latency
+from .latency import measure_latency, measure_latency_interleaved
 from .profile import profile_top_ops
 from .session import PathLike, check_provider, make_session, onnx_logits
 
@@ -37,10 +37,13 @@ def check_model(
     latency_cfg: LatencyConfig,
     eval_batch_size: int = 256,
     step: Callable[[int], Any] = lambda n: None,
+    latency: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Size, accuracy, latency over batch_sizes x threads, and (optionally) the top ops of one ONNX file.
 
     ``step(1)`` is called after each of the :func:`measurement_count` measurements (a progress bar).
+    ``latency`` rows measured elsewhere (:func:`check_models` times the files interleaved) replace the
+    file's own latency measurement.
     """
     p = Path(path)
     sess = make_session(p, provider=latency_cfg.provider, threads=0)
@@ -50,8 +53,8 @@ def check_model(
     shape = tuple(images.shape[1:])
     out: dict[str, Any] = {"file": p.name, "size_bytes": size, "size_mb": size / 1e6}
     out.update(accuracy_report(logits, labels, num_classes))
-    out["latency"] = []
-    for b in latency_cfg.batch_sizes:
+    out["latency"] = list(latency) if latency is not None else []
+    for b in latency_cfg.batch_sizes if latency is None else ():
         for t in latency_cfg.threads:
             out["latency"].append(measure_latency(p, batch=b, threads=t, warmup=latency_cfg.warmup,
                                                   runs=latency_cfg.runs, provider=latency_cfg.provider,
@@ -109,7 +112,18 @@ def check_models(
     x = to_float(images)
     y = np.asarray(labels, dtype=np.int64)
     with bar(len(models) * measurement_count(latency_cfg), "check: accuracy and latency", unit="measurement") as b:
-        measured = {name: check_model(path, x, y, len(class_names), latency_cfg, eval_batch_size, step=b.update)
+        # every setting times all files in alternating blocks, so a passing background load cannot favour one
+        rows: dict[str, list[dict[str, Any]]] = {name: [] for name in models}
+        for batch in latency_cfg.batch_sizes:
+            for t in latency_cfg.threads:
+                timed = measure_latency_interleaved(models, batch=batch, threads=t, warmup=latency_cfg.warmup,
+                                                    runs=latency_cfg.runs, provider=latency_cfg.provider,
+                                                    input_shape=tuple(x.shape[1:]))
+                for name in models:
+                    rows[name].append(timed[name])
+                b.update(len(models))
+        measured = {name: check_model(path, x, y, len(class_names), latency_cfg, eval_batch_size, step=b.update,
+                                      latency=rows[name])
                     for name, path in models.items()}
     return {
         "provider": latency_cfg.provider,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -100,3 +100,47 @@ def measure_latency(
         raise ArtifactError(f"onnxruntime cannot run {path} on a batch of {batch}: {first}",
                             "check that the model takes one NCHW image batch, or re-export it") from e
     return {"batch": batch, "threads": threads, **summarize_ms(times), "runs": runs}
+
+
+# Interleaved timing: the check stage compares files (INT8 vs FP32) measured one after the other. On a
+# shared CPU a background load that comes and goes then lands on one file and not the other (this
+# machine's load average went from 2 to 17 within minutes while timing), so a ratio can move by x1.5
+# without any file changing. Timing the files in alternating blocks spreads such load over all of
+# them. Blocks, not single runs: a run right after another model's starts with that model's weights in
+# the cache, so each block begins with one untimed run.
+INTERLEAVE_BLOCK = 10
+
+
+def measure_latency_interleaved(
+    paths: Mapping[str, PathLike],
+    batch: int = 1,
+    threads: int = 1,
+    warmup: int = 10,
+    runs: int = 100,
+    provider: str = "CPUExecutionProvider",
+    input_shape: Sequence[int] | None = None,
+    block: int = INTERLEAVE_BLOCK,
+) -> dict[str, dict[str, Any]]:
+    """:func:`measure_latency` of several files at one setting, timed in alternating blocks of ``block`` runs.
+
+    Each file gets exactly ``runs`` timed runs and ``warmup`` untimed ones first;
+    each block starts with one untimed run. Returns name -> the same row as :func:`measure_latency`.
+    """
+    if batch < 1 or runs < 1 or warmup < 0 or block < 1:
+        raise ConfigError(f"latency needs batch >= 1, runs >= 1, warmup >= 0; got {batch}, {runs}, {warmup}",
+                          "fix check.latency in the config")
+    sessions = {name: make_session(p, provider=provider, threads=threads) for name, p in paths.items()}
+    feeds = {name: fixed_feed(s, batch, input_shape) for name, s in sessions.items()}
+    outs = {name: [s.get_outputs()[0].name] for name, s in sessions.items()}
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    try:
+        for name, s in sessions.items():
+            _timed_runs(s, outs[name], feeds[name], warmup, 0)
+        while min(len(t) for t in times.values()) < runs:
+            for name, s in sessions.items():
+                times[name] += _timed_runs(s, outs[name], feeds[name], 1, min(block, runs - len(times[name])))
+    except _ORT_LOAD_ERRORS as e:  # the model loads but cannot run: name it instead of an onnxruntime traceback
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"onnxruntime cannot run one of {', '.join(map(str, paths.values()))} on a batch of "
+                            f"{batch}: {first}", "check that the model takes one NCHW image batch, or re-export it") from e
+    return {name: {"batch": batch, "threads": threads, **summarize_ms(t), "runs": len(t)} for name, t in times.items()}
