@@ -1,0 +1,211 @@
+"""Every registered KD method on one table: same teacher, student, data and budget, >= 3 seeds, mean ± std.
+
+Each (method, seed) is a whole ``edgekd.run`` (teacher loaded from one cached training, distill, qat,
+export, check), measured by the check stage in onnxruntime on the test split:
+
+- clean accuracy: the FP32 student (model.fp32.onnx);
+- INT8 accuracy after QAT: model.int8.onnx;
+- corruption mean, ECE, OOD AUROC (max-softmax, mean over the OOD sets): the INT8 file, the model shipped;
+- PGD-20 at ε = 0.03: white-box on the FP32 student (as issue 13 measured it);
+- training time: distill + qat seconds.
+
+The ``ce`` row is the no-KD student. The markdown says which methods beat Hinton KD by more than the
+seed std (``beats``: the mean difference, in the better direction, exceeds the larger of the two stds).
+Methods that need more than the base config (a second teacher for multi_teacher, an attack for ard/rslad)
+get it from ``EXTRAS``; a method whose run fails is a row that says so, never a silent gap.
+
+    python benchmarks/methods.py --budget small --methods ce hinton dkd --seeds 0 1 2   # minutes
+    python benchmarks/methods.py                                                         # default budget: hours on 2 cores
+    python benchmarks/methods.py --render --budget small                                 # re-render the markdown
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import edgekd  # noqa: E402
+from edgekd.io import atomic_write_json, atomic_write_text  # noqa: E402
+
+EPS = 0.03
+EPS_KEY = f"{EPS:.4f}"  # the check metrics key epsilons as "%.4f"
+SECOND_TEACHER = "wrn16_4"  # multi_teacher's extra teacher: another architecture than the run's resnet18
+
+# Budgets: config overrides on top of configs/fashion_mnist.yaml. "default" keeps its schedules and data
+# (~30 min a run on 2 cores); "small" is a reduced budget for a CPU shared by other work (minutes a run).
+COMMON = ["check.robustness.enabled=true", f"check.robustness.epsilons=[{EPS}]", "check.robustness.pgd_steps=20",
+          "check.robustness.square_queries=0", "check.latency.batch_sizes=[1]", "check.latency.threads=[1]",
+          "check.latency.runs=20", "check.latency.profile=false"]
+BUDGETS: dict[str, list[str]] = {
+    "default": COMMON + ["check.robustness.images=2000", "check.robustness.adversarial_images=500"],
+    "small": COMMON + [
+        "data.train_subset=2000", "data.val_size=500", "data.test_subset=1000",
+        "teacher_train.epochs=2", "distill.train.epochs=2", "qat.train.max_steps_per_epoch=20",
+        "qat.calibration_batches=4", "export.parity_images=64",
+        "check.robustness.images=300", "check.robustness.adversarial_images=100"],
+}
+# Higher is better except ECE and training time.
+COLUMNS = {"clean": "clean acc (FP32)", "int8": "INT8 acc after QAT", "corruption_mean": "corruption mean (INT8)",
+           f"pgd_{EPS_KEY}": f"PGD-20 ε={EPS} (FP32)", "ece": "ECE (INT8)", "ood_auroc": "OOD AUROC (INT8)",
+           "train_seconds": "training time (s)"}
+LOWER_IS_BETTER = {"ece", "train_seconds"}
+FRACTIONS = {"clean", "int8", "corruption_mean", f"pgd_{EPS_KEY}"}
+
+
+def extras(teacher2: Callable[[], str]) -> dict[str, list[str]]:
+    """Per-method settings beyond the base config (a method not listed runs with the base config)."""
+    return {
+        "multi_teacher": [f"distill.teachers=[{{arch: {SECOND_TEACHER}, width: 1.0, weights: {teacher2()}}}]",
+                          "distill.teacher_weighting=confidence"],
+        "ard": ["distill.robust.attack=fgsm_rs", f"distill.robust.epsilon={EPS}"],
+        "rslad": ["distill.robust.attack=fgsm_rs", f"distill.robust.epsilon={EPS}"],
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    from edgekd.losses import KD_LOSSES
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=str(ROOT / "configs" / "fashion_mnist.yaml"))
+    p.add_argument("--budget", choices=list(BUDGETS), default="default",
+                   help="default: the config's own schedules (~30 min a run on 2 cores); small: minutes a run")
+    p.add_argument("--methods", nargs="+", default=KD_LOSSES.names(), choices=KD_LOSSES.names(),
+                   help="KD losses to compare (default: every registered one); ce and hinton are always added")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra config override for every run (repeatable)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--runs", default=str(ROOT / "export" / "bench_methods"), help="where the runs land")
+    p.add_argument("--render", action="store_true", help="only re-render the markdown from the JSON")
+    a = p.parse_args()
+    a.methods = list(dict.fromkeys(["ce", "hinton", *a.methods]))
+    if len(a.seeds) < 3 and not a.render:
+        print("[bench] note: fewer than 3 seeds; the std is not a meaningful spread", file=sys.stderr)
+    return a
+
+
+def measure(run: Any) -> dict[str, float]:
+    """The table's numbers from the run's check stage (onnxruntime on the test split) and its training stages."""
+    models = run.metrics("check")["models"]
+    rob = models["student_int8"]["robustness"]
+    ood = [v["auroc_msp"] for v in rob["ood"].values()]
+    return {
+        "clean": models["student_fp32"]["accuracy"], "int8": models["student_int8"]["accuracy"],
+        "corruption_mean": rob["corruption"]["mean_accuracy"],
+        f"pgd_{EPS_KEY}": models["student_fp32"]["robustness"]["adversarial"]["pgd"][EPS_KEY],
+        "ece": rob["calibration"]["ece"], "ood_auroc": statistics.mean(ood),
+        "train_seconds": float(run.metrics("distill")["train_seconds"]) + float(run.metrics("qat")["train_seconds"]),
+    }
+
+
+def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, list[float]]]:
+    """{method: {column: [mean, std]}} over the seeds that finished (sample std, n - 1)."""
+    out = {}
+    for method, rows in runs.items():
+        if rows:
+            out[method] = {k: [statistics.mean(r[k] for r in rows),
+                               statistics.stdev([r[k] for r in rows]) if len(rows) > 1 else 0.0] for k in COLUMNS}
+    return out
+
+
+def beats(table: dict[str, dict[str, list[float]]], method: str, key: str, ref: str = "hinton") -> bool:
+    """``method`` is better than ``ref`` on ``key`` by more than the larger of their seed stds."""
+    (m, s), (r, rs) = table[method][key], table[ref][key]
+    diff = (r - m) if key in LOWER_IS_BETTER else (m - r)
+    return diff > max(s, rs)
+
+
+def _cell(key: str, mean: float, std: float) -> str:
+    if key in FRACTIONS:
+        return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    if key == "train_seconds":
+        return f"{mean:.0f} ± {std:.0f}"
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def render(data: dict[str, Any]) -> str:
+    table, meta, failures = data["summary"], data["meta"], data["failures"]
+    head = "| method | seeds | " + " | ".join(COLUMNS.values()) + " |\n|---|---|" + "---|" * len(COLUMNS) + "\n"
+    lines = []
+    for method in meta["methods"]:
+        if method not in table:
+            lines.append(f"| {method} | 0 | " + " | ".join("failed" for _ in COLUMNS) + " |")
+            continue
+        n = len(data["runs"][method])
+        cells = [_cell(k, *table[method][k]) for k in COLUMNS]
+        lines.append(f"| {method}{' (no KD)' if method == 'ce' else ''} | {n} | " + " | ".join(cells) + " |")
+    out = [head + "\n".join(lines) + "\n"]
+    out.append(f"Budget: **{meta['budget']}**{' (REDUCED: not the default budget)' if meta['budget'] != 'default' else ''}; "
+               f"overrides {meta['overrides']}. Mean ± std over seeds {meta['seeds']} (sample std). Same teacher "
+               f"({meta['teacher']}, trained once, val {100 * meta['teacher_val_accuracy']:.2f} %), student "
+               f"{meta['student']}, data and schedule for every method. Accuracies in % on the test split "
+               f"(onnxruntime); wall time {meta['seconds'] / 60:.1f} min on {meta['cpu']}.\n")
+    if "hinton" in table:
+        verdict = ["| method | beats Hinton KD by more than the seed std on |", "|---|---|"]
+        for method in table:
+            if method == "hinton":
+                continue
+            won = [COLUMNS[k] for k in COLUMNS if k != "train_seconds" and beats(table, method, k)]
+            verdict.append(f"| {method} | {', '.join(won) if won else 'nothing'} |")
+        out.append("\n".join(verdict) + "\n")
+    if failures:
+        out.append("Failed runs (each kept as a row above when all its seeds failed):\n\n"
+                   + "\n".join(f"- {f['method']} seed {f['seed']}: {f['error']}" for f in failures) + "\n")
+    return "\n".join(out)
+
+
+def main() -> int:
+    a = parse_args()
+    out = Path(a.out)
+    stem = "methods" if a.budget == "default" else f"methods_{a.budget}"
+    if a.render:
+        text = render(json.loads((out / f"{stem}.json").read_text()))
+        atomic_write_text(out / f"{stem}.md", text)
+        print(text)
+        return 0
+    from edgekd.config import load_config
+    from edgekd.environment import cpu_info
+    from edgekd.tuning.teachers import cached_teacher
+
+    t0 = time.time()
+    budget = BUDGETS[a.budget] + a.overrides
+    base = load_config(a.config, budget).to_dict()
+    runs_dir = Path(a.runs) / a.budget
+    teacher = cached_teacher(base, base["teacher"]["arch"], runs_dir / "teachers")
+    common = budget + [f"teacher.weights={teacher.weights}", "teacher_train.epochs=0"]
+    per_method = extras(lambda: str(cached_teacher(base, SECOND_TEACHER, runs_dir / "teachers").weights))
+    runs: dict[str, list[dict[str, float]]] = {m: [] for m in a.methods}
+    failures = []
+    for seed in a.seeds:
+        for method in a.methods:
+            overrides = common + [f"distill.loss={method}", f"seed={seed}", f"name={method}_s{seed}"]
+            try:
+                overrides += per_method.get(method, [])
+                run = edgekd.run(a.config, overrides=overrides, out=runs_dir)
+                runs[method].append(measure(run))
+            except Exception as e:  # recorded in the JSON and the table; the other methods still run
+                failures.append({"method": method, "seed": seed, "error": f"{type(e).__name__}: {getattr(e, 'problem', e)}"})
+                print(f"[bench] seed {seed} {method}: FAILED {failures[-1]['error']}", flush=True)
+                continue
+            print(f"[bench] seed {seed} {method}: {json.dumps(runs[method][-1])}", flush=True)
+    cfg = load_config(a.config, budget)
+    meta = {"budget": a.budget, "overrides": budget, "seeds": a.seeds, "methods": a.methods,
+            "student": f"{cfg.student.arch} x{cfg.student.width}", "teacher": teacher.arch,
+            "teacher_val_accuracy": teacher.val_accuracy, "seconds": time.time() - t0, "cpu": cpu_info()["model"]}
+    data = {"meta": meta, "runs": runs, "summary": summarize(runs), "failures": failures}
+    atomic_write_json(out / f"{stem}.json", data)
+    text = render(data)
+    atomic_write_text(out / f"{stem}.md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
