@@ -26,7 +26,7 @@ from edgekd.models.normalize import Normalized
 from edgekd.quant import freeze_observers, prepare_qat
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-PLANTED = "6"  # the third conv (nn.Sequential index 6: the exporter names layers after their modules)
+PLANTED = "3"  # the second conv (nn.Sequential index 3: the exporter names layers after their modules)
 
 
 def tiny_cnn() -> Normalized:
@@ -69,7 +69,9 @@ def pair(data, tmp_path_factory: pytest.TempPathFactory) -> dict:
     node = next(n for n in bad.graph.node if n.op_type == "Conv" and n.name == PLANTED)
     scale_name = prod[node.input[1]].input[1]
     init = next(t for t in bad.graph.initializer if t.name == scale_name)
-    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(8.0), scale_name))
+    wrong = numpy_helper.to_array(init).copy()
+    wrong[::2] *= np.float32(8.0)  # every other channel's scale x8: not a uniform gain that ReLU/argmax would forgive
+    init.CopyFrom(numpy_helper.from_array(wrong, scale_name))
     onnx.save(bad, str(d / "planted.int8.onnx"))
     return {"dir": d, "fp32": d / "model.fp32.onnx", "int8": d / "model.int8.onnx", "planted": d / "planted.int8.onnx",
             "model": model, "qat": qat}
@@ -118,7 +120,7 @@ def test_sensitivity_rows_and_references(pair: dict, data) -> None:
 
 
 def test_planted_wrong_scale_is_named_by_both_tools(pair: dict, data) -> None:
-    """A weight scale x8 in one layer of the INT8 file: sensitivity ranks it first, the divergence finder names it."""
+    """Wrong per-channel weight scales in one layer of the INT8 file: sensitivity ranks it first, the divergence finder names it."""
     _, _, tx, ty = data
     r = layer_sensitivity(pair["fp32"], pair["planted"], tx, ty, threads=1)
     row = {x["layer"]: x for x in r["layers"]}[PLANTED]
@@ -140,3 +142,59 @@ def test_divergence_clean_int8_file_agrees_at_fused_level(pair: dict, data) -> N
     fp = find_divergence(pair["model"], pair["fp32"], tx[:32])
     assert fp["layer"] is None and fp["observed"] == "layer outputs"
     assert max(layer["relative_error"] for layer in fp["layers"]) < 1e-4  # float kernels: rounding only
+
+
+def test_mixed_precision_keeps_one_layer_float(pair: dict, data) -> None:
+    """keep_float=['3']: QAT keeps that conv a float module; the INT8 file has no int8 weight nor input Q/DQ for it,
+    every other layer stays quantized, and the file still computes what the QAT model computes."""
+    from edgekd.exporting import parity_int8
+
+    x, _, tx, _ = data
+    calib = [torch.from_numpy(x[i:i + 100]) for i in range(0, 400, 100)]
+    qat = prepare_qat(pair["model"], calib, len(calib), keep_float=["3"])
+    freeze_observers(qat)
+    path = pair["dir"] / "mixed.int8.onnx"
+    export_int8(qat, path, (1, 1, 28, 28))
+    model = onnx.load(str(path))
+    assert layer_names(model) == ["0", "6", "11"]
+    prod = producers(model)
+    node = next(n for n in model.graph.node if n.name == "3")
+    assert all(prod[i].op_type != "DequantizeLinear" for i in node.input if i in prod)
+    assert "3" in str(model.metadata_props)  # float_layers in the file's quantization metadata
+    parity = parity_int8(qat, path, tx[:128])
+    assert parity["agreement"] >= 0.99 and parity["logits_within_bound"] >= 0.99
+    with pytest.raises(ConfigError, match=r"unknown layer\(s\) 'conv9'; valid: 0, 3, 6, 11"):
+        prepare_qat(pair["model"], keep_float=["conv9"])
+
+
+def test_cli_sensitivity_writes_and_records(pair: dict, tmp_path: Path) -> None:
+    """`edgekd sensitivity RUN` (a real subprocess): sensitivity.json written and recorded with its sha256, the
+    offenders printed by name, and no other stage's entry touched."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import FMNIST_DIR
+    from edgekd.manifest import Manifest
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in ("model.fp32.onnx", "model.int8.onnx"):
+        shutil.copy(pair["dir"] / f, run / f)
+    m = Manifest(run)
+    m.data["config"] = {"seed": 0, "data": {"dataset": "fashion_mnist", "root": str(FMNIST_DIR), "download": False,
+                                            "val_size": 200, "train_subset": 400, "test_subset": 300}}
+    m.record_stage("export", {"student_fp32": run / "model.fp32.onnx", "student_int8": run / "model.int8.onnx"})
+    m.record_stage("check", {}, {"models": {"student_int8": {"accuracy": 0.5}}})
+    before = {k: v for k, v in json.loads((run / "manifest.json").read_text())["stages"].items()}
+    proc = subprocess.run([sys.executable, "-m", "edgekd", "sensitivity", str(run), "--images", "120", "--threads", "1",
+                           "--top", "2"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "top offenders" in proc.stdout and len([ln for ln in proc.stdout.splitlines() if " score " in ln]) == 2
+    after = Manifest.load(run)
+    assert after.artifact("sensitivity", "sensitivity") == run / "sensitivity.json"  # sha256 verified
+    assert {k: after.data["stages"][k] for k in before} == before
+    result = json.loads((run / "sensitivity.json").read_text())
+    assert result["images"] == 120 and len(result["layers"]) == 4
+    assert after.metrics("sensitivity")["top_offenders"][0]["layer"] == result["ranking"][0]
