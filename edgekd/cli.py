@@ -41,11 +41,25 @@ examples:
 exit codes: 0 success (gate passed), 1 gate failed, 2 bad input or missing/corrupt files,
 3 internal error. Add --debug to any command to see the traceback of an error."""
 
+# Appended to every subcommand's --help that does not state its own (tests/test_cli_help.py checks them all).
+EXIT_CODES = """\
+exit codes: 0 success, 2 bad input or missing/corrupt files, 3 internal error (a bug: --debug
+shows its traceback)."""
+
+STAGE_EXIT_CODES = """\
+exit codes: 0 success, 2 bad input, missing/corrupt files or a failed stage (the run folder is
+unchanged), 3 internal error (--debug shows its traceback), 130 interrupted (continue with --resume)."""
+
+RUN_EXIT_CODES = """\
+exit codes: 0 success (and the gate passed, when it ran), 1 the gate failed, 2 bad input,
+missing/corrupt files or a failed stage (the run folder is unchanged), 3 internal error (--debug
+shows its traceback), 130 interrupted (continue with --resume)."""
+
 RUN_EPILOG = """\
 examples:
   edgekd {cmd} -c configs/smoke.yaml --out /tmp/runs
   edgekd {cmd} -c configs/smoke.yaml --out /tmp/runs --set data.batch_size=128
-  edgekd {cmd} -c configs/smoke.yaml --out /tmp/runs --resume      continue after an interruption
+  edgekd {cmd} -c configs/smoke.yaml --out /tmp/runs --resume      continue after an interruption{extra}
 
 A stage whose config and inputs are unchanged is skipped (--force re-runs it). A failed stage
 exits 2 and leaves the run's verified files as they were."""
@@ -57,8 +71,10 @@ examples:
   edgekd gate export/fashion_mnist --max-latency-ms 3 --latency-batch 1 --latency-threads 1
   edgekd gate export/fashion_mnist --junit reports/gate.xml --summary reports/gate.md
 
-Every ONNX file is verified against its sha256 first. Exit 0: every budget met; 1: a budget
-missed; 2: an error (missing or corrupt run, unmeasured budget, unwritable --junit/--summary)."""
+Every ONNX file is verified against its sha256 first.
+
+exit codes: 0 every budget met, 1 a budget missed, 2 an error (missing or corrupt run, unmeasured
+budget, unwritable --junit/--summary), 3 internal error."""
 
 DOCTOR_EPILOG = """\
 examples:
@@ -129,7 +145,11 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
-def _sub(sub: argparse._SubParsersAction, name: str, help: str, epilog: str) -> argparse.ArgumentParser:
+def _sub(sub: argparse._SubParsersAction, name: str, help: str, epilog: str,
+         exit_codes: str = EXIT_CODES) -> argparse.ArgumentParser:
+    """A subcommand whose --help has a description, the epilog's examples, and its exit codes."""
+    if "exit codes:" not in epilog:
+        epilog = f"{epilog}\n\n{exit_codes}"
     return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", epilog=epilog,
                           formatter_class=argparse.RawDescriptionHelpFormatter, parents=[_common()])
 
@@ -154,12 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars (drawn only on a terminal anyway)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = _sub(sub, "run", "the whole pipeline: " + " > ".join(STAGE_NAMES),
-             RUN_EPILOG.format(cmd="run") + "\n  edgekd run -c configs/smoke.yaml --out /tmp/runs --stages export,check")
+             RUN_EPILOG.format(cmd="run", extra="\n  edgekd run -c configs/smoke.yaml --out /tmp/runs --stages export,check"),
+             RUN_EXIT_CODES)
     _add_run_options(p)
     p.add_argument("--stages", help="comma-separated subset of stages to run, e.g. export,check")
     for spec in STAGES:
         if spec.command:
-            _add_run_options(_sub(sub, spec.name, spec.help, RUN_EPILOG.format(cmd=spec.name)))
+            _add_run_options(_sub(sub, spec.name, spec.help, RUN_EPILOG.format(cmd=spec.name, extra=""),
+                                  STAGE_EXIT_CODES))
     g = _sub(sub, "gate", "pass/fail a run against size, accuracy, latency and robustness budgets", GATE_EPILOG)
     add_gate_arguments(g)
     d = _sub(sub, "doctor", "explain why INT8 is (or is not) faster for a run or an ONNX file", DOCTOR_EPILOG)
