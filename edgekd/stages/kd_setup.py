@@ -56,6 +56,17 @@ def kd_teacher(ctx: StageContext, device: torch.device, kd_loss: KDLoss) -> Opti
     return TeacherEnsemble([teacher, *extras]).eval() if extras else teacher
 
 
+def extra_teacher_records(ctx: StageContext) -> list[dict[str, str]]:
+    """Arch, weights file and sha256 of each extra teacher, for the stage metrics (which files taught)."""
+    from ..io import sha256_file
+
+    out = []
+    for i, spec in enumerate(ctx.cfg.distill.teachers):
+        path = extra_teacher_weights(spec, f"distill.teachers[{i}]")
+        out.append({"arch": spec.arch, "weights": str(path), "sha256": sha256_file(path)})
+    return out
+
+
 def sample_images(ctx: StageContext, device: torch.device, n: int = SAMPLE_IMAGES) -> torch.Tensor:
     """The first ``n`` training images as float [0, 1] on ``device``."""
     return to_float(torch.from_numpy(ctx.dataset().train.images[:n])).to(device)

@@ -1,0 +1,227 @@
+"""Feature KD machinery: hooks that never reach the exported model, taps on the fx-traced QAT student,
+the default layer pairing, learnable loss parameters trained by the engine (and resumed) but never
+saved with the student, CTKD's reversed temperature gradient and curriculum, the EMA teacher."""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from edgekd.config import DistillConfig, FeatureKDConfig, ModelConfig, TrainConfig
+from edgekd.data.loader import BatchLoader
+from edgekd.exporting import export_fp32
+from edgekd.losses import KD_LOSSES, Distiller
+from edgekd.losses.feature_pairs import default_pairs
+from edgekd.models import build_student, build_teacher
+from edgekd.models.features import feature_shapes, hooks_on, tap_features
+from edgekd.train.engine import fit
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+@pytest.fixture(scope="module")
+def batch(fmnist_small) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.from_numpy(fmnist_small.train.images[:16]).float() / 255.0
+    return x, torch.from_numpy(fmnist_small.train.labels[:16])
+
+
+def _models(bundle) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    student = build_student(ModelConfig(arch="mobilenet_v2", width=0.5), bundle)
+    teacher = build_teacher(ModelConfig(arch="resnet18", width=0.25), bundle)
+    return student, teacher
+
+
+def test_default_pairing_resnet18_to_mobilenet_v2(fmnist_small, batch) -> None:
+    student, teacher = _models(fmnist_small)
+    pairs = default_pairs(teacher, student, batch[0][:2])
+    assert pairs == [("net.layer1", "net.features.3"), ("net.layer2", "net.features.6"),
+                     ("net.layer3", "net.features.13"), ("net.layer4", "net.features.18")]
+    t = feature_shapes(teacher, [p[0] for p in pairs], batch[0][:2])
+    s = feature_shapes(student, [p[1] for p in pairs], batch[0][:2])
+    assert [t[a][1:] for a, _ in pairs] == [s[b][1:] for _, b in pairs] == [(14, 14), (7, 7), (4, 4), (2, 2)]
+    fit_loss = KD_LOSSES.get("fitnets")(DistillConfig(loss="fitnets"))
+    Distiller(student, teacher, fit_loss, sample=batch[0][:2])
+    assert fit_loss.pairs == [("net.layer2", "net.features.6")]  # FitNets: one hint, in the middle
+    assert (fit_loss.adapters[0].in_channels, fit_loss.adapters[0].out_channels) == (16, 32)
+
+
+def test_a_wrong_layer_name_names_the_layers(fmnist_small, batch) -> None:
+    student, teacher = _models(fmnist_small)
+    cfg = DistillConfig(loss="at", features=FeatureKDConfig(pairs=["net.layer9=net.features.6"]))
+    distiller = Distiller(student, teacher, KD_LOSSES.get("at")(cfg), sample=batch[0][:2])
+    with pytest.raises(Exception, match="no layer named 'net.layer9'.*net.layer1"):
+        distiller.step(student, batch)
+    assert hooks_on(student) == 0 and hooks_on(teacher) == 0  # nothing left behind by the failed step
+
+
+def _onnx_fingerprint(path: Path) -> tuple[list[str], dict[str, bytes]]:
+    model = onnx.load(str(path))
+    return ([n.op_type for n in model.graph.node],
+            {i.name: numpy_helper.to_array(i).tobytes() for i in model.graph.initializer})
+
+
+@pytest.mark.parametrize("name", ["fitnets", "at"])
+def test_feature_kd_leaves_the_exported_graph_unchanged(name: str, fmnist_small, batch, tmp_path: Path) -> None:
+    """Train with feature taps, then export; a fresh student given the same weights (never tapped) must
+    export to the same graph: same node types in the same order, same initializers, bit for bit."""
+    student, teacher = _models(fmnist_small)
+    kd = KD_LOSSES.get(name)(DistillConfig(loss=name))
+    distiller = Distiller(student, teacher, kd, sample=batch[0][:2]).train()
+    opt = torch.optim.SGD([*student.parameters(), *kd.parameters()], lr=0.01)
+    for _ in range(2):
+        loss, _ = distiller.step(student, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert hooks_on(student) == 0
+    fresh, _ = _models(fmnist_small)
+    fresh.load_state_dict(student.state_dict())  # same weights, no feature machinery ever attached
+    student.eval(), fresh.eval()
+    export_fp32(student, tmp_path / "tapped.onnx", (1, 1, 28, 28))
+    export_fp32(fresh, tmp_path / "plain.onnx", (1, 1, 28, 28))
+    ops, inits = _onnx_fingerprint(tmp_path / "tapped.onnx")
+    ops_ref, inits_ref = _onnx_fingerprint(tmp_path / "plain.onnx")
+    assert ops == ops_ref and len(ops) > 50
+    assert inits.keys() == inits_ref.keys() and all(inits[k] == inits_ref[k] for k in inits)
+
+
+def test_qat_student_is_tapped_where_its_float_twin_is(fmnist_small, batch) -> None:
+    """The fx-traced QAT student has no block forward to hook: the tap lands on the block's output
+    fake quant, with the float block's shape, and a FitNets step runs on it."""
+    from edgekd.quant import prepare_qat
+
+    student, teacher = _models(fmnist_small)
+    qmodel = prepare_qat(copy.deepcopy(student).eval(), [(batch[0],)], 1)
+    names = ["net.features.6", "net.features.13"]
+    assert feature_shapes(qmodel, names, batch[0][:2]) == feature_shapes(student, names, batch[0][:2])
+    with tap_features(qmodel, names) as feats:
+        out = qmodel(batch[0][:2])
+    assert out.shape == (2, 10) and all(type(m).__name__ == "ActFakeQuant" for m in [
+        qmodel.net.get_submodule(n) for n in _tapped_targets(qmodel, names)])
+    assert hooks_on(qmodel) == 0 and set(feats) == set(names)
+    kd = KD_LOSSES.get("fitnets")(DistillConfig(loss="fitnets"))
+    distiller = Distiller(qmodel, teacher, kd, sample=batch[0][:2]).train()
+    loss, _ = distiller.step(qmodel, batch)
+    loss.backward()
+    assert torch.isfinite(loss) and kd.adapters[0].weight.grad.abs().sum() > 0
+
+
+def _tapped_targets(qmodel: nn.Module, names: list[str]) -> list[str]:
+    from edgekd.models.features import resolve_tap
+
+    by_module = {id(m): n for n, m in qmodel.net.named_modules()}
+    return [by_module[id(resolve_tap(qmodel, n))] for n in names]
+
+
+# ------------------------------------------------------------------ through the engine
+
+
+def _net(width: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(4),
+                         nn.Flatten(), nn.Linear(width * 49, 10))
+
+
+class _Killed(Exception):
+    pass
+
+
+def _fitnets_fit(fmnist_small, work: Path, resume: bool, kill_at_step: int | None = None):
+    student, teacher = _net(8, 0), _net(16, 1)
+    kd = KD_LOSSES.get("fitnets")(DistillConfig(loss="fitnets", features=FeatureKDConfig(pairs=["2=2"])))
+    sample = torch.from_numpy(fmnist_small.train.images[:2]).float() / 255.0
+    distiller = Distiller(student, teacher, kd, sample=sample)
+    train = BatchLoader(fmnist_small.train, 64, shuffle=True, augment=None, seed=7)
+    val = BatchLoader(fmnist_small.val, 250, shuffle=False)
+    cfg = TrainConfig(epochs=2, lr=0.05, amp="off", channels_last="off", max_steps_per_epoch=4, log_every=1000)
+    steps = 0
+
+    def step(model: nn.Module, b: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal steps
+        steps += 1
+        if steps == kill_at_step:
+            raise _Killed
+        return distiller.step(model, b)
+
+    result = fit(student, step, train, val, cfg, work_dir=work, device="cpu", seed=7, resume=resume,
+                 desc="kd", meta={"fingerprint": "fitnets"}, aux=kd)
+    return student, kd, result
+
+
+def test_adapters_train_with_the_student_resume_exactly_and_stay_out_of_its_weights(fmnist_small, tmp_path) -> None:
+    student, kd, result = _fitnets_fit(fmnist_small, tmp_path / "straight", resume=False)
+    adapter = kd.adapters[0]
+    assert (adapter.in_channels, adapter.out_channels) == (8, 16)
+    assert set(result.best_state) == set(student.state_dict())  # the student's keys only
+    ckpt = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    assert set(ckpt["aux"]) == {"adapters.0.weight", "adapters.0.bias"}
+    assert torch.equal(ckpt["aux"]["adapters.0.weight"], adapter.weight.detach())
+    with pytest.raises(_Killed):  # killed in epoch 1, after epoch 0's checkpoint
+        _fitnets_fit(fmnist_small, tmp_path / "resumed", resume=False, kill_at_step=6)
+    resumed, kd_r, _ = _fitnets_fit(fmnist_small, tmp_path / "resumed", resume=True)
+    for (k, a), b in zip(student.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert torch.equal(kd_r.adapters[0].weight, adapter.weight)  # the adapter came back from the checkpoint
+
+
+def test_adapters_move_during_training(fmnist_small) -> None:
+    student, teacher = _net(8, 0), _net(16, 1)
+    kd = KD_LOSSES.get("fitnets")(DistillConfig(loss="fitnets", features=FeatureKDConfig(pairs=["2=2"])))
+    x = torch.from_numpy(fmnist_small.train.images[:32]).float() / 255.0
+    y = torch.from_numpy(fmnist_small.train.labels[:32])
+    distiller = Distiller(student, teacher, kd, sample=x[:2])
+    before = kd.adapters[0].weight.detach().clone()
+    opt = torch.optim.SGD(nn.ModuleList([student, kd]).parameters(), lr=0.1)  # what the engine builds with aux
+    loss, _ = distiller.step(student, (x, y))
+    loss.backward()
+    opt.step()
+    assert not torch.equal(before, kd.adapters[0].weight)
+
+
+# ------------------------------------------------------------------ CTKD and the EMA teacher
+
+
+def test_ctkd_temperature_ascends_the_kd_loss_on_a_cosine_curriculum() -> None:
+    kd = KD_LOSSES.get("ctkd")(DistillConfig(loss="ctkd", temperature=4.0, alpha=1.0))
+    lams = []
+    for epoch in range(5):
+        kd.start_epoch(epoch, 5)
+        lams.append(float(kd.lam))
+    # lambda_max (1 - cos(pi e / 4)) / 2, e = 0..4; abs 1e-6: float32 buffer of O(1) values
+    assert lams == pytest.approx([(1 - math.cos(math.pi * e / 4)) / 2 for e in range(5)], abs=1e-6)
+    s, t = torch.tensor([[1.0, 2.0, 0.5]]), torch.tensor([[2.0, 1.0, 0.1]])
+    theta = kd.theta.detach().clone().requires_grad_(True)
+
+    def plain(th: torch.Tensor) -> torch.Tensor:  # the same loss with no gradient reversal
+        temp = kd.t_min + (kd.t_max - kd.t_min) * torch.sigmoid(th)
+        return temp**2 * torch.nn.functional.kl_div(torch.log_softmax(s / temp, 1), torch.log_softmax(t / temp, 1),
+                                                    reduction="batchmean", log_target=True)
+
+    (d_plain,) = torch.autograd.grad(plain(theta), theta)
+    kd(s, t, torch.tensor([0])).backward()
+    # lambda = 1 at the last epoch: the temperature gets exactly the opposite gradient; rel 1e-5 (float32)
+    assert kd.theta.grad.item() == pytest.approx(-d_plain.item(), rel=1e-5) and d_plain.item() != 0
+    assert kd.metrics() == {"learned_temperature": pytest.approx(4.0, rel=1e-5)}
+
+
+def test_self_distill_teacher_is_the_students_ema(fmnist_small, batch) -> None:
+    student, _ = _models(fmnist_small)
+    kd = KD_LOSSES.get("self_distill")(DistillConfig(loss="self_distill", ema_decay=0.9))
+    distiller = Distiller(student, None, kd)
+    assert distiller.teacher is kd.ema and all(not p.requires_grad for p in kd.ema.parameters())
+    ema_before = [p.detach().clone() for p in kd.ema.parameters()]
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.5)
+    distiller.train()
+    distiller.step(student, batch)
+    for e0, e1, p in zip(ema_before, kd.ema.parameters(), student.parameters()):
+        # abs 1e-6: float32 lerp of O(1) weights
+        assert torch.allclose(e1, 0.9 * e0 + 0.1 * p.detach(), atol=1e-6)

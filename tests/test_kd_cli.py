@@ -1,0 +1,81 @@
+"""KD methods through the real CLI (``python -m edgekd run``) on 400 real images, seconds per run:
+
+- RSLAD through the QAT stage: the INT8 file is exported and measured by the check stage;
+- multi-teacher KD with two architectures: the run's own ResNet-18 plus the wide ResNet that the
+  first run's teacher stage trained, named by that run's folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import requires_fashion_mnist
+from helpers import tiny_run_config
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [requires_fashion_mnist, pytest.mark.slow]
+
+STEPS = {"epochs": 1, "lr": 0.05, "amp": "off", "max_steps_per_epoch": 3, "schedule": "cosine",
+         "warmup_fraction": 0.0}
+
+
+def edgekd(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "EDGEKD_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "edgekd", *args], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=ROOT)
+
+
+def _config(tmp: Path, name: str, **distill: object) -> Path:
+    cfg = tiny_run_config(name, 16, STEPS, STEPS, {**STEPS, "lr": 0.002, "max_steps_per_epoch": 2})
+    cfg["distill"].update(distill)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def rslad_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wide-ResNet teacher, an RSLAD student, QAT with RSLAD, export and check."""
+    tmp = tmp_path_factory.mktemp("kd")
+    path = _config(tmp, "rslad", loss="rslad", robust={"epsilon": 0.03})
+    data = yaml.safe_load(path.read_text())
+    data["teacher"] = {"arch": "wrn16_4", "width": 0.5}
+    path.write_text(yaml.safe_dump(data))
+    proc = edgekd("run", "-c", str(path), "--out", str(tmp / "runs"), "--stages", "teacher,distill,qat,export,check")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "runs" / "rslad"
+
+
+def test_rslad_runs_through_qat_and_its_int8_file_is_measured(rslad_run: Path) -> None:
+    manifest = json.loads((rslad_run / "manifest.json").read_text())
+    stages = manifest["stages"]
+    assert stages["distill"]["metrics"]["loss"] == "rslad"
+    assert stages["qat"]["metrics"]["epochs"] == 1  # QAT trained (with RSLAD: it reads distill.loss)
+    assert (rslad_run / "model.int8.onnx").is_file()
+    int8 = stages["check"]["metrics"]["models"]["student_int8"]
+    assert int8["file"] == "model.int8.onnx" and 0.0 <= int8["accuracy"] <= 1.0
+
+
+def test_multi_teacher_with_two_architectures_through_the_cli(rslad_run: Path, tmp_path: Path) -> None:
+    extra = {"arch": "wrn16_4", "width": 0.5, "weights": str(rslad_run)}  # a run folder: its teacher stage's weights
+    path = _config(tmp_path, "multi", loss="multi_teacher", teachers=[extra], teacher_weighting="confidence")
+    proc = edgekd("run", "-c", str(path), "--out", str(tmp_path / "runs"), "--stages", "teacher,distill,qat")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stages = json.loads((tmp_path / "runs" / "multi" / "manifest.json").read_text())["stages"]
+    wrn_sha = json.loads((rslad_run / "manifest.json").read_text())["stages"]["teacher"]["artifacts"]["weights"]["sha256"]
+    metrics = stages["distill"]["metrics"]
+    assert metrics["loss"] == "multi_teacher"
+    assert [(t["arch"], t["sha256"]) for t in metrics["extra_teachers"]] == [("wrn16_4", wrn_sha)]
+    assert "qat" in stages and stages["qat"]["metrics"]["epochs"] == 1
+
+
+def test_an_extra_teacher_without_weights_is_a_config_error(tmp_path: Path) -> None:
+    path = _config(tmp_path, "bad", loss="multi_teacher", teachers=[{"arch": "wrn16_4", "width": 0.5}])
+    proc = edgekd("run", "-c", str(path), "--out", str(tmp_path / "runs"))
+    assert proc.returncode == 2 and "distill.teachers[0]" in proc.stderr and "Traceback" not in proc.stderr
