@@ -31,6 +31,10 @@ class ParityError(EdgekdError):
     """Exported model disagrees with the torch model beyond tolerance."""
 
 
+class DivergenceError(EdgekdError):
+    """A training stage diverged (loss not finite or rising, accuracy at chance); its outputs are not kept."""
+
+
 class InputError(EdgekdError):
     """A path or value given on the command line cannot be used (missing, unwritable, not a folder)."""
 

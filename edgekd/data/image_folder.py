@@ -28,7 +28,7 @@ import numpy as np
 from ..config import DataConfig
 from ..errors import DataError
 from .base import DATASETS, ReaderResult, Split, stratified_indices
-from .files import FileSplit, Header, common_mode, native_size, scan
+from .files import FileSplit, common_mode, native_size, scan
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 TEST_FRACTION = 0.2
@@ -87,12 +87,6 @@ def split_files(root: Path) -> tuple[list[str], list[tuple[Path, str]], list[tup
     return classes, train_files, test_files
 
 
-def _readable(files: list[tuple[Path, str]], on_corrupt: str, log: Callable[[str], None] | None
-              ) -> tuple[list[tuple[Path, str]], list[Header]]:
-    keep, headers = scan([p for p, _ in files], on_corrupt, log)
-    return [files[i] for i in keep], headers
-
-
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 [N, C, H, W] images, in [0, 1] units (std floored at 1e-3)."""
     x = images.astype(np.float64) / 255.0
@@ -105,11 +99,13 @@ def open_folder(cfg: DataConfig, log: Callable[[str], None] | None = None) -> tu
     """Scan ``data.root``: (train, test, classes) as on-disk splits, corrupt files handled per policy."""
     root = check_root(cfg.root)
     classes, train_files, test_files = split_files(root)
-    train_files, train_headers = _readable(train_files, cfg.on_corrupt, log)
-    test_files, test_headers = _readable(test_files, cfg.on_corrupt, log)
+    # one scan of both splits: one warning lists every skipped file
+    keep, headers = scan([p for p, _ in train_files + test_files], cfg.on_corrupt, log)
+    n_train = len(train_files)
+    test_files = [test_files[i - n_train] for i in keep if i >= n_train]
+    train_files = [train_files[i] for i in keep if i < n_train]
     if not train_files or not test_files:
         raise DataError(f"image folder {root} has too few readable images to form a train and a test split", "add images")
-    headers = train_headers + test_headers
     mode = common_mode(headers)
     size = (cfg.image_size, cfg.image_size) if cfg.image_size else native_size(headers)
     index = {c: i for i, c in enumerate(classes)}
