@@ -11,9 +11,9 @@ checked to leave the graph onnxruntime runs unchanged (52 QLinearConv + QGemm, s
   assume), so the file stores it as ``Mul(input_scale, weight_scale)`` of the two scales it already
   holds instead of a second per-channel vector; onnxruntime's constant folding computes the same
   float32 product at load time, before its QDQ fusions;
-- a ``Clip`` (ReLU6) whose only consumer is a ``QuantizeLinear`` whose representable range lies
-  inside the clip range changes nothing (the quantizer saturates first), so it is removed with its
-  min/max constants. This is the rule onnxruntime's own ClipQuantFusion applies at load time.
+- a ``Clip`` (ReLU6) whose only consumer is a ``QuantizeLinear`` that maps the clip's min and max
+  to its own minimum and maximum changes nothing (the quantizer saturates there anyway), so it is
+  removed with its min/max constants; onnxruntime's ClipQuantFusion drops it at load time alike.
 """
 from __future__ import annotations
 
@@ -90,22 +90,27 @@ def derive_bias_scales(model: onnx.ModelProto) -> int:
     return len(muls)
 
 
-def _q_range(q: onnx.NodeProto, consts: dict[str, np.ndarray]) -> tuple[float, float] | None:
-    """The float interval a per-tensor QuantizeLinear can represent, or None when not constant/per-tensor."""
+def _saturates_inside(q: onnx.NodeProto, lo: float, hi: float, consts: dict[str, np.ndarray]) -> bool:
+    """True when the per-tensor QuantizeLinear ``q`` maps ``lo`` to its minimum and ``hi`` to its maximum.
+
+    Q is monotone, so then every x <= lo and every x >= hi also land on qmin / qmax, and a Clip to
+    [lo, hi] before ``q`` changes no output. Half a step of margin (less 1e-3) keeps the test away
+    from a rounding tie: ReLU6's quantizer has scale float32(6/255), whose 255 steps reach 6 + 1e-7.
+    """
     scale = consts.get(q.input[1]) if len(q.input) > 1 else None
     zp = consts.get(q.input[2]) if len(q.input) > 2 and q.input[2] else np.zeros((), np.uint8)
     if scale is None or zp is None or scale.size != 1 or zp.size != 1:
-        return None
+        return False
     info = np.iinfo(zp.dtype)
     s, z = float(scale.reshape(())), int(zp.reshape(()))
-    return (info.min - z) * s, (info.max - z) * s
+    return lo / s + z <= info.min + 0.499 and hi / s + z >= info.max - 0.499
 
 
 def remove_redundant_clips(model: onnx.ModelProto) -> int:
     """Bypass each Clip whose only consumer is a QuantizeLinear that saturates inside the clip range; returns how many.
 
-    For ``lo <= (qmin - zp) * s`` and ``hi >= (qmax - zp) * s``, ``Q(clip(x)) == Q(x)`` for every x:
-    values the clip would move already saturate to qmin / qmax.
+    When Q(lo) = qmin and Q(hi) = qmax, ``Q(clip(x)) == Q(x)`` for every x: values the clip would
+    move already saturate to qmin / qmax.
     """
     consts = constants(model)
     consumers = _consumers(model)
@@ -118,8 +123,7 @@ def remove_redundant_clips(model: onnx.ModelProto) -> int:
         users = consumers[clip.output[0]]
         if lo is None or hi is None or len(users) != 1 or users[0].op_type != "QuantizeLinear":
             continue
-        rng = _q_range(users[0], consts)
-        if rng is not None and float(lo) <= rng[0] and float(hi) >= rng[1]:
+        if _saturates_inside(users[0], float(lo), float(hi), consts):
             users[0].input[0] = clip.input[0]
             removed.add(id(clip))
     keep = [n for n in model.graph.node if id(n) not in removed]
