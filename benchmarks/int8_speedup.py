@@ -10,8 +10,9 @@ Two ways to get files:
 - ``--files LABEL=PATH ...``: time given files (e.g. a finished run's ``model.fp32.onnx`` and a
   re-export); the first is the reference every ratio divides by.
 
-Every (batch, threads) setting times all files of a student in the same process, *interleaved*: one
-run of each file in turn, repeated, so a background load slows every file alike. The ratios, not the
+Every (batch, threads) setting times all files of a student in the same process, *interleaved* as the
+check stage does (``edgekd.deploy.runtime.latency.measure_latency_interleaved``: alternating blocks of
+10 runs, each block after one untimed run), so a background load slows every file alike. The ratios, not the
 absolute times, are the result. Writes ``benchmarks/results/int8_speedup.{json,md}``.
 """
 from __future__ import annotations
@@ -19,33 +20,15 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgekd.deploy.runtime import make_session  # noqa: E402
-from edgekd.deploy.runtime.latency import fixed_feed, summarize_ms  # noqa: E402
+from edgekd.deploy.runtime.latency import measure_latency_interleaved  # noqa: E402
 from edgekd.environment import cpu_info, package_versions  # noqa: E402
 from edgekd.io import atomic_write_json, atomic_write_text  # noqa: E402
-
-
-def interleaved_latency(files: dict[str, Path], batch: int, threads: int, warmup: int, runs: int) -> dict[str, dict]:
-    """Median/p90/... ms per file, timing one ``session.run`` of each file in turn, ``runs`` rounds."""
-    sessions = {k: make_session(p, threads=threads) for k, p in files.items()}
-    feeds = {k: fixed_feed(s, batch) for k, s in sessions.items()}
-    for k, s in sessions.items():
-        for _ in range(warmup):
-            s.run(None, feeds[k])
-    times: dict[str, list[float]] = {k: [] for k in files}
-    for _ in range(runs):
-        for k, s in sessions.items():
-            t0 = time.perf_counter()
-            s.run(None, feeds[k])
-            times[k].append((time.perf_counter() - t0) * 1000.0)
-    return {k: summarize_ms(v) for k, v in times.items()}
 
 
 def build_files(arch: str, width: float, out: Path) -> dict[str, Path]:
@@ -96,7 +79,7 @@ def measure(student: str, files: dict[str, Path], batches: list[int], threads: l
     for b in batches:
         for t in threads:
             n = max(10, runs // b) if b > 1 else runs  # large batches: fewer rounds, same order of total time
-            lat = interleaved_latency(files, b, t, warmup, n)
+            lat = measure_latency_interleaved(files, batch=b, threads=t, warmup=warmup, runs=n)
             for k, p in files.items():
                 rows.append({"student": student, "file": k, "batch": b, "threads": t, "runs": n,
                              "median_ms": lat[k]["median_ms"], "p90_ms": lat[k]["p90_ms"],
@@ -112,7 +95,7 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Nam
     md += [f"| {r['student']} | {r['file']} | {r['batch']} | {'all' if r['threads'] == 0 else r['threads']} | "
            f"{r['median_ms']:.3f} | x{r['latency_ratio']:.2f} | x{r['size_ratio']:.4f} |" for r in rows]
     md.append(f"\nonnxruntime {env['versions'].get('onnxruntime')}, {env['cpu'].get('model')}; each setting times the "
-              f"files interleaved ({args.runs} rounds at batch 1, fewer at larger batches, after {args.warmup} warm-up "
+              f"files interleaved ({args.runs} runs at batch 1, fewer at larger batches, after {args.warmup} warm-up "
               "runs); threads 'all' = every core (the check stage's threads: 0). The reference is the first file "
               "(fp32).\n")
     return "\n".join(md)
