@@ -59,16 +59,21 @@ class CpuFeatures:
         }
 
 
+def parse_cpuinfo_flags(text: str) -> frozenset[str] | None:
+    """The first ``flags`` (x86) or ``Features`` (aarch64) line of /proc/cpuinfo text, or None."""
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")) and ":" in line:
+            return frozenset(line.split(":", 1)[1].split())
+    return None
+
+
 def _proc_cpuinfo_flags(path: str = "/proc/cpuinfo") -> frozenset[str] | None:
-    """The first ``flags`` line of /proc/cpuinfo (x86 Linux), or None where there is none."""
+    """The CPU flags of /proc/cpuinfo (Linux, x86 or ARM), or None where there are none."""
     try:
         with open(path) as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+            return parse_cpuinfo_flags(fh.read())
     except OSError:
         return None
-    return None
 
 
 def _torch_flags(torch: Any) -> frozenset[str]:
@@ -140,6 +145,54 @@ def cpu_bf16_is_fast(features: CpuFeatures) -> tuple[bool, str]:
     return False, f"cpu: {have} present but ONEDNN_MAX_CPU_ISA={cap} keeps oneDNN off it, so bf16 would be emulated: fp32"
 
 
+# aarch64 /proc/cpuinfo features that decide int8 speed in onnxruntime's MLAS kernels.
+ARM_INT8_FLAGS = ("asimd", "asimddp", "i8mm", "bf16", "sve", "sve2")
+
+
+def is_arm(flags: frozenset[str], machine: str = "") -> bool:
+    """aarch64: by the machine name, else by ARM-only features (``asimd``) in the flags."""
+    return machine.lower() in ("aarch64", "arm64") or "asimd" in flags
+
+
+def int8_support(flags: frozenset[str], machine: str = "") -> dict[str, str]:
+    """What this CPU offers int8 inference: ``{"level": ok|warn, "arch": x86|arm, "isa", "phrase", "text"}``.
+
+    x86: VNNI (AVX-512 or AVX) makes an int8 dot product one instruction; AVX2 emulates it. aarch64:
+    ``asimddp`` (ARMv8.2 SDOT/UDOT) is what onnxruntime's int8 GEMMs need to beat fp32 clearly, ``i8mm``
+    (ARMv8.6 SMMLA/UMMLA) is faster still; plain NEON (``asimd`` only, e.g. Cortex-A53/A72) widens
+    8-bit products to 16 bits, so INT8 gains mostly size. ``bf16`` speeds float, not int8, GEMMs.
+    """
+    if is_arm(flags, machine):
+        have = [f for f in ARM_INT8_FLAGS if f in flags]
+        extra = " It also has bf16, which speeds float (not int8) math." if "bf16" in flags else ""
+        if "i8mm" in flags:
+            return {"level": "ok", "arch": "arm", "isa": "i8mm", "phrase": "the ARM CPU has i8mm and dot products",
+                    "text": "The ARM CPU has i8mm (SMMLA/UMMLA) and dot-product instructions: onnxruntime's int8 "
+                            f"matrix kernels use them, so INT8 should be clearly faster than fp32.{extra}"}
+        if "asimddp" in flags:
+            return {"level": "ok", "arch": "arm", "isa": "asimddp", "phrase": "the ARM CPU has dot products (asimddp)",
+                    "text": "The ARM CPU has the dot-product instructions (asimddp: SDOT/UDOT, ARMv8.2): int8 dot "
+                            f"products are single instructions; i8mm (ARMv8.6) would be faster still.{extra}"}
+        return {"level": "warn", "arch": "arm", "isa": "neon" if "asimd" in flags else "none",
+                "phrase": "the ARM CPU lacks dot-product instructions (asimddp), which INT8 needs to be fast",
+                "text": "The ARM CPU lacks the dot-product instructions (no asimddp in /proc/cpuinfo; features: "
+                        f"{', '.join(have) or 'none listed'}): INT8 needs ARMv8.2 dot products (asimddp) or i8mm to be "
+                        "clearly faster than fp32; with plain NEON it gains mostly size (4x smaller)."}
+    if "avx512_vnni" in flags or "avx_vnni" in flags:
+        kind = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX-VNNI"
+        amx = " It also has AMX (amx_int8)." if "amx_int8" in flags else ""
+        return {"level": "ok", "arch": "x86", "isa": kind, "phrase": f"the CPU has {kind}",
+                "text": f"The CPU has {kind}: int8 dot products are single instructions.{amx}"}
+    if "avx2" in flags:
+        return {"level": "warn", "arch": "x86", "isa": "AVX2", "phrase": "the CPU has AVX2 but no VNNI",
+                "text": "The CPU lacks VNNI: int8 dot products are emulated with AVX2 (pmaddubsw + pmaddwd), "
+                        "still faster than fp32 but by less."}
+    return {"level": "warn", "arch": "x86" if flags else "unknown", "isa": "none",
+            "phrase": "the CPU has neither AVX2/VNNI nor ARM dot products",
+            "text": "The CPU reports neither AVX2 nor VNNI (x86) nor dot-product instructions (ARM asimddp): "
+                    "int8 kernels may not beat fp32 here."}
+
+
 def thread_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
     """Thread counts that shape CPU speed: the OMP/MKL variables and, when torch is imported, its pools."""
     env = os.environ if environ is None else environ
@@ -151,5 +204,5 @@ def thread_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
     return out
 
 
-__all__ = ["CpuFeatures", "ONEDNN_ISA_BITS", "PRECISION_FLAGS", "cpu_bf16_is_fast", "detect_cpu_features",
-           "onednn_allows", "thread_settings"]
+__all__ = ["ARM_INT8_FLAGS", "CpuFeatures", "ONEDNN_ISA_BITS", "PRECISION_FLAGS", "cpu_bf16_is_fast",
+           "detect_cpu_features", "int8_support", "is_arm", "onednn_allows", "parse_cpuinfo_flags", "thread_settings"]

@@ -9,17 +9,21 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
+import torch
+
+from ..arch_names import split_arch
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..registry import Registry
 from .common import InputSpec, scaled_channels
+from .external import MODEL_SOURCES, build_external, check_quantizable
 from .normalize import Normalized
 from .students import STUDENTS
 from .teachers import TEACHERS
 from .weights import load_torchvision_weights, load_weights, read_weights_file
 
 __all__ = [
-    "TEACHERS", "STUDENTS", "Normalized", "InputSpec", "build_teacher", "build_student", "build_model",
+    "TEACHERS", "STUDENTS", "MODEL_SOURCES", "Normalized", "InputSpec", "build_teacher", "build_student", "build_model",
     "input_spec", "load_weights", "load_torchvision_weights", "read_weights_file", "scaled_channels",
 ]
 
@@ -42,11 +46,29 @@ def input_spec(bundle: Any) -> InputSpec:
 
 
 def build_model(registry: Registry, cfg: ModelConfig, bundle: Any) -> Normalized:
-    """Build ``cfg.arch`` from ``registry`` for ``bundle``'s data, load ``cfg.weights``, wrap in Normalized."""
+    """Build ``cfg.arch`` for ``bundle``'s data, load ``cfg.weights``, wrap in Normalized.
+
+    ``cfg.arch`` is a name in ``registry`` or ``SOURCE:NAME`` (``MODEL_SOURCES``: torchvision, timm,
+    torchscript; see ``edgekd.models.external``); an external student must pass QAT preparation.
+    """
     spec = input_spec(bundle)
     if len(bundle.mean) != spec.in_channels or len(bundle.std) != spec.in_channels:
         raise ConfigError(f"dataset mean/std have {len(bundle.mean)}/{len(bundle.std)} values for {spec.in_channels} channels",
                           "give one mean and one std per input channel")
+    if split_arch(cfg.arch)[0] is not None:  # torchvision:NAME, timm:NAME, torchscript:PATH
+        net, published = build_external(cfg, spec)
+        if registry is STUDENTS:
+            check_quantizable(net, cfg.arch)
+        model = Normalized(net, _floats(bundle.mean), _floats(bundle.std))
+        if cfg.weights and not published and ":" not in cfg.weights:
+            load_weights(model, cfg.weights)  # a file edgekd saved for this adapted model
+        elif cfg.weights and not published:
+            raise ConfigError(f"weights {cfg.weights!r} do not apply to {cfg.arch}",
+                              f"use weights: {split_arch(cfg.arch)[0]}:DEFAULT, a local file, or null")
+        if split_arch(cfg.arch)[0] == "torchscript":
+            # one TorchScript module end to end: the ONNX exporter takes it whole, not nested in nn.Module
+            return torch.jit.script(model)  # type: ignore[return-value]  (same .net/.mean/.std, state_dict)
+        return model
     net = registry.get(cfg.arch)(cfg, spec)
     model = Normalized(net, _floats(bundle.mean), _floats(bundle.std))
     if cfg.weights and cfg.weights.startswith(TORCHVISION_PREFIX):

@@ -27,6 +27,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 from ..registry import Registry
 from .common import InputSpec, small_input_stem
+from .stems import resolve_stem
 
 StudentFn = Callable[[ModelConfig, InputSpec], nn.Module]
 STUDENTS: Registry[StudentFn] = Registry("student")
@@ -73,7 +74,8 @@ def limit_downsampling(features: nn.Sequential, image_size: tuple[int, int], min
 
 
 def _adapt(net: nn.Module, cfg: ModelConfig, spec: InputSpec) -> nn.Module:
-    _replace_stem(net.features, spec.in_channels, cfg.stem_stride)
+    # stem native: torchvision's stride 2 (the kernel is 3x3 either way, so pretrained weights load)
+    _replace_stem(net.features, spec.in_channels, 2 if resolve_stem(cfg, spec) == "native" else cfg.stem_stride)
     limit_downsampling(net.features, spec.image_size)
     return net
 

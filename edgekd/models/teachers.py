@@ -3,9 +3,10 @@
 Every constructor in ``TEACHERS`` is ``fn(cfg: ModelConfig, spec: InputSpec) -> nn.Module`` (the raw
 network; ``build_teacher`` wraps it in ``Normalized``).
 
-Small-input adaptation (28x28 / 32x32 instead of ImageNet's 224x224): the 7x7 stride-2 stem
-becomes a 3x3 conv with stride ``cfg.stem_stride`` and the stem max-pool is kept only when
-``cfg.maxpool``; everything after the stem is torchvision's structure, so state_dict keys match
+Small-input adaptation (``stem: small``, the default below 128 px; 28x28 / 32x32 instead of
+ImageNet's 224x224): the 7x7 stride-2 stem becomes a 3x3 conv with stride ``cfg.stem_stride`` and
+the stem max-pool is kept only when ``cfg.maxpool``; ``stem: native`` keeps torchvision's 7x7/2 conv
+and max-pool, so its pretrained stem loads too; everything after the stem is torchvision's structure, so state_dict keys match
 torchvision's and pretrained weights (all but the stem conv and the classifier) load unchanged.
 
 ``cfg.width`` scales every stage's channel count (64-128-256-512 for width 1) for all ResNets,
@@ -24,6 +25,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 from ..registry import Registry
 from .common import InputSpec, scaled_channels, small_input_stem
+from .stems import resolve_stem
 
 TeacherFn = Callable[[ModelConfig, InputSpec], nn.Module]
 TEACHERS: Registry[TeacherFn] = Registry("teacher")
@@ -46,14 +48,19 @@ class ScaledResNet(tv_resnet.ResNet):
         width: float = 1.0,
         stem_stride: int = 1,
         maxpool: bool = True,
+        stem: str = "small",
         **kwargs: Any,
     ) -> None:
         self._width = width  # read by _make_layer during ResNet.__init__
         self._stage = 0
         super().__init__(block, layers, num_classes=num_classes, **kwargs)
-        stem = scaled_channels(64, width)
-        self.conv1 = small_input_stem(in_channels, stem, stem_stride)
-        self.bn1 = nn.BatchNorm2d(stem)
+        stem_out = scaled_channels(64, width)
+        if stem == "native":  # torchvision's own 7x7/2 conv + max-pool: pretrained stem weights load
+            self.conv1 = nn.Conv2d(in_channels, stem_out, kernel_size=7, stride=2, padding=3, bias=False)
+            maxpool = True
+        else:
+            self.conv1 = small_input_stem(in_channels, stem_out, stem_stride)
+        self.bn1 = nn.BatchNorm2d(stem_out)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if maxpool else nn.Identity()
         self.fc = nn.Linear(scaled_channels(512, width) * block.expansion, num_classes)
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
@@ -68,7 +75,7 @@ class ScaledResNet(tv_resnet.ResNet):
 def _resnet(block: Any, layers: list[int], **kwargs: Any) -> TeacherFn:
     def build(cfg: ModelConfig, spec: InputSpec) -> nn.Module:
         return ScaledResNet(block, layers, spec.in_channels, spec.num_classes, width=cfg.width,
-                            stem_stride=cfg.stem_stride, maxpool=cfg.maxpool, **kwargs)
+                            stem_stride=cfg.stem_stride, maxpool=cfg.maxpool, stem=resolve_stem(cfg, spec), **kwargs)
 
     return build
 

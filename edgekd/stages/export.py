@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..deploy.runtime.ort_format import write_ort_files
 from ..exporting import export_fp32, export_int8, parity_fp32, parity_int8, simplify
 from ..faults import fault_point
 from ..io import atomic_path
@@ -79,6 +80,14 @@ def run(ctx: StageContext) -> StageResult:
         artifacts[key] = final
         fault_point(f"export:after:{key}")  # test hook (edgekd.faults): a kill between two staged files
     metrics["size_ratio_int8_fp32"] = artifacts["student_int8"].stat().st_size / artifacts["student_fp32"].stat().st_size
+    if cfg.export.ort_format:  # ORT Mobile files, each checked against its ONNX file on the parity images
+        ort_artifacts, metrics["ort_format"] = write_ort_files(
+            ctx.run_dir, artifacts, images, bundle.test.labels[: len(images)], cfg.export.ort_target_platform,
+            cfg.export.ort_min_agreement)
+        for key, m in metrics["ort_format"].items():
+            ctx.log(f"[edgekd] export: {m['file']} {m['size_bytes'] / 1e6:.2f} MB, top-1 agreement with the ONNX "
+                    f"file {m['top1_agreement']:.2%}")
+        artifacts.update(ort_artifacts)
     extra = {
         "io": {"input": "pixels", "output": "logits", "labels": list(bundle.classes),
                "preprocessing": {"layout": "NCHW", "dtype": "float32", "range": [0, 1],

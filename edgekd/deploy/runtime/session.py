@@ -15,6 +15,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from ...batching import map_batches
 from ...errors import ArtifactError, ConfigError
+from ...ort_providers import resolve_provider
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -38,15 +39,10 @@ _ORT_LOAD_ERRORS = (
 REEXPORT_FIX = "re-run the export stage (edgekd export, or 'edgekd run --force --stages export,check')"
 
 
-def check_provider(provider: str) -> None:
-    """Raise ConfigError when ``provider`` is not available in this onnxruntime build."""
-    available = ort.get_available_providers()
-    if provider not in available:
-        raise ConfigError(
-            f"onnxruntime execution provider '{provider}' is not available; available: {', '.join(available)}",
-            "set check.latency.provider to one of the available providers "
-            "(install onnxruntime-gpu for CUDAExecutionProvider)",
-        )
+def check_provider(provider: str) -> str:
+    """onnxruntime's name for ``provider`` (full or short, e.g. ``xnnpack``); ConfigError naming the
+    installed providers when this onnxruntime build lacks it (``edgekd.ort_providers``)."""
+    return resolve_provider(provider)
 
 
 def session_options(
@@ -93,7 +89,7 @@ def make_session(
     ``threads=0`` uses all cores. An unavailable provider raises ConfigError listing the
     available ones; a missing, truncated or corrupt model raises ArtifactError naming it.
     """
-    check_provider(provider)
+    provider = check_provider(provider)
     if isinstance(path, bytes):  # an in-memory model (export checks build probe graphs without a file)
         src, what = path, f"the in-memory model ({len(path)} bytes)"
     else:
