@@ -81,7 +81,10 @@ def declared_names(files: Iterable[Path], registrars: Iterable[str]) -> set[str]
     wanted = set(registrars)
     names: set[str] = set()
     for path in files:
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        text = path.read_text()
+        if not any(r.rpartition(".")[2] in text for r in wanted):
+            continue  # no registrar named in the file: skip the parse
+        for node in _outside_bodies(ast.parse(text, str(path))):
             if not isinstance(node, ast.Call) or not node.args:
                 continue
             func = node.func
@@ -93,3 +96,19 @@ def declared_names(files: Iterable[Path], registrars: Iterable[str]) -> set[str]
             if called in wanted and isinstance(first, ast.Constant) and isinstance(first.value, str):
                 names.add(first.value)
     return names
+
+
+def _outside_bodies(tree: ast.Module) -> Iterator[ast.AST]:
+    """Every node of ``tree`` except those inside function and class bodies (their decorators included).
+
+    Registrations are module-level statements or decorators; skipping the bodies, where most of a
+    file's nodes are, keeps a registry-name check fast as the number of registered files grows.
+    """
+    stack: list[ast.AST] = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            stack.extend(node.decorator_list)
+            continue
+        yield node
+        stack.extend(ast.iter_child_nodes(node))
