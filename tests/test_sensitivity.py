@@ -145,8 +145,8 @@ def test_divergence_clean_int8_file_agrees_at_fused_level(pair: dict, data) -> N
 
 
 def test_mixed_precision_keeps_one_layer_float(pair: dict, data) -> None:
-    """keep_float=['3']: QAT keeps that conv a float module; the INT8 file has no int8 weight nor input Q/DQ for it,
-    every other layer stays quantized, and the file still computes what the QAT model computes."""
+    """keep_float=['3']: QAT keeps that conv a float module; the INT8 file has no int8 weight or bias for it (it
+    reads the dequantized output of the layer before, which stays int8), and still computes what QAT computes."""
     from edgekd.exporting import parity_int8
 
     x, _, tx, _ = data
@@ -159,7 +159,8 @@ def test_mixed_precision_keeps_one_layer_float(pair: dict, data) -> None:
     assert layer_names(model) == ["0", "6", "11"]
     prod = producers(model)
     node = next(n for n in model.graph.node if n.name == "3")
-    assert all(prod[i].op_type != "DequantizeLinear" for i in node.input if i in prod)
+    assert all(prod[i].op_type != "DequantizeLinear" for i in node.input[1:] if i in prod)  # float weight, bias
+    assert producers(model)[node.input[0]].op_type == "DequantizeLinear"  # layer "0" keeps its output quantizer
     assert "3" in str(model.metadata_props)  # float_layers in the file's quantization metadata
     parity = parity_int8(qat, path, tx[:128])
     assert parity["agreement"] >= 0.99 and parity["logits_within_bound"] >= 0.99
@@ -198,3 +199,12 @@ def test_cli_sensitivity_writes_and_records(pair: dict, tmp_path: Path) -> None:
     result = json.loads((run / "sensitivity.json").read_text())
     assert result["images"] == 120 and len(result["layers"]) == 4
     assert after.metrics("sensitivity")["top_offenders"][0]["layer"] == result["ranking"][0]
+    # the report's section reads it back (sha256 verified) and names the worst layer first
+    from edgekd.deploy.report.doc import Table
+    from edgekd.deploy.report.sensitivity_section import sensitivity_section
+
+    notes: list[str] = []
+    section = sensitivity_section(after, run / "plots", notes)
+    assert section is not None and not notes
+    table = next(b for b in section.blocks if isinstance(b, Table))
+    assert table.rows[0][0] == result["ranking"][0] and len(table.rows) == 4

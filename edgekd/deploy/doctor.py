@@ -22,6 +22,7 @@ from ..errors import report_error
 from ..hardware import detect_cpu_features, int8_support
 from .doctor_latency import (float_ops, float_ops_text, latency_table, measured_verdict, profile_overhead,
                              runtime_float_nodes, setting_text)
+from .mixed_precision import kept_float_layers, mixed_precision_text
 from .onnx_io import constants, load_model, producers
 from .runtime import make_session, measure_latency
 
@@ -180,13 +181,15 @@ def is_quantized(d: dict[str, Any]) -> bool:
 
 
 def rule_float_compute(d: dict[str, Any]) -> Finding | None:
-    if not is_quantized(d) or not d["float_compute"]:
+    kept = set(d.get("kept_float") or [])  # float on purpose: rule_mixed_precision states them
+    unplanned = [f for f in d["float_compute"] if f["name"] not in kept]
+    if not is_quantized(d) or not unplanned:
         return None
-    causes = Counter(f["input_from"] for f in d["float_compute"])
-    names = ", ".join(f["name"] or f["op_type"] for f in d["float_compute"][:12])
-    more = "" if len(d["float_compute"]) <= 12 else f" (+{len(d['float_compute']) - 12} more)"
+    causes = Counter(f["input_from"] for f in unplanned)
+    names = ", ".join(f["name"] or f["op_type"] for f in unplanned[:12])
+    more = "" if len(unplanned) <= 12 else f" (+{len(unplanned) - 12} more)"
     why = ", ".join(f"{c} fed by {src}" for src, c in causes.most_common())
-    return {"level": "warn", "text": f"{len(d['float_compute'])} compute node(s) stayed float: {names}{more}. "
+    return {"level": "warn", "text": f"{len(unplanned)} compute node(s) stayed float: {names}{more}. "
             f"Their data inputs were not quantized ({why}); put QuantizeLinear/DequantizeLinear "
             "on those inputs (or quantize the op that feeds them) so onnxruntime can fuse them."}
 
@@ -257,12 +260,18 @@ def rule_latency_table(d: dict[str, Any]) -> Finding | None:
     return {"level": "warn" if slow else "ok", "text": f"INT8/FP32 median latency in the check stage: {rows}."}
 
 
+def rule_mixed_precision(d: dict[str, Any]) -> Finding | None:
+    """Layers kept float on purpose (qat.keep_float), with their measured cost when the check stage has it."""
+    mp = d.get("mixed_precision") or ({"float_layers": d["kept_float"]} if d.get("kept_float") else None)
+    return {"level": "info", "text": mixed_precision_text(mp)} if mp else None
+
+
 def rule_float_ops(d: dict[str, Any]) -> Finding | None:
     return {"level": "info", "text": float_ops_text(d)} if is_quantized(d) else None
 
 
 RULES: list[Rule] = [rule_float_compute, rule_float_elementwise, rule_leftover_qdq, rule_weights_stored_float,
-                     rule_isa, rule_tiny, rule_measured, rule_latency_table, rule_float_ops]
+                     rule_isa, rule_tiny, rule_measured, rule_latency_table, rule_float_ops, rule_mixed_precision]
 
 
 def _family_phrase(d: dict[str, Any]) -> str:
@@ -325,6 +334,8 @@ def diagnose(onnx_path: str | Path, provider: str = "CPUExecutionProvider",
                                "ratio": lat["int8_ms"] / lat["fp32_ms"]}]
         source = "the doctor"
     d["float_ops"] = float_ops(d) if is_quantized(d) else []
+    d["kept_float"] = kept_float_layers(path)
+    d["mixed_precision"] = (check or {}).get("mixed_precision")
     d["findings"] = [f for rule in RULES if (f := rule(d)) is not None]
     measured = measured_verdict(d, d["latency_table"], source) if is_quantized(d) else None
     graph = verdict(d)

@@ -6,8 +6,9 @@ is *quantized* when its weight comes from a ``DequantizeLinear``; its quantizers
 DequantizeLinear, its int32 bias DequantizeLinear and the QuantizeLinear -> DequantizeLinear pair on
 its input. Activation quantizers on other ops (Add, pooling) belong to no layer and stay as they are.
 
-- :func:`with_layers_float` edits the INT8 graph: the named layers read their float input and the
-  FP32 file's weights and bias; everything else stays exactly as in the INT8 file.
+- :func:`with_layers_float` edits the INT8 graph: the named layers compute in float with the FP32
+  file's weights and bias (reading the dequantized input, as ``qat.keep_float`` exports a layer);
+  everything else stays exactly as in the INT8 file.
 - :func:`with_layers_quantized` edits the FP32 graph: the named layers get the INT8 file's input
   quantizer, int8 weights and int32 bias; everything else stays exactly as in the FP32 file.
 
@@ -130,8 +131,9 @@ def prune(model: onnx.ModelProto) -> None:
 def with_layers_float(int8: onnx.ModelProto, fp32: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
     """A copy of the INT8 graph where each named layer computes in float with the FP32 file's weights.
 
-    The layer reads the tensor its input QuantizeLinear quantized (other readers of that quantizer keep
-    it); its weight and bias become the FP32 file's float initializers. Unused Q/DQ nodes are pruned.
+    Its weight and bias become the FP32 file's float initializers; it still reads the dequantized output
+    of the quantizer before it, which stays (the layer before keeps its int8 kernel). That is how
+    ``qat.keep_float`` exports a layer. The unused weight/bias DequantizeLinear nodes are pruned.
     """
     wanted = resolve_names(int8, names)
     out = _copy(int8)
@@ -141,10 +143,6 @@ def with_layers_float(int8: onnx.ModelProto, fp32: onnx.ModelProto, names: Itera
     for n8, n32 in pairs:
         if (n8.name or n8.output[0]) not in wanted:
             continue
-        dq_x = _dq(prod, n8.input[0])
-        q_x = prod.get(dq_x.input[0]) if dq_x is not None else None
-        if q_x is not None and q_x.op_type == "QuantizeLinear":
-            n8.input[0] = q_x.input[0]  # the float tensor before the quantizer
         tag = f"{n8.name or n8.output[0]}.float"
         out.graph.initializer.append(numpy_helper.from_array(c32[n32.input[1]], f"{tag}.weight"))
         n8.input[1] = f"{tag}.weight"

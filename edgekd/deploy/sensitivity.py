@@ -6,8 +6,9 @@ the int8 layers run as the fused kernels a deployment runs):
 
 - **only quantized**: the FP32 file with just this layer quantized as the INT8 file quantizes it;
   ``drop_when_quantized`` = FP32 accuracy - its accuracy (what this layer's int8 form costs alone);
-- **only float**: the INT8 file with just this layer in float (FP32 file's weights, float input);
-  ``gain_when_float`` = its accuracy - INT8 accuracy (what keeping this one layer in float buys).
+- **only float**: the INT8 file with just this layer in float (the FP32 file's weights and bias, reading
+  the dequantized input: what ``qat.keep_float`` exports); ``gain_when_float`` = its accuracy - INT8
+  accuracy (what keeping this one layer in float buys).
 
 ``score`` = the sum of the two; the rows are ranked by it. The FP32 file holds the distilled weights
 and the INT8 file the QAT-tuned ones, so a layer's numbers include how far QAT moved its weights

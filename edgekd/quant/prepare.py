@@ -160,32 +160,14 @@ def _insert_fake_quant(gm: fx.GraphModule, keep_float: Collection[str] = ()) -> 
                 origin = origin.args[0]
             if origin not in ins.quantized and origin.op != "get_attr":
                 ins.after(origin, "any")
-    removed = _bypass_input_quant(gm, keep_float)
     _link_input_quantizers(gm)
     gm.graph.lint()
     gm.recompile()
-    return ins.count - removed
+    return ins.count
 
 
 def _kept_float(node: fx.Node, keep_float: Collection[str]) -> bool:
     return node.op == "call_module" and str(node.target) in keep_float
-
-
-def _bypass_input_quant(gm: fx.GraphModule, keep_float: Collection[str]) -> int:
-    """A kept-float layer reads the float tensor before its input quantizer (others keep reading the quantized
-    one); a quantizer left without readers is removed. Returns how many were removed."""
-    removed = 0
-    for node in list(gm.graph.nodes):
-        if not _kept_float(node, keep_float):
-            continue
-        fq = node.args[0]
-        if isinstance(fq, fx.Node) and isinstance(_module(gm, fq), ActFakeQuant):
-            node.replace_input_with(fq, fq.args[0])
-            if not fq.users:
-                gm.graph.erase_node(fq)
-                gm.delete_submodule(str(fq.target))
-                removed += 1
-    return removed
 
 
 def _link_input_quantizers(gm: fx.GraphModule) -> None:
@@ -205,8 +187,9 @@ def _link_input_quantizers(gm: fx.GraphModule) -> None:
 def quantize_graph(net: nn.Module, keep_float: Collection[str] = ()) -> fx.GraphModule:
     """Trace ``net`` and apply BN folding, weight fake quant and activation fake quant.
 
-    Layers named in ``keep_float`` (qualified Conv2d/Linear names of ``net``) stay float modules that read
-    a float input; an unknown name raises ConfigError listing the valid ones.
+    Layers named in ``keep_float`` (qualified Conv2d/Linear names of ``net``) stay float modules (float
+    weights and bias); they read the dequantized output of the quantizer before them, which stays, so the
+    layer before keeps its int8 kernel. An unknown name raises ConfigError listing the valid ones.
     """
     try:
         gm = fx.symbolic_trace(net)

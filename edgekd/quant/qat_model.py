@@ -21,18 +21,17 @@ class QATModel(nn.Module):
     so ``state_dict`` / ``load_state_dict`` round-trip a calibrated or frozen model exactly.
     """
 
-    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor, quantize_input: bool = True) -> None:
+    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.net = net
         self.register_buffer("mean", mean.detach().clone().float().reshape(1, -1, 1, 1))
         self.register_buffer("std", std.detach().clone().float().reshape(1, -1, 1, 1))
-        # None when every reader of the input is a layer kept in float (mixed precision)
-        self.input_fq = ActFakeQuant("any") if quantize_input else None
+        self.input_fq = ActFakeQuant("any")
         for node in getattr(net, "graph", None).nodes if hasattr(net, "graph") else ():
             if node.op == "placeholder":  # layers reading the raw input read the quantized input
                 for user in node.users:
                     layer = net.get_submodule(str(user.target)) if user.op == "call_module" else None
-                    if isinstance(layer, (QConv2d, QLinear)) and self.input_fq is not None:
+                    if isinstance(layer, (QConv2d, QLinear)):
                         layer.link_input_quant(self.input_fq)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,8 +42,7 @@ class QATModel(nn.Module):
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
-        return self.net(x if self.input_fq is None else self.input_fq(x))
+        return self.net(self.input_fq((x - self.mean) / self.std))
 
     def weight_layers(self) -> list[tuple[str, nn.Module]]:
         return [(n, m) for n, m in self.named_modules() if isinstance(m, (QConv2d, QLinear))]
@@ -97,7 +95,7 @@ def prepare_qat(model: nn.Module, calib_loader: Iterable[Any] | None = None, num
     """The QAT twin of a ``Normalized`` model (the input is copied, never mutated).
 
     ``keep_float`` names Conv2d/Linear layers of ``model.net`` to leave in float (mixed precision): they
-    are trained in float and export as float Conv/Gemm that read a float input.
+    are trained in float and export as float Conv/Gemm (see :func:`quantize_graph`).
 
     BN is folded into convs, weights get per-channel symmetric int8 fake quant, activations
     per-tensor uint8 fake quant at the points onnxruntime fuses into int8 kernels. With a
@@ -109,10 +107,7 @@ def prepare_qat(model: nn.Module, calib_loader: Iterable[Any] | None = None, num
             raise ConfigError(f"prepare_qat needs a Normalized model (with .net/.mean/.std); got {type(model).__name__}",
                               "wrap the classifier in edgekd.models.Normalized(net, mean, std)")
     src = deepcopy_model(model).eval()
-    net = quantize_graph(src.net, keep_float)
-    readers = [u for n in net.graph.nodes if n.op == "placeholder" for u in n.users]
-    quantize_input = not readers or not all(u.op == "call_module" and str(u.target) in keep_float for u in readers)
-    qmodel = QATModel(net, torch.as_tensor(src.mean), torch.as_tensor(src.std), quantize_input)
+    qmodel = QATModel(quantize_graph(src.net, keep_float), torch.as_tensor(src.mean), torch.as_tensor(src.std))
     qmodel.to(next(src.parameters()).device)
     if calib_loader is not None and num_batches > 0:
         used = calibrate(qmodel, calib_loader, num_batches)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..manifest import Manifest
+from ..deploy.mixed_precision import mixed_precision_metrics, mixed_precision_text
 from ..deploy.runtime import check_models, make_session, onnx_logits
 from ..deploy.runtime.portability import format_portability, portability_check
 from ..pixels import to_float
@@ -28,6 +29,10 @@ def run(ctx: StageContext) -> StageResult:
         ctx.log(f"[edgekd] check: {name}: accuracy {m['accuracy']:.4f}  {m['size_mb']:.2f} MB  median ms {lat}")
     if cfg.check.robustness.enabled:
         _robustness(ctx, paths, metrics)
+    mixed = mixed_precision_metrics(paths["student_int8"], metrics, cfg.qat.sensitivity)
+    if mixed is not None:  # layers kept in float (qat.keep_float): their cost against the full-int8 run
+        metrics["mixed_precision"] = mixed
+        ctx.log(f"[edgekd] check: {mixed_precision_text(mixed)}")
     if cfg.check.portability:
         n = cfg.check.portability_images
         metrics["portability"] = portability_check({k: paths[k] for k in ("student_fp32", "student_int8")},

@@ -15,6 +15,7 @@ from .model_sections import doctor_section, latency_section, ops_section, per_cl
 from .plots import make_plots
 from .render_html import render_html
 from .render_md import render_md
+from .sensitivity_section import sensitivity_section
 from .run_sections import environment_section, gate_section, stages_section, student_section, robustness_section
 
 __all__ = ["build_document", "render_report", "verify_models"]
@@ -82,6 +83,9 @@ def build_document(run_dir: str | Path, compare_to: str | Path | None = None) ->
             "profiler top ops": ops_section(check),
         }
         sections.append(doctor_section(manifest, check))
+        sensitivity = sensitivity_section(manifest, manifest.run_dir / "plots", notes)
+        if sensitivity is not None:
+            sections.append(sensitivity)
         for name, sec in optional.items():
             if sec is None:
                 notes.append(f"No {name} data in the check stage's metrics: section omitted.")
