@@ -163,7 +163,8 @@ def _validate_data(cfg: "Config") -> None:
 
 
 def _validate_models_and_distill(cfg: "Config") -> None:
-    for key, m in (("teacher", cfg.teacher), ("student", cfg.student)):
+    extra_teachers = [(f"distill.teachers[{i}]", t) for i, t in enumerate(cfg.distill.teachers)]
+    for key, m in (("teacher", cfg.teacher), ("student", cfg.student), *extra_teachers):
         positive(f"{key}.width", m.width, f"set {key}.width to a positive multiplier, e.g. 1.0")
         if m.stem_stride not in STEM_STRIDES:
             raise _bad(f"{key}.stem_stride", m.stem_stride, "1 or 2", f"set {key}.stem_stride to 1 (28-32 px inputs) or 2")
@@ -251,8 +252,7 @@ def _validate_kd_methods(cfg: "Config") -> None:
     if ds.teachers and ds.loss != "multi_teacher":
         raise ConfigError(f"distill.teachers lists {len(ds.teachers)} extra teacher(s), but distill.loss is "
                           f"'{ds.loss}', which uses one teacher", "set distill.loss: multi_teacher, or remove distill.teachers")
-    for i, t in enumerate(ds.teachers):
-        positive(f"distill.teachers[{i}].width", t.width)
+    for i, t in enumerate(ds.teachers):  # arch, width and stem are checked with the run's own teacher
         if not t.weights:
             raise ConfigError(f"distill.teachers[{i}] ({t.arch}) has no weights",
                               f"set distill.teachers[{i}].weights to a weights file or to a run folder whose "

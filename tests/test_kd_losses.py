@@ -159,3 +159,29 @@ def test_teacher_logits_usable_and_cache_skips_teacher(fmnist_small, batch) -> N
     loss_cached, _ = distiller.step(student, (x, y, t))  # cached logits: batch[2]
     assert len(calls) == 2  # the cached step did not run the teacher
     assert loss_cached.item() == pytest.approx(loss_live.item(), rel=1e-6)
+
+
+# --------------------------------------------------------------------------- method settings, checked at load
+
+
+@pytest.mark.parametrize("distill, message", [
+    ({"loss": "ctkd", "temperature": 30}, r"distill\.temperature.*between distill\.ctkd\.min_temperature"),
+    ({"augmix": {"ops": ["fog"]}}, r"distill\.augmix\.ops\[0\].*fog.*valid: .*contrast"),
+    ({"augmix": {"max_severity": 6}}, r"distill\.augmix\.max_severity"),
+    ({"loss": "multi_teacher", "teacher_weighting": "fixed", "teacher_weights": [1.0],
+      "teachers": [{"arch": "wrn16_4", "weights": "w.pt"}]}, r"teacher_weights.*2 non-negative numbers"),
+    ({"teacher_weights": [1.0]}, r"teacher_weighting: fixed"),
+    ({"teacher_weighting": "median"}, r"distill\.teacher_weighting.*mean, fixed, confidence"),
+    ({"loss": "multi_teacher", "teachers": [{"arch": "resnet99", "weights": "w.pt"}]}, r"distill\.teachers\[0\]\.arch"),
+    ({"loss": "fitnets", "cache_teacher_logits": True}, r"cache_teacher_logits cannot serve.*fitnets"),
+    ({"ema_decay": 1.0}, r"distill\.ema_decay"),
+    ({"features": {"hint_weight": -1}}, r"distill\.features\.hint_weight"),
+    ({"dkd": {"beta": -8}}, r"distill\.dkd\.beta"),
+])
+def test_method_settings_are_checked_at_load(distill: dict, message: str) -> None:
+    from edgekd.config import config_from_dict
+    from edgekd.errors import ConfigError
+
+    data = {"data": {"augment": {"crop_padding": 0, "hflip": False}}, "distill": distill}
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(data)
