@@ -174,7 +174,7 @@ def test_image_folder_missing_root_is_named(tmp_path: Path) -> None:
 
 
 def test_registry_miss_lists_valid_datasets() -> None:
-    with pytest.raises(ConfigError, match="unknown dataset 'mnist'; valid: cifar10, fashion_mnist, image_folder"):
+    with pytest.raises(ConfigError, match="unknown dataset 'mnist'; valid: cifar10, cifar100, fashion_mnist, image_folder"):
         build_dataset(DataConfig(dataset="mnist"), 0)
 
 
@@ -387,8 +387,8 @@ def test_image_folder_train_test_layout_rgb_and_errors(tmp_path: Path, fmnist_sm
     b = build_dataset(cfg, seed=0)
     assert b.channels == 3 and b.train.images.shape == (15, 3, 20, 20) and len(b.test) == 6  # one RGB file: all RGB
     assert np.array_equal(b.train.images[:, 0], b.train.images[:, 1])  # gray content replicated
-    with pytest.raises(DataError, match="image_size"):
-        build_dataset(replace(cfg, image_size=None), 0)
+    native = build_dataset(replace(cfg, image_size=None), 0)  # unset: the images' own 28x28
+    assert native.image_size == (28, 28) and native.train.images.shape[1:] == (3, 28, 28)
     bad = root / "test" / "Trouser" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
     with pytest.raises(DataError) as err:

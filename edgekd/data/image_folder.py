@@ -111,7 +111,7 @@ def open_folder(cfg: DataConfig, log: Callable[[str], None] | None = None) -> tu
     index = {c: i for i, c in enumerate(classes)}
 
     def split(files: list[tuple[Path, str]]) -> FileSplit:
-        return FileSplit([p for p, _ in files], np.array([index[c] for _, c in files], dtype=np.int64), mode, size)
+        return FileSplit([str(p) for p, _ in files], np.array([index[c] for _, c in files], dtype=np.int64), mode, size)
 
     return split(train_files), split(test_files), classes
 
