@@ -95,6 +95,14 @@ def test_no_edit_gives_back_the_source_files(pair: dict, data) -> None:
     # every layer float in the INT8 graph: no Conv/Gemm reads a dequantized weight any more
     all_float = with_layers_float(int8, fp32, layer_names(int8))
     assert quantized_layers(all_float) == []
+    # and onnxruntime keeps them float (no per-tensor re-quantization of the float weights at load time)
+    from edgekd.deploy.doctor import optimized_graph
+    from edgekd.deploy.onnx_io import op_counts
+
+    all_float_path = pair["dir"] / "all_float.onnx"
+    onnx.save(all_float, str(all_float_path))
+    ops = op_counts(optimized_graph(all_float_path, "CPUExecutionProvider", "all"))
+    assert not {"QLinearConv", "QGemm", "ConvInteger"} & set(ops), ops
     # and every layer quantized in the FP32 graph: the same int8 weights as the INT8 file
     all_q = with_layers_quantized(fp32, int8, layer_names(int8))
     c8, cq = constants(int8), constants(all_q)
@@ -160,8 +168,15 @@ def test_mixed_precision_keeps_one_layer_float(pair: dict, data) -> None:
     prod = producers(model)
     node = next(n for n in model.graph.node if n.name == "3")
     assert all(prod[i].op_type != "DequantizeLinear" for i in node.input[1:] if i in prod)  # float weight, bias
-    assert producers(model)[node.input[0]].op_type == "DequantizeLinear"  # layer "0" keeps its output quantizer
+    clip = prod[node.input[0]]  # the shield against onnxruntime's load-time weight quantization (exact no-op)
+    assert clip.op_type == "Clip" and prod[clip.input[0]].op_type == "DequantizeLinear"  # "0" keeps its output Q
     assert "3" in str(model.metadata_props)  # float_layers in the file's quantization metadata
+    # and onnxruntime runs it in float: its WeightBiasQuantization pass would otherwise re-quantize it per tensor
+    from edgekd.deploy.doctor import optimized_graph
+    from edgekd.deploy.onnx_io import op_counts
+
+    ops = op_counts(optimized_graph(path, "CPUExecutionProvider", "all"))
+    assert ops.get("QLinearConv", 0) == 2 and ops.get("QGemm", 0) == 1, ops
     parity = parity_int8(qat, path, tx[:128])
     assert parity["agreement"] >= 0.99 and parity["logits_within_bound"] >= 0.99
     with pytest.raises(ConfigError, match=r"unknown layer\(s\) 'conv9'; valid: 0, 3, 6, 11"):

@@ -154,8 +154,43 @@ def with_layers_float(int8: onnx.ModelProto, fp32: onnx.ModelProto, names: Itera
                 n8.input.append(f"{tag}.bias")
         elif len(n8.input) > 2:
             del n8.input[2:]
+    shield_float_layers(out, wanted)  # else onnxruntime re-quantizes the float weights at load time
     prune(out)
     return out
+
+
+def shield_float_layers(model: onnx.ModelProto, names: Iterable[str]) -> int:
+    """Keep the named float Conv/Gemm layers float in onnxruntime (in place); returns how many were shielded.
+
+    onnxruntime's ``WeightBiasQuantization`` pass (at session load) quantizes the float weights of a Conv/Gemm
+    whose input comes straight from a per-tensor DequantizeLinear to *per-tensor* int8, so a layer kept in
+    float would silently run as a worse int8 layer. Each named layer reads its input through a ``Clip`` to
+    the range its quantizer can represent: the dequantized values already lie in it (an exact no-op), but
+    the layer's input no longer comes from a DequantizeLinear. The layer before keeps its fused int8 kernel.
+    """
+    wanted = set(names)
+    consts = folded_constants(model)
+    prod = producers(model)
+    nodes: list[onnx.NodeProto] = []
+    count = 0
+    for node in model.graph.node:
+        dq = _dq(prod, node.input[0]) if node.op_type in LAYER_OPS and (node.name or node.output[0]) in wanted else None
+        scale = consts.get(dq.input[1]) if dq is not None else None
+        if scale is not None and scale.size == 1:
+            zp = consts[dq.input[2]] if len(dq.input) > 2 and dq.input[2] else np.zeros((), np.uint8)
+            info = np.iinfo(zp.dtype)
+            lo, hi = (np.float32(scale.reshape(())) * (np.float32(v) - np.float32(zp.reshape(()))) for v in (info.min, info.max))
+            tag = f"{node.name or node.output[0]}.float_input"
+            model.graph.initializer.extend([numpy_helper.from_array(np.array(lo, np.float32), f"{tag}.min"),
+                                            numpy_helper.from_array(np.array(hi, np.float32), f"{tag}.max")])
+            nodes.append(helper.make_node("Clip", [node.input[0], f"{tag}.min", f"{tag}.max"], [f"{tag}.out"],
+                                          name=f"{tag}.Clip"))
+            node.input[0] = f"{tag}.out"
+            count += 1
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return count
 
 
 def _const_init(c: dict, name: str, new: str, out: onnx.ModelProto) -> str:

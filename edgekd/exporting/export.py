@@ -12,6 +12,7 @@ import torch
 from ..errors import ArtifactError
 from ..io import atomic_path
 from .call_order import is_weight_layer, record_calls
+from ..deploy.qdq_layers import shield_float_layers
 from ..deploy.onnx_io import check_onnx_model, initializer_dtypes, op_counts, set_metadata, unique_node_names
 from .qdq import (compact_names, inline_constant_identities, int8_weight_stats, name_weight_layers, postprocess_qdq,
                   verify_scales)
@@ -108,6 +109,7 @@ def export_int8(qat_model: torch.nn.Module, path: str | os.PathLike[str],
         raise ArtifactError(f"{stats['float_weight_initializers']} Conv/Gemm read float weights after quantization, "
                             f"but {len(kept_float)} layers are kept float (qat.keep_float)",
                             "every other Conv/Linear of the QAT model must be a QConv2d/QLinear; re-run prepare_qat")
+    shield_float_layers(onx, kept_float)  # else onnxruntime re-quantizes their weights per tensor at load time
     slimmed = slim_int8(onx)  # exact rewrites (zero points, derived bias scales, redundant Clips): see .slim
     set_metadata(onx, {**default_metadata(shape), "precision": "int8-qdq",
                        "quantization": json.dumps({"weights": "int8 per-channel symmetric",
