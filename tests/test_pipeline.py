@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -105,7 +106,9 @@ def test_gate_exit_codes_on_the_run(smoke_run, tmp_path: Path) -> None:
 def test_doctor_and_report_commands(smoke_run) -> None:
     run_dir, _ = smoke_run
     doc = edgekd("doctor", str(run_dir))
-    assert doc.returncode == 0 and "Verdict: INT8 should be faster" in doc.stdout
+    # the verdict starts from the run's own measured latency table (faster or slower is this CPU's fact)
+    assert doc.returncode == 0 and re.search(r"Verdict: INT8 is (faster|SLOWER) than FP32", doc.stdout)
+    assert "Float in the INT8 graph" in doc.stdout
     (run_dir / "report.html").unlink()
     rep = edgekd("report", str(run_dir))
     assert rep.returncode == 0 and (run_dir / "report.html").stat().st_size > 1000

@@ -137,8 +137,8 @@ def test_report_shows_measured_numbers_and_ratios(run_dir):
     assert "Test Xeon 8480" in md and "1.32.0" in md and "avx512_vnni" in md
     assert "MobileNetV2 was chosen" in md and "mobilenet_v2" in md
     assert "| student_fp32.simplify.nodes_after | 187 |" in md and "| student_int8.parity.agreement | 0.9961 |" in md
-    # the doctor ran on the real int8 file
-    assert "INT8 should be faster" in md and "QLinearConv" in md
+    # the doctor ran on the real int8 file, and its verdict starts from the check stage's measured table
+    assert "Verdict: INT8 is faster than FP32 at every setting the check stage measured" in md and "QLinearConv" in md
 
 
 def test_plots_exist_as_png_and_html_is_self_contained(run_dir):
@@ -238,7 +238,7 @@ def test_report_and_doctor_never_import_torch(run_dir):
     proc = subprocess.run([sys.executable, "-c", code, str(run_dir)], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "torch-free" in proc.stdout and "INT8 should be faster" in (run_dir / "report.md").read_text()
+    assert "torch-free" in proc.stdout and "INT8 is faster than FP32 at every setting" in (run_dir / "report.md").read_text()
 
 
 def test_gate_section_shows_this_runs_budgets(run_dir):
