@@ -1,21 +1,28 @@
-"""The GPU check in one call: the CUDA tests, then the whole GPU config's chain, into one JSON.
+"""The GPU check in one call: throughput benchmark, the whole GPU config's chain, the CUDA tests, one JSON.
 
-On a machine with a CUDA GPU (see shared/gpu/README.md; the GPU machines have Python 3.12,
-torch 2.11.0+cu130, onnxruntime 1.30 and no network), from the project root:
+On a machine with a CUDA GPU (see shared/gpu/README.md and docs/gpu.md; the GPU machines have
+Python 3.12, torch 2.11.0+cu130, onnxruntime 1.30 and no network), from the project root:
 
-    GPU_CMD='python3 benchmarks/gpu_check.py --short --out $OUT' bash .gpu/run.sh
+    GPU_CMD='python3 benchmarks/gpu_check.py --out $OUT' bash .gpu/run.sh
 
-1. runs the tests that need CUDA (``pytest -k cuda``: the ``cuda`` marker or "cuda" in the name);
+1. runs benchmarks/throughput.py twice (``<out>/throughput/``): every workload (teacher, student,
+   KD live, KD cached, QAT) eager with a profile (GPU busy vs wall), then teacher and KD cached
+   with the config's ``compile`` (torch.compile on CUDA: images/s and the compile time). If the
+   compiled run fails (no Triton toolchain, a compiler bug), the chain runs with compile off and the
+   JSON says why;
 2. runs configs/fashion_mnist_gpu.yaml stage by stage through edgekd's API
    (teacher -> distill -> qat -> export -> check -> gate), writing the JSON after each stage, so
    a run cut short by a time limit still reports what it finished;
-3. writes ``<out>/gpu_check.json``: device name, torch / CUDA / cuDNN / onnxruntime versions, test
-   counts, per-stage seconds, images/s from each training stage's history, accuracies, the gate
-   verdict. The run's manifest.json and report.md are copied next to it.
+3. runs the tests that need CUDA (``pytest -k cuda``: the ``cuda`` marker or "cuda" in the name);
+4. writes ``<out>/gpu_check.json``: device name, torch / CUDA / cuDNN / onnxruntime versions, the
+   benchmark tables, per-stage seconds, images/s from each training stage's history, accuracies,
+   the whole chain's wall time, the gate verdict, test counts. The run's manifest.json and report.md
+   are copied next to it.
 
-``--short`` shortens the schedules (epochs, check settings) so that the whole thing fits a
-10-minute window on an H100/H200. ``--device cpu --short`` also shrinks the data to tiny subsets
-and caps the steps: a CPU dry run of the script itself, about 1-2 minutes on 2 cores.
+The full GPU config is planned to take <= 5 minutes on an H100/H200; with the benchmark (~2 min)
+and the tests (~1-2 min) one call is planned at 8-9 minutes. ``--short`` shortens the schedules
+(for a GPU slower than planned); ``--device cpu --short`` also shrinks the data to tiny subsets and
+caps the steps: a CPU dry run of the script itself, a few minutes on 2 cores.
 Exit status: 0 when the CUDA tests passed and the chain ran to the gate, whatever its verdict
 (``--strict`` also needs the gate to pass); 1 otherwise. The JSON is written in every case.
 """
@@ -104,6 +111,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config overrides, applied after --short's (repeatable)")
     p.add_argument("--skip-tests", action="store_true", help="do not run the CUDA tests")
+    p.add_argument("--skip-benchmark", action="store_true", help="do not run benchmarks/throughput.py")
+    p.add_argument("--benchmark-timeout", type=float, default=200.0, help="seconds for each throughput benchmark run")
     p.add_argument("--tests-timeout", type=float, default=240.0, help="seconds for the CUDA tests")
     p.add_argument("--run-dir", default=None, help="where the pipeline run lands (default: a temp folder)")
     p.add_argument("--strict", action="store_true", help="exit 1 unless the tests and the gate pass too")
@@ -189,6 +198,49 @@ def run_cuda_tests(timeout: float) -> dict[str, Any]:
     return {"command": " ".join(cmd[1:]), "returncode": rc, "passed_ok": rc in (0, 5),
             "seconds": round(time.perf_counter() - t0, 1), "counts": parse_pytest_summary(out),
             "tail": out[-3000:] if rc not in (0, 5) else out[-600:]}
+
+
+# ------------------------------------------------------------------ the throughput benchmark
+
+COMPILE_OFF = ["teacher_train.compile=off", "distill.train.compile=off", "qat.train.compile=off"]
+
+
+def benchmark_commands(device: str, config: str, short: bool, out: Path) -> list[tuple[str, list[str]]]:
+    """``(tag, argv)`` of the benchmark runs: all workloads eager (with a profile), then the compiled ones."""
+    base = [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--device", device, "--config", config,
+            "--out", str(out)]
+    if device == "cpu":  # the dry run: prove the wiring in seconds
+        tiny = ["--steps", "1", "--warmup", "0", "--set", "data.batch_size=8", "--set", "student.width=0.25",
+                "--set", "teacher.width=0.25"] + [a for o in COMPILE_OFF for a in ("--set", o)]
+        return [("eager", base + tiny + ["--workloads", "student,kd_cached", "--tag", "eager"])]
+    steps = ["--steps", "10" if short else "20", "--warmup", "5"]
+    eager = base + steps + ["--profile", "--tag", "eager"] + [a for o in COMPILE_OFF for a in ("--set", o)]
+    compiled = base + steps + ["--workloads", "teacher,kd_cached", "--tag", "compiled"]
+    return [("eager", eager), ("compiled", compiled)]
+
+
+def run_benchmark(argv: list[str], out: Path, tag: str, device: str, timeout: float) -> dict[str, Any]:
+    """One benchmarks/throughput.py run in a child process; its JSON (or why there is none)."""
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "EDGEKD_PROGRESS": "0"})
+        rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-2000:]
+    except subprocess.TimeoutExpired:
+        rc, tail = None, f"timed out after {timeout:.0f} s"
+    path = out / f"throughput_{'cuda' if device.startswith('cuda') else 'cpu'}_{tag}.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    return {"returncode": rc, "seconds": round(time.perf_counter() - t0, 1), "rows": data.get("rows", []),
+            "kd_overhead": data.get("kd_overhead"), "errors": data.get("errors") or ({} if rc == 0 else {"run": tail}),
+            "determinism": data.get("determinism")}
+
+
+def compile_failed(bench: dict[str, Any]) -> str | None:
+    """Why the compiled benchmark failed (then the chain runs eager), or None when it worked or did not run."""
+    compiled = bench.get("compiled")
+    if not compiled or (compiled["returncode"] == 0 and not compiled["errors"]):
+        return None
+    return "; ".join(f"{k}: {v}" for k, v in compiled["errors"].items())[:1000] or f"rc {compiled['returncode']}"
 
 
 # ------------------------------------------------------------------ the chain and its record
@@ -286,10 +338,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                               "precision": planned_precision(args.config, overrides)}
     write_result(out_dir, result)
     t0 = time.perf_counter()
-    if not args.skip_tests:
-        result["tests"] = run_cuda_tests(args.tests_timeout)
-        print(f"[gpu_check] CUDA tests: {result['tests']['counts']} (rc {result['tests']['returncode']})", flush=True)
-        write_result(out_dir, result)
+    if not args.skip_benchmark:
+        bench: dict[str, Any] = {}
+        for tag, argv_b in benchmark_commands(args.device, args.config, args.short, out_dir / "throughput"):
+            bench[tag] = run_benchmark(argv_b, out_dir / "throughput", tag, args.device, args.benchmark_timeout)
+            print(f"[gpu_check] throughput {tag}: " + ", ".join(
+                f"{r['workload']} {r['images_per_second']:.0f} img/s" for r in bench[tag]["rows"]), flush=True)
+            result["throughput"] = bench
+            write_result(out_dir, result)
+        why = compile_failed(bench)
+        if why:  # keep the chain measurable: eager, and the JSON says why
+            overrides = overrides + COMPILE_OFF
+            result.update(compile_fallback=why, overrides=overrides)
+            write_result(out_dir, result)
 
     run_root = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="gpu_check_"))
     log = lambda msg: print(msg, flush=True)  # noqa: E731
@@ -301,14 +362,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["seconds"] = round(time.perf_counter() - t0, 1)
         write_result(out_dir, result)
 
+    t_chain = time.perf_counter()
     try:
         run_chain(args.config, overrides, run_root, on_stage, log)
         result["chain_completed"] = True
     except Exception as e:  # keep what finished; the JSON says where and why it stopped
         result.update(chain_completed=False, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
         print(f"[gpu_check] chain stopped: {result['error']}", file=sys.stderr, flush=True)
+    result["chain_seconds"] = round(time.perf_counter() - t_chain, 1)  # the issue's "teacher -> gate in <= 5 min"
     run_dir = Path(result.get("run_dir") or run_root)
     result["copied"] = copy_run_files(run_dir, out_dir) if run_dir.is_dir() else []
+    write_result(out_dir, result)
+    if not args.skip_tests:  # last: the benchmark and the chain are what a short GPU window must not lose
+        result["tests"] = run_cuda_tests(args.tests_timeout)
+        print(f"[gpu_check] CUDA tests: {result['tests']['counts']} (rc {result['tests']['returncode']})", flush=True)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     path = write_result(out_dir, result)
     print(f"[gpu_check] wrote {path}: gate passed = {result.get('gate_passed')}, {result['seconds']} s", flush=True)

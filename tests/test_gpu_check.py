@@ -115,7 +115,7 @@ def test_main_runs_stage_by_stage_and_keeps_a_json_when_a_stage_fails(tmp_path, 
         return SimpleNamespace(manifest=SimpleNamespace(data=dict(manifest)), run_dir=run_dir)
 
     monkeypatch.setattr(edgekd, "run", fake_run)
-    rc = gc.main(["--device", "cpu", "--short", "--skip-tests", "--out", str(tmp_path / "out"),
+    rc = gc.main(["--device", "cpu", "--short", "--skip-tests", "--skip-benchmark", "--out", str(tmp_path / "out"),
                   "--run-dir", str(tmp_path / "runs")])
     data = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert rc == 1 and [c[0] for c in calls] == ["teacher", "distill", "qat", "export"]
@@ -133,3 +133,27 @@ def test_planned_precision(monkeypatch):
     plan = gc.planned_precision(str(gc.DEFAULT_CONFIG), gc.build_overrides("cuda", short=True))
     assert plan["teacher"]["dtype"] == plan["distill"]["dtype"] == "bfloat16" and plan["qat"]["dtype"] == "float32"
     assert "error" in gc.planned_precision(str(gc.DEFAULT_CONFIG), ["teacher_train.amp=fp8"])
+
+
+def test_benchmark_commands_and_compile_fallback(tmp_path):
+    """GPU: an eager run of every workload with a profile, then a compiled one; CPU: one tiny eager run."""
+    gpu = gc.benchmark_commands("cuda", str(gc.DEFAULT_CONFIG), short=False, out=tmp_path)
+    assert [t for t, _ in gpu] == ["eager", "compiled"]
+    eager, compiled = (argv for _, argv in gpu)
+    assert "--profile" in eager and "teacher_train.compile=off" in eager and "teacher_train.compile=off" not in compiled
+    assert compiled[compiled.index("--workloads") + 1] == "teacher,kd_cached"
+    (tag, cpu), = gc.benchmark_commands("cpu", str(gc.DEFAULT_CONFIG), short=True, out=tmp_path)
+    assert tag == "eager" and cpu[cpu.index("--steps") + 1] == "1"
+    ok = {"returncode": 0, "errors": {}}
+    assert gc.compile_failed({}) is None and gc.compile_failed({"compiled": ok}) is None
+    why = gc.compile_failed({"compiled": {"returncode": 1, "errors": {"teacher": "BackendCompilerFailed: no cc"}}})
+    assert "no cc" in why
+
+
+def test_cpu_benchmark_run_writes_its_rows(tmp_path):
+    """The real benchmark child process on CPU (tiny): what the GPU call runs, minus the GPU."""
+    (tag, argv), = gc.benchmark_commands("cpu", str(gc.DEFAULT_CONFIG), short=True, out=tmp_path)
+    res = gc.run_benchmark(argv, tmp_path, tag, "cpu", timeout=300)
+    assert res["returncode"] == 0, res["errors"]
+    assert [r["workload"] for r in res["rows"]] == ["student", "kd_cached"] and res["kd_overhead"]["kd_cached_over_student"] > 0
+    assert res["determinism"]["deterministic"] is True  # auto on CPU
