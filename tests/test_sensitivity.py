@@ -223,3 +223,36 @@ def test_cli_sensitivity_writes_and_records(pair: dict, tmp_path: Path) -> None:
     assert section is not None and not notes
     table = next(b for b in section.blocks if isinstance(b, Table))
     assert table.rows[0][0] == result["ranking"][0] and len(table.rows) == 4
+
+
+def test_mixed_precision_cost_in_check_metrics_and_doctor(pair: dict, data, tmp_path: Path) -> None:
+    """The check stage's mixed_precision entry compares with the full-int8 run that was ranked; the doctor states
+    the float layers as intended (no missed-fusion warning for them)."""
+    import json
+
+    from edgekd.deploy.doctor import diagnose
+    from edgekd.deploy.mixed_precision import mixed_precision_metrics
+    from edgekd.manifest import Manifest
+
+    x, _, _, _ = data
+    path = pair["dir"] / "mixed3.int8.onnx"
+    qat = prepare_qat(pair["model"], [torch.from_numpy(x[:100])], 1, keep_float=["3"])
+    freeze_observers(qat)
+    export_int8(qat, path, (1, 1, 28, 28))
+    base = tmp_path / "full_int8"
+    base.mkdir()
+    lat = [{"batch": 1, "threads": 1, "median_ms": 0.5}, {"batch": 32, "threads": 1, "median_ms": 4.0}]
+    Manifest(base).record_stage("check", {}, {"models": {"student_int8": {"accuracy": 0.80, "latency": lat}}})
+    (base / "sensitivity.json").write_text(json.dumps({"ranking": ["3", "0"], "layers": [
+        {"layer": "3", "gain_when_float": 0.01}, {"layer": "0", "gain_when_float": 0.0}]}))
+    mine = {"models": {"student_int8": {"accuracy": 0.81, "latency": [{"batch": 1, "threads": 1, "median_ms": 0.6},
+                                                                      {"batch": 32, "threads": 1, "median_ms": 4.0}]}}}
+    mp = mixed_precision_metrics(path, mine, str(base / "sensitivity.json"))
+    assert mp["float_layers"] == ["3"] and mp["baseline_run"] == str(base)
+    assert mp["accuracy_delta"] == pytest.approx(0.01) and mp["predicted_gain"] == {"3": 0.01}
+    assert mp["latency_ratio"] == pytest.approx({"b1_t1": 1.2, "b32_t1": 1.0})
+    assert mixed_precision_metrics(pair["int8"], mine, str(base)) is None  # a full-int8 file has no entry
+    d = diagnose(path, check={"mixed_precision": mp})
+    texts = [f["text"] for f in d["findings"]]
+    assert any("kept in float on purpose" in t and "+1.00 points" in t for t in texts), texts
+    assert not any("stayed float" in t and "3" in t.split("stayed float")[1][:20] for t in texts), texts

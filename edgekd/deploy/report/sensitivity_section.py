@@ -12,19 +12,10 @@ from typing import Any
 
 from ...errors import ArtifactError
 from ...manifest import Manifest
-from ..onnx_io import get_metadata
+from ..mixed_precision import kept_float_layers, mixed_precision_text
 from .doc import Image, Paragraph, Section, Table, pct
 
 TOP = 10
-
-
-def float_layers(manifest: Manifest) -> list[str]:
-    """The layers the run's INT8 file keeps in float (mixed precision), from its quantization metadata."""
-    try:
-        meta = get_metadata(manifest.artifact("export", "student_int8"))
-        return list(json.loads(meta.get("quantization", "{}")).get("float_layers", []))
-    except (ArtifactError, ValueError):
-        return []
 
 
 def _plot(result: dict[str, Any], path: Path) -> Path | None:
@@ -57,14 +48,20 @@ def _plot(result: dict[str, Any], path: Path) -> Path | None:
 
 def sensitivity_section(manifest: Manifest, plots_dir: Path, notes: list[str]) -> Section | None:
     """The section, or None when the run has neither a sensitivity ranking nor float layers."""
-    kept = float_layers(manifest)
+    try:
+        kept = kept_float_layers(manifest.artifact("export", "student_int8"))
+    except ArtifactError:
+        kept = []
     entry = manifest.stage("sensitivity")
     if entry is None and not kept:
         return None
     blocks: list[Any] = []
-    if kept:
+    mixed = manifest.metrics("check").get("mixed_precision")
+    if mixed:
+        blocks.append(Paragraph(f"Mixed precision: {mixed_precision_text(mixed)}"))
+    elif kept:
         blocks.append(Paragraph(f"Mixed precision: {len(kept)} layer(s) kept in float (qat.keep_float): "
-                                f"{', '.join(kept)}. The doctor and the check stage show what they cost."))
+                                f"{', '.join(kept)} (run the check stage to measure what they cost)."))
     if entry is not None:
         try:
             result = json.loads(manifest.artifact("sensitivity", "sensitivity").read_text())
