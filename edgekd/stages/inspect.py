@@ -57,5 +57,6 @@ def format_divergence(result: dict[str, Any], rows: int = 8) -> str:
     worst = sorted(result["layers"], key=lambda r: -r["relative_error"])[:rows]
     lines = [f"{result.get('file', 'model')}: {result['summary']}",
              f"largest relative errors ({result['observed']}, onnxruntime optimization '{result['optimization']}'):"]
-    lines += [f"  #{r['index']:<3} {r['layer']:<36} {r['relative_error']:.3g}" for r in worst]
+    # ONNX node names: what edgekd sensitivity and qat.keep_float call the layers
+    lines += [f"  #{r['index']:<3} {r['onnx_node']:<36} {r['relative_error']:.3g}" for r in worst]
     return "\n".join(lines)
