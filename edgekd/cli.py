@@ -155,7 +155,7 @@ def _sub(sub: argparse._SubParsersAction, name: str, help: str, epilog: str,
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", help="YAML config file, or a built-in name: smoke, fashion_mnist, fashion_mnist_gpu, cifar10, image_folder (default: fashion_mnist)")
+    p.add_argument("--config", "-c", help="YAML config file, or a built-in name: smoke, fashion_mnist, fashion_mnist_gpu, cifar10, cifar100, image_folder (default: fashion_mnist)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set distill.temperature=2 (repeatable)")
     p.add_argument("--out", help="folder runs land in (default: the config's out_dir, 'export')")

@@ -125,6 +125,15 @@ def no_verdict(ctx: Ctx, proc: subprocess.CompletedProcess[str]) -> None:
     assert "PASS" not in proc.stdout and "FAIL" not in proc.stdout, proc.stdout
 
 
+def digits_with_broken_png(ctx: Ctx) -> None:
+    """scratch/imgs: a tiny digits folder (edgekd.data.digits) whose 3/00001.png is truncated."""
+    from edgekd.data.digits import write_digits_folder
+
+    root = write_digits_folder(ctx.scratch / "imgs", per_class=3, size=8, mode="L")
+    bad = root / "3" / "00001.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+
+
 RUN = ["run", "-c", "{S}", "--out", "{R}", *SETS]  # the fixture's own config: unchanged stages are skipped
 GATE = ["gate", "{RUN}"]
 
@@ -142,6 +151,8 @@ ROWS = [
     Row("--set without =", [*RUN, "--set", "data.batch_size"], r"data\.batch_size"),
     Row("data.batch_size=0 (issue 8.4)", [*RUN, "--set", "data.batch_size=0"], r"batch_size"),
     Row("unknown stage", [*RUN, "--stages", "teacher,bogus"], r"bogus"),
+    Row("deterministic not a switch", [*RUN, "--set", "deterministic=sometimes"], r"deterministic.*auto, on, off"),
+    Row("compile not a switch", [*RUN, "--set", "teacher_train.compile=fast"], r"teacher_train\.compile.*auto, on, off"),
     Row("unknown teacher arch", [*RUN, "--set", "teacher.arch=resnet999"], r"resnet999"),
     Row("unknown student arch", [*RUN, "--set", "student.arch=tinynet"],
         r"tinynet.*valid: .*mobilenet_v2.*torchvision:NAME, timm:NAME"),  # names and sources (issue 12)
@@ -233,6 +244,16 @@ ROWS = [
         setup=edit_manifest(lambda d: d.update(stages=list(d["stages"])))),
     Row("python -m edgekd.deploy.report without a folder", [], r"usage", module="edgekd.deploy.report"),
     Row("python -m edgekd.deploy.report on a missing folder", ["{T}/nowhere"], r"does not exist", module="edgekd.deploy.report"),
+    Row("report: --compare run missing (issue 12)", ["report", "{RUN}", "--compare", "{T}/nowhere"],
+        r"run folder .*nowhere does not exist"),
+    # --- compare (issue 12)
+    Row("compare: run B missing", ["compare", "{RUN}", "{T}/nowhere"], r"run folder .*nowhere does not exist"),
+    Row("compare: run without check metrics", ["compare", "{RUN}", "{T}/bare"], r"bare\) has no check metrics",
+        setup=write("bare/manifest.json", '{"schema": 1, "stages": {}}')),
+    Row("compare: --model not measured", ["compare", "{RUN}", "{RUN}", "--model", "student_int4"],
+        r"'student_int4' is not measured in both runs; both have: teacher, student_fp32, student_int8"),
+    Row("compare: --out unwritable", ["compare", "{RUN}", "{RUN}", "--out", "{RUN}/config.yaml/cmp.md"],
+        r"cmp\.md.*(?i:not a directory)"),
     # --- edgekd tune (rejected before any training)
     Row("tune: --trials 0", ["tune", "-c", "{S}", "--trials", "0", "--out", "{T}/tune"], r"--trials must be a whole number >= 1"),
     Row("tune: unknown method in the search space", ["tune", "-c", "{S}", "--trials", "1", "--out", "{T}/tune",
@@ -252,6 +273,14 @@ ROWS = [
     Row("qat.keep_float_most_sensitive larger than the layer count",
         [*RUN, "--set", "qat.keep_float_most_sensitive=3", "--set", "qat.sensitivity={T}/sens.json"],
         r"keep_float_most_sensitive.*<= 2", setup=write("sens.json", '{"ranking": ["features.0.0", "classifier.1"]}')),
+    # --- your own data (issue 12): edgekd stats and the image-folder settings
+    Row("stats: folder missing", ["stats", "{T}/noimages"], r"noimages does not exist"),
+    Row("stats: unreadable image named", ["stats", "{T}/imgs"], r"3/00001\.png: unreadable image.*on_corrupt: skip",
+        setup=digits_with_broken_png),
+    Row("stats: --json unwritable", ["stats", "{T}/imgs", "--on-corrupt", "skip", "--json", "{RUN}/config.yaml/s.json"],
+        r"s\.json", setup=digits_with_broken_png),
+    Row("data.on_corrupt unknown", [*RUN, "--set", "data.on_corrupt=ignore"], r"on_corrupt.*valid: fail, skip"),
+    Row("data.workers negative", [*RUN, "--set", "data.workers=-1"], r"data\.workers"),
     # --- the command line itself
     Row("no command", [], r"required"),
     Row("unknown command", ["trian"], r"invalid choice: 'trian'"),

@@ -53,7 +53,8 @@ def run(ctx: StageContext) -> StageResult:
         rank, world = rank_and_world()
         cached = cached_teacher_logits(distiller.teacher, bundle.train, cfg.data.eval_batch_size, cfg.seed, device)
         train_loader = BatchLoader(bundle.train, cfg.data.batch_size, shuffle=True, augment=None, seed=cfg.seed,
-                                   rank=rank, world_size=world, extras=[cached], device=device)
+                                   rank=rank, world_size=world, extras=[cached], device=device,
+                                   workers=cfg.data.workers)  # a streamed image folder decodes in workers
         ctx.log(f"[edgekd] distill: cached teacher logits for {len(cached)} images")
     metrics = train_and_score(
         ctx, "distill", student, distiller.step, cfg.distill.train,
