@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-DEFAULT_ARCHS = ("mobilenet_v2,mobilenet_v3_small,torchvision:mobilenet_v2,torchvision:mobilenet_v3_small,"
+DEFAULT_ARCHS = ("mobilenet_v2,mobilenet_v3_small,timm:tf_mobilenetv3_small_100,torchvision:vit_b_16,torchvision:mobilenet_v2,torchvision:mobilenet_v3_small,"
                  "torchvision:mnasnet0_5,torchvision:efficientnet_b0,torchvision:shufflenet_v2_x0_5,"
                  "torchvision:squeezenet1_1,torchvision:resnet18,timm:mobilenetv4_conv_small,"
                  "timm:mobilenetv3_small_050,timm:lcnet_050,timm:efficientnet_b0")
@@ -65,6 +65,7 @@ def probe(arch: str, size: int, out: Path) -> dict:
         step = "parity-int8"
         p8 = parity_int8(q, out / "m.int8.onnx", images, min_agreement=0.0)
         row.update(ok=True, fp32_max_abs_diff=p32.get("max_abs_diff"), int8_agreement=p8.get("agreement"),
+                   int8_decided_images=p8.get("decided_images"), int8_logits_within_bound=p8.get("logits_within_bound"),
                    int8_mb=(out / "m.int8.onnx").stat().st_size / 1e6, fp32_mb=(out / "m.fp32.onnx").stat().st_size / 1e6)
     except (EdgekdError, Exception) as e:  # the point is to record every failure, named by its step
         row.update(ok=False, failed_at=step, error=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:240]}")
@@ -89,10 +90,13 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "student_support.json").write_text(json.dumps(rows, indent=1))
-    lines = ["| student | QAT + INT8 export | int8 top-1 agreement | fp32 MB | int8 MB | failed at / error |", "|---|---|---|---|---|---|"]
+    lines = ["| student | QAT + INT8 export | int8 logits within bound | int8 top-1 agreement (decided images) | fp32 MB "
+             "| int8 MB | failed at / error |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         agree = f"{r['int8_agreement']:.3f}" if r.get("int8_agreement") is not None else "-"
-        lines.append(f"| {r['arch']} | {'yes' if r['ok'] else 'no'} | {agree} | {r.get('fp32_mb', 0):.2f} | "
+        bound = f"{r['int8_logits_within_bound']:.3f}" if r.get("int8_logits_within_bound") is not None else "-"
+        agree += f" ({r.get('int8_decided_images', '-')})"
+        lines.append(f"| {r['arch']} | {'yes' if r['ok'] else 'no'} | {bound} | {agree} | {r.get('fp32_mb', 0):.2f} | "
                      f"{r.get('int8_mb', 0):.2f} | {'' if r['ok'] else r['failed_at'] + ': ' + r['error']} |")
     (out / "student_support.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

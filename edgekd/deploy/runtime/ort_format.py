@@ -42,14 +42,15 @@ def convert_to_ort(onnx_path: Path, ort_path: Path, target_platform: str = "arm"
         log = io.StringIO()
         try:
             with contextlib.redirect_stdout(log):  # the tool prints progress; keep the run's log readable
-                converted = convert_onnx_models_to_ort(work / "model.onnx", output_dir=work / "out",
-                                                       optimization_styles=[OptimizationStyle.Fixed],
-                                                       target_platform=target_platform)
+                convert_onnx_models_to_ort(work / "model.onnx", output_dir=work / "out",
+                                           optimization_styles=[OptimizationStyle.Fixed], target_platform=target_platform)
         except Exception as e:  # onnxruntime raises its own types; report them as a failed artifact
             raise ArtifactError(f"onnxruntime could not convert {src} to the ORT format: {e}",
                                 "check the file loads in onnxruntime (edgekd doctor), then re-export") from e
-        if len(converted) != 1 or not Path(converted[0]).is_file():
-            raise ArtifactError(f"the ORT converter wrote {converted} for {src}; expected one .ort file",
+        converted = sorted((work / "out").glob("*.ort"))  # the tool returns nothing: read what it wrote
+        if len(converted) != 1:
+            raise ArtifactError(f"the ORT converter wrote {[c.name for c in converted]} for {src}; expected one .ort "
+                                f"file ({log.getvalue().strip().splitlines()[-1:] or 'no output'})",
                                 f"run python -m onnxruntime.tools.convert_onnx_models_to_ort {src} to see why")
         with atomic_path(ort_path) as tmp_out:
             shutil.copyfile(converted[0], tmp_out)
