@@ -37,6 +37,8 @@ examples:
                                                pass/fail a finished run in CI
   edgekd doctor export/fashion_mnist           why INT8 is (or is not) faster on this CPU
   edgekd report export/fashion_mnist           render report.md / report.html again
+  edgekd compare export/baseline export/fashion_mnist
+                                               accuracy, robustness, size and latency deltas of two runs
   edgekd sensitivity export/fashion_mnist      which quantized layer costs accuracy (keep it float: qat.keep_float)
   edgekd divergence export/fashion_mnist       first layer where the INT8 file departs from the QAT model
 
