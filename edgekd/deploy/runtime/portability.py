@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ...batching import map_batches
 from ...registry import Registry
 from .session import PathLike, make_session, onnx_logits
 
@@ -24,21 +25,24 @@ SECOND_RUNTIMES: Registry["tuple[str, str, LogitsFn]"] = Registry("second runtim
 def _opencv_logits(path: Path, images: np.ndarray) -> np.ndarray:
     import cv2
 
-    net = cv2.dnn.readNetFromONNX(str(path))
-    out = []
-    for i in range(len(images)):  # one image a call: OpenCV 5 runs QDQ graphs at batch 1 only (measured)
-        net.setInput(np.ascontiguousarray(images[i: i + 1], dtype=np.float32))
-        out.append(np.asarray(net.forward()).reshape(1, -1))
-    return np.concatenate(out)
+    # OpenCV 5's new default engine fails on edgekd's QDQ INT8 files ("bufidx >= 0 in argTensor", measured
+    # with 5.0.0); its classic engine runs them. ENGINE_ORT is avoided: it would be onnxruntime again.
+    engine = getattr(cv2.dnn, "ENGINE_CLASSIC", None)
+    net = cv2.dnn.readNetFromONNX(str(path)) if engine is None else cv2.dnn.readNetFromONNX(str(path), engine=engine)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        net.setInput(np.ascontiguousarray(batch, dtype=np.float32))
+        return np.asarray(net.forward()).reshape(len(batch), -1)
+
+    return map_batches(run, images, 32)
 
 
 def _openvino_logits(path: Path, images: np.ndarray) -> np.ndarray:
     import openvino as ov
 
     compiled = ov.Core().compile_model(str(path), "CPU")
-    out = [np.asarray(compiled(np.ascontiguousarray(images[i: i + 1], dtype=np.float32))[0]).reshape(1, -1)
-           for i in range(len(images))]
-    return np.concatenate(out)
+    return map_batches(lambda b: np.asarray(compiled(np.ascontiguousarray(b, dtype=np.float32))[0]).reshape(len(b), -1),
+                       images, 32)
 
 
 # name -> (python module that must be importable, install command, logits function)
