@@ -46,13 +46,13 @@ def resolve_provider(name: str, key: str = "check.latency.provider") -> str:
     installed = ", ".join(f"{p} ({_short(p)})" for p in available)
     full = known_provider(name)
     if full is None:
-        raise ConfigError(f"{key} '{name}' is not an onnxruntime execution provider; installed here: {installed}",
+        raise ConfigError(f"{key} '{name}' is not an onnxruntime execution provider; available here: {installed}",
                           f"set {key} to an installed provider, e.g. CPUExecutionProvider (or: "
                           + ", ".join(_short(p) for p in ort.get_all_providers()) + ")")
     if full not in available:
         hint = INSTALL_HINTS.get(full, "install an onnxruntime build that includes it")
         raise ConfigError(f"{key}: onnxruntime execution provider '{full}' is not available in this onnxruntime build; "
-                          f"installed here: {installed}", f"set {key} to an installed provider, or {hint}")
+                          f"available here: {installed}", f"set {key} to an installed provider, or {hint}")
     return full
 
 

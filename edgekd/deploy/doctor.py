@@ -226,8 +226,15 @@ def rule_weights_stored_float(d: dict[str, Any]) -> Finding | None:
 def rule_isa(d: dict[str, Any]) -> Finding | None:
     if not is_quantized(d):
         return None
-    int8 = d["cpu"]["int8"]  # edgekd.hardware.int8_support: x86 (VNNI, AVX2) and aarch64 (asimddp, i8mm)
+    int8 = cpu_int8(d["cpu"])
     return {"level": int8["level"], "text": int8["text"]}
+
+
+def cpu_int8(cpu: dict[str, Any]) -> dict[str, str]:
+    """What the CPU offers int8 (``edgekd.hardware.int8_support``: x86 VNNI/AVX2, aarch64 asimddp/i8mm);
+    from the ``isa`` flags when the record predates the ``int8`` entry."""
+    return cpu.get("int8") or int8_support(frozenset(k for k, v in cpu.get("isa", {}).items() if v),
+                                           cpu.get("machine", ""))
 
 
 def rule_tiny(d: dict[str, Any]) -> Finding | None:
@@ -287,7 +294,7 @@ def verdict(d: dict[str, Any]) -> str:
     if not is_quantized(d):
         return ("This is an FP32 model: no QDQ nodes (QuantizeLinear/DequantizeLinear) and no int8 kernels; "
                 "quantize it first (edgekd qat, then edgekd export writes model.int8.onnx).")
-    cpu = d["cpu"]["int8"]["phrase"]
+    cpu = cpu_int8(d["cpu"])["phrase"]
     total = sum(c["total"] for c in d["compute"].values())
     n_int8 = sum(c["int8"] for c in d["compute"].values())
     n_float = len(d["float_compute"])
