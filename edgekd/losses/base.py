@@ -94,9 +94,13 @@ def register_kd_loss(name: str) -> Callable[[L], L]:
     return add
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare module under a DDP wrapper (or ``model`` itself)."""
-    inner = getattr(model, "module", None)
+def uncompiled(model: nn.Module) -> nn.Module:
+    """``model`` without a ``torch.compile`` wrapper (a DDP wrapper stays: it syncs the gradients).
+
+    A feature step registers and removes hooks around each forward; in a compiled graph that would
+    trigger a recompilation per step, so feature losses run the student eagerly.
+    """
+    inner = getattr(model, "_orig_mod", None)
     return inner if isinstance(inner, nn.Module) else model
 
 
@@ -174,7 +178,7 @@ class Distiller(nn.Module):
         x_student = rest.pop() if rest and rest[-1].shape == x.shape else x
         assert len(rest) <= 1, f"a KD batch is (x, y[, teacher_logits][, x_student]), got {len(batch)} items"
         loss_fn = self.kd_loss
-        loss_fn.before_step(unwrap(model))
+        loss_fn.before_step(self.student)
         if rest and not loss_fn.teacher_layers:
             t, t_feats = rest[0].detach(), {}
         else:
@@ -184,8 +188,8 @@ class Distiller(nn.Module):
         if not loss_fn.student_layers:
             s = model(x_student)
             return loss_fn(s, t, y), s
-        with tap_features(unwrap(model), loss_fn.student_layers) as s_feats:
-            s = model(x_student)
+        with tap_features(self.student, loss_fn.student_layers) as s_feats:  # hooks fire inside a DDP wrapper too
+            s = uncompiled(model)(x_student)
         return loss_fn(s, t, y, student_features=s_feats, teacher_features=t_feats), s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
