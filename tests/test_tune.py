@@ -201,3 +201,13 @@ def test_failed_trial_is_recorded_and_the_study_resumes(tmp_path: Path, monkeypa
     assert all((r["state"] == "FAIL") == (r["method"] == "ce") for r in rows)
     assert result.summary["failed"] == [r["number"] for r in rows if r["method"] == "ce"]
     assert "boom in ce" in (tmp_path / "trials.md").read_text()
+    # a trial left RUNNING by a killed process is closed, marked, and its parameters run again
+    study = optuna.load_study(study_name=study_mod.STUDY_NAME, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    killed = study.ask()
+    params = study_mod._suggest(killed, search_space(cfg))
+    result = study_mod.tune(cfg, 7, out=tmp_path, log=lambda m: None)
+    rows = result.summary["trials"]
+    assert rows[killed.number]["state"] == "FAIL" and "interrupted" in rows[killed.number]["error"]
+    rerun = rows[killed.number + 1]
+    assert rerun["resumes_trial"] == killed.number and {k: rerun[k] for k in params} == params
+    assert sum(1 for r in rows if "interrupted" not in str(r.get("error"))) == 7
