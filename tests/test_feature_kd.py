@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import onnx
@@ -23,6 +26,8 @@ from edgekd.models.features import feature_shapes, hooks_on, tap_features
 from edgekd.train.engine import fit
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
+THIS = Path(__file__).resolve()
+REPO = THIS.parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +230,53 @@ def test_self_distill_teacher_is_the_students_ema(fmnist_small, batch) -> None:
     for e0, e1, p in zip(ema_before, kd.ema.parameters(), student.parameters()):
         # abs 1e-6: float32 lerp of O(1) weights
         assert torch.allclose(e1, 0.9 * e0 + 0.1 * p.detach(), atol=1e-6)
+
+
+# ------------------------------------------------------------------ under torchrun: the loss's parameters stay in sync
+
+
+def test_ddp_ranks_share_the_adapters(tmp_path: Path) -> None:
+    """Two gloo ranks, different inits on purpose: the engine gives both rank 0's adapter and averages
+    its gradients, as DDP does for the student, so both end with the same student AND adapter."""
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("this torch build has no torch.distributed gloo backend")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "EDGEKD_PROGRESS": "0"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(THIS), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
+    if proc.returncode != 0 and "Address already in use" in proc.stderr:
+        pytest.skip("no free local port for the gloo rendezvous")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert not torch.equal(r0["adapter_init"], r1["adapter_init"])  # the ranks did start apart
+    for part in ("student", "aux"):
+        for k in r0[part]:
+            assert torch.equal(r0[part][k], r1[part][k]), (part, k)
+    assert not torch.equal(r0["aux"]["adapters.0.weight"], r0["adapter_init"])  # and it trained
+
+
+def _ddp_child(work: Path) -> None:
+    from edgekd.data.base import Split
+    from edgekd.train.distributed import rank_and_world
+    from helpers import fmnist_images, fmnist_labels
+
+    torch.set_num_threads(1)
+    rank, world = rank_and_world()
+    images = (fmnist_images(256) * 255).round().to(torch.uint8).numpy()
+    split = Split(images, fmnist_labels(256).numpy())
+    teacher = _net(16, 1)  # the same teacher on both ranks (the stages load it from one file)
+    torch.manual_seed(rank)  # student and adapter differ per rank on purpose
+    student = _net(8, 100 + rank)
+    kd = KD_LOSSES.get("fitnets")(DistillConfig(loss="fitnets", features=FeatureKDConfig(pairs=["2=2"])))
+    distiller = Distiller(student, teacher, kd, sample=torch.from_numpy(images[:2]).float() / 255)
+    init = kd.adapters[0].weight.detach().clone()
+    train = BatchLoader(split, 32, shuffle=True, seed=0, rank=rank, world_size=world)
+    val = BatchLoader(split, 128, shuffle=False, rank=rank, world_size=world)
+    cfg = TrainConfig(epochs=1, lr=0.05, amp="off", channels_last="off", max_steps_per_epoch=3, log_every=1000)
+    fit(student, distiller.step, train, val, cfg, work_dir=work, device="cpu", seed=0, aux=kd)
+    torch.save({"student": {k: v.detach().clone() for k, v in student.state_dict().items()},
+                "aux": {k: v.detach().clone() for k, v in kd.state_dict().items()}, "adapter_init": init},
+               work / f"rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    _ddp_child(Path(sys.argv[1]))

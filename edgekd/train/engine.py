@@ -250,7 +250,7 @@ def fit(
         _prepare_work_dir(work_dir, resume, state.history)
     ddp_model = wrap_ddp(model, device)
     if aux is not None and dctx.world_size > 1:
-        _average_gradients_over_ranks(aux)  # DDP averages the model's gradients; aux's need the same
+        _sync_over_ranks(aux)  # what DDP does for the model: rank 0's start state, averaged gradients
     if resolve_compile(cfg.compile, device):
         # compiled around DDP, so its optimizer splits graphs at bucket boundaries (overlapping all-reduce)
         ddp_model = torch.compile(ddp_model, dynamic=False)
@@ -271,8 +271,10 @@ def fit(
         state.history.append(record)
         if record["val_accuracy"] > state.best_acc:
             state.best_acc, state.best_epoch, state.best_state = record["val_accuracy"], epoch, cpu_state(model)
-        rngs = all_gather_objects(capture_rng())  # every rank's RNG, so a resumed DDP run continues each stream
-        if dctx.is_main:
+        # every checkpoint_every epochs and after the last: a checkpoint costs a full state copy and write
+        due = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
+        rngs = all_gather_objects(capture_rng()) if due else []  # every rank's RNG: a resumed DDP run continues each stream
+        if dctx.is_main and due:
             save_checkpoint(ckpt_path, {
                 "model": cpu_state(model), "optimizer": optimizer.state_dict(),
                 "aux": cpu_state(aux) if aux is not None else {},
@@ -282,6 +284,7 @@ def fit(
                 "best_val_accuracy": state.best_acc, "best_epoch": state.best_epoch, "history": state.history,
                 "rng": rngs, "meta": full_meta,
             })
+        if dctx.is_main:
             append_jsonl(work_dir / METRICS_NAME, record)
             for callback in on_epoch:
                 callback(record)
@@ -352,9 +355,14 @@ def _train_epoch(model, step_fn, loader, optimizer, schedule, scaler, precision,
     }
 
 
-def _average_gradients_over_ranks(module: torch.nn.Module) -> None:
-    """Hook ``module``'s trainable parameters so each gradient is averaged over the DDP ranks once accumulated."""
+def _sync_over_ranks(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's state of ``module``, and hook its trainable parameters so each gradient
+    is averaged over the ranks once accumulated (DDP does both for the model it wraps)."""
     import torch.distributed as dist
+
+    with torch.no_grad():
+        for t in module.state_dict().values():
+            dist.broadcast(t, src=0)
 
     def average(p: torch.Tensor) -> None:
         dist.all_reduce(p.grad)
