@@ -77,6 +77,7 @@ class TrainConfig:
     # torch.compile of the training model: auto = on for CUDA only (launch-bound steps; the compile
     # takes tens of seconds), off on CPU where a short schedule does not pay the inductor's C++ build back
     compile: str = "off"  # off | on | auto
+    checkpoint_every: int = 1  # epochs between resume checkpoints (always after the last); >1 saves the write per epoch
     max_steps_per_epoch: Optional[int] = None  # cap for smoke runs
     log_every: int = 50  # steps between loss checks (a NaN/inf loss stops the stage) and log lines
     # stop the run after this stage when training diverged: loss not finite or rising, or validation
