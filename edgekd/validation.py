@@ -141,6 +141,7 @@ def _validate_train(key: str, tc: "TrainConfig") -> None:
     optional(positive, f"{key}.grad_clip", tc.grad_clip)
     optional(at_least, f"{key}.max_steps_per_epoch", tc.max_steps_per_epoch, 1)
     at_least(f"{key}.log_every", tc.log_every, 1)
+    at_least(f"{key}.checkpoint_every", tc.checkpoint_every, 1, f"set {key}.checkpoint_every to 1 (every epoch) or more")
 
 
 def _validate_data(cfg: "Config") -> None:

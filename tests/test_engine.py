@@ -399,6 +399,24 @@ def test_ddp_two_gloo_ranks_end_with_identical_weights(tmp_path):
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1  # rank 0 alone writes
 
 
+@requires_fmnist
+def test_checkpoint_every_k_epochs_and_after_the_last(tmp_path):
+    """checkpoint_every=2 over 3 epochs: no checkpoint after epoch 0, one after epoch 1, and after the last."""
+    seen = {}
+
+    def spy(epoch, model):  # runs at each epoch start: what a kill just before it would leave to resume from
+        path = tmp_path / "checkpoint.pt"
+        seen[epoch] = load_training_checkpoint(path)["epoch"] if path.exists() else None
+
+    train, val = resume_data()
+    cfg = dataclasses.replace(resume_cfg(), epochs=3, checkpoint_every=2)
+    torch.manual_seed(0)
+    fit(tiny_cnn(), ce_step(cfg), train, val, cfg, work_dir=tmp_path, device="cpu", seed=0, hooks=(spy,))
+    assert seen == {0: None, 1: None, 2: 1}
+    assert load_training_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 2
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3  # metrics every epoch regardless
+
+
 # ---------------------------------------------------------------- child-process entry points
 
 
