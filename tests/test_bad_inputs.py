@@ -156,12 +156,14 @@ ROWS = [
     Row("unknown teacher arch", [*RUN, "--set", "teacher.arch=resnet999"], r"resnet999"),
     Row("unknown student arch", [*RUN, "--set", "student.arch=tinynet"],
         r"tinynet.*valid: .*mobilenet_v2.*torchvision:NAME, timm:NAME"),  # names and sources (issue 12)
-    Row("unknown torchvision model (issue 12)", [*RUN, "--set", "teacher.arch=torchvision:resnet19"],
+    # width 1.0: outside models refuse other widths, checked before the name (as for "unknown torchvision weights")
+    Row("unknown torchvision model (issue 12)", [*RUN, "--set", "teacher.width=1.0", "--set", "teacher.arch=torchvision:resnet19"],
         r"torchvision model 'resnet19'.*resnet18"),
-    Row("unknown timm model (issue 12)", [*RUN, "--set", "student.arch=timm:mobilenetv4_conv_smal"],
+    Row("unknown timm model (issue 12)", [*RUN, "--set", "student.width=1.0", "--set", "student.arch=timm:mobilenetv4_conv_smal"],
         r"timm model 'mobilenetv4_conv_smal'.*mobilenetv4_conv_small"),
-    Row("unknown model source (issue 12)", [*RUN, "--set", "teacher.arch=tv:resnet18"], r"unknown model source 'tv:'"),
-    Row("TorchScript teacher file missing (issue 12)", [*RUN, "--set", "teacher.arch=torchscript:{T}/none.ts"],
+    Row("unknown model source (issue 12)", [*RUN, "--set", "teacher.width=1.0", "--set", "teacher.arch=tv:resnet18"],
+        r"unknown model source 'tv:'"),
+    Row("TorchScript teacher file missing (issue 12)", [*RUN, "--set", "teacher.width=1.0", "--set", "teacher.arch=torchscript:{T}/none.ts"],
         r"none\.ts not found"),
     Row("unknown execution provider (issue 12)", [*RUN, "--set", "check.latency.provider=foo"],
         r"'foo' is not an onnxruntime execution provider; available here: .*CPUExecutionProvider"),
