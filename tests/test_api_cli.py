@@ -117,7 +117,7 @@ def test_an_internal_error_is_exit_3_with_a_hint(monkeypatch: pytest.MonkeyPatch
     from edgekd import cli
     from edgekd.deploy import report
 
-    def broken(run_dir: str) -> None:
+    def broken(run_dir: str, compare_to: object = None) -> None:
         raise TypeError("unexpected None")
 
     monkeypatch.setattr(report, "render_report", broken)
