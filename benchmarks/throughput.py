@@ -149,16 +149,21 @@ def profile_steps(run_step: Callable[[tuple], Any], batches: Callable[[], Any], 
             run_step(next(it))
         _sync(device)
         wall = time.perf_counter() - t0
-    events = prof.key_averages()
-
-    def device_us(e: Any) -> float:
-        return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)) or 0.0)
-
     if device.type == "cuda":
-        busy_us = sum(device_us(e) for e in events)
-        top = sorted(events, key=device_us, reverse=True)[:6]
-        top_rows = [{"name": e.key[:60], "ms": round(device_us(e) / 1e3, 2)} for e in top]
+        # kernel events only (CPU ops carry their kernels' time too: summing both would count it twice);
+        # busy = the union of the kernels' intervals, so overlapping streams are not counted twice either
+        from torch.autograd import DeviceType
+
+        kernels = [e for e in prof.events()
+                   if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
+        busy_us = _union_us([(e.time_range.start, e.time_range.end) for e in kernels])
+        totals: dict[str, float] = {}
+        for e in kernels:
+            totals[e.name] = totals.get(e.name, 0.0) + (e.time_range.end - e.time_range.start)
+        top_rows = [{"name": k[:60], "ms": round(v / 1e3, 2)}
+                    for k, v in sorted(totals.items(), key=lambda kv: kv[1], reverse=True)[:6]]
     else:  # CPU: the time inside torch ops (self CPU time), what is left is Python and waiting
+        events = prof.key_averages()
         busy_us = sum(float(e.self_cpu_time_total) for e in events)
         top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:6]
         top_rows = [{"name": e.key[:60], "ms": round(e.self_cpu_time_total / 1e3, 2)} for e in top]
@@ -166,6 +171,16 @@ def profile_steps(run_step: Callable[[tuple], Any], batches: Callable[[], Any], 
     return {"steps": steps, "wall_s": round(wall, 4), "busy_s": round(busy, 4),
             "busy_fraction": round(busy / wall, 3) if wall > 0 else None, "top": top_rows,
             "busy_means": "sum of GPU kernel self times" if device.type == "cuda" else "sum of torch ops' self CPU time"}
+
+
+def _union_us(intervals: list[tuple[float, float]]) -> float:
+    """Total length of the union of ``[start, end]`` intervals."""
+    total, end = 0.0, float("-inf")
+    for lo, hi in sorted(intervals):
+        if hi > end:
+            total += hi - max(lo, end)
+            end = hi
+    return total
 
 
 def prepare_workload(name: str, cfg: Config, device: torch.device, teacher: torch.nn.Module, args: argparse.Namespace

@@ -219,13 +219,16 @@ def _load_benchmark():
 def test_throughput_benchmark_writes_json_and_markdown(tmp_path):
     bench = _load_benchmark()
     rc = bench.main(["--device", "cpu", "--workloads", "student,kd_cached", "--steps", "1", "--warmup", "0",
-                     "--set", "data.batch_size=8", "--set", "student.width=0.25", "--out", str(tmp_path)])
+                     "--repeats", "2", "--profile", "--set", "data.batch_size=8", "--set", "student.width=0.25",
+                     "--out", str(tmp_path)])
     data = json.loads((tmp_path / "throughput_cpu.json").read_text())
     assert rc == 0 and [r["workload"] for r in data["rows"]] == ["student", "kd_cached"]
     s, kd = data["rows"]
     assert s["gflop_per_step"] > 0 and s["gflop_per_step"] == kd["gflop_per_step"]  # cached: no teacher FLOPs
     assert s["images_per_second"] > 0 and data["kd_overhead"]["kd_cached_over_student"] > 0
     assert "| kd_cached | 8 |" in (tmp_path / "throughput_cpu.md").read_text()
+    prof = s["profile"]  # CPU: time inside torch ops against wall time; some of the wall is Python
+    assert 0 < prof["busy_s"] and 0 < prof["busy_fraction"] <= 1.05 and prof["top"][0]["ms"] > 0
 
 
 # ------------------------------------------------------------------ CUDA
