@@ -23,6 +23,8 @@ SHAPE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 NORMALIZATION_OPS = ("Sub", "Div")
 # ops whose time the int8 profile attributes to work that is not an int8 kernel
 OVERHEAD_OPS = NORMALIZATION_OPS + BOUNDARY_OPS + LAYOUT_OPS
+TINY_PARAMS = 1_000_000  # as the doctor's rule_tiny: below this, per-call overheads weigh at batch 1
+TINY_MS = 1.0
 
 
 def threads_text(threads: int) -> str:
@@ -72,10 +74,11 @@ def causes_and_actions(d: Mapping[str, Any], table: list[dict[str, Any]],
     if multi:
         r = multi[0]
         one = by_key[(r["batch"], 1)]
-        causes.append(f"thread-pool overhead on a tiny graph ({d.get('parameters', 0):,} weights): at "
-                      f"{setting_text(r)} INT8 took {r['int8_ms']:.3f} ms against {one['int8_ms']:.3f} ms on one "
-                      "thread; each int8 kernel's work is too small to split, so waking and joining threads costs "
-                      "more than it saves (FP32's NCHWc kernels split their larger work better)")
+        tiny = d.get("parameters", 0) < TINY_PARAMS or r["int8_ms"] < TINY_MS
+        causes.append(f"thread-pool overhead{' on a tiny graph' if tiny else ''} ({d.get('parameters', 0):,} weights): "
+                      f"at {setting_text(r)} INT8 took {r['int8_ms']:.3f} ms against {one['int8_ms']:.3f} ms on one "
+                      "thread; the int8 kernels' work per call is too small to split, so waking and joining threads "
+                      "costs more than it saves")
         actions.append(f"run INT8 with 1 thread at batch {r['batch']} (x{one['ratio']:.2f} of FP32 there), or "
                        "measure which thread count is fastest for your batch and pin it (intra_op_num_threads)")
     # 2. fixed per-inference costs: INT8 lost at a small batch and won at a larger one
@@ -103,6 +106,12 @@ def causes_and_actions(d: Mapping[str, Any], table: list[dict[str, Any]],
         causes.append("layout conversions around the int8 kernels ("
                       + ", ".join(f"{op} x{c}" for op, c in sorted(layout.items())) + f"{measured}): onnxruntime "
                       "runs QLinearConv channels-last (NHWC) and converts the NCHW input and output")
+    other = {op: c for op, c in d.get("float_elementwise", {}).items() if op not in NORMALIZATION_OPS}
+    if other:
+        causes.append("float element-wise ops between int8 kernels ("
+                      + ", ".join(f"{op} x{c}" for op, c in sorted(other.items())) + "), each behind a dequantize "
+                      "and before a quantize")
+        actions.append("choose a student whose activations have int8 kernels (ReLU/ReLU6 rather than HardSwish/SE)")
     if d.get("float_compute"):
         causes.append(f"{len(d['float_compute'])} compute op(s) stayed float between int8 kernels (see below)")
         actions.append("quantize the inputs of the float compute ops so onnxruntime can fuse them")
