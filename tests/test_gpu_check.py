@@ -157,3 +157,19 @@ def test_cpu_benchmark_run_writes_its_rows(tmp_path):
     assert res["returncode"] == 0, res["errors"]
     assert [r["workload"] for r in res["rows"]] == ["student", "kd_cached"] and res["kd_overhead"]["kd_cached_over_student"] > 0
     assert res["determinism"]["deterministic"] is True  # auto on CPU
+
+
+def test_target_report_reads_the_benchmark_and_the_chain():
+    bench = {"eager": {"rows": [{"workload": "teacher", "images_per_second": 40000.0},
+                                {"workload": "kd_cached", "images_per_second": 31000.0},
+                                {"workload": "qat", "images_per_second": 9000.0}],
+                       "kd_overhead": {"kd_cached_over_student": 1.04}},
+             "compiled": {"rows": [{"workload": "teacher", "images_per_second": 52000.0}], "kd_overhead": {}}}
+    result = {"throughput": bench, "chain_completed": True, "chain_seconds": 310.0,
+              "stages": {"check": {"models": {"teacher": {"accuracy": 0.957}, "student_int8": {"accuracy": 0.94}}}}}
+    t = gc.target_report(result)
+    assert t["teacher_images_per_second"] == {"target": 50000, "measured": 52000.0, "met": True}  # best of both runs
+    assert t["kd_student_images_per_second"]["met"] and not t["qat_images_per_second"]["met"]
+    assert t["kd_cached_overhead"]["met"] and not t["chain_seconds"]["met"]
+    assert t["teacher_accuracy"]["met"] and not t["int8_accuracy"]["met"]
+    assert gc.target_report({})["chain_seconds"] == {"target": 300, "measured": None, "met": None}
