@@ -159,6 +159,21 @@ def compare_model(name: str, a: dict[str, Any], b: dict[str, Any]) -> ModelCompa
     return out
 
 
+# check-metrics model name -> the export stage's artifact key of its file
+EXPORT_KEYS = {"teacher": "teacher_fp32", "student_fp32": "student_fp32", "student_int8": "student_int8"}
+
+
+def _same_files_note(a: Manifest, b: Manifest, models: list[str]) -> str | None:
+    """Models whose file is byte-identical in both runs: their latency deltas are measurement noise."""
+    same = [m for m in models if m in EXPORT_KEYS
+            and (sha := a.artifact_sha("export", EXPORT_KEYS[m])) is not None
+            and sha == b.artifact_sha("export", EXPORT_KEYS[m])]
+    if not same:
+        return None
+    return (f"The same file in both runs (equal sha256): {', '.join(same)}. Its latency deltas are measurement "
+            "noise between the two check stages, not a change of the model.")
+
+
 def _machine_note(a: Manifest, b: Manifest) -> str | None:
     """Latencies from two CPUs compare machines, not models: say so when the manifests' CPUs differ."""
     ca, cb = (_dig(m.data, "environment", "cpu", "model") for m in (a, b))
@@ -187,9 +202,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, models: Iterable[str] | N
                             "compare two runs of edgekd, whose check stage measured the same models")
     cmp = Comparison(run_a=_label(ma), run_b=_label(mb), models=[compare_model(m, ca[m], cb[m]) for m in wanted],
                      only_in_a=[m for m in ca if m not in cb], only_in_b=[m for m in cb if m not in ca])
-    note = _machine_note(ma, mb)
-    if note:
-        cmp.notes.append(note)
+    cmp.notes += [n for n in (_same_files_note(ma, mb, wanted), _machine_note(ma, mb)) if n]
     return cmp
 
 
