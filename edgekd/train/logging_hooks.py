@@ -80,6 +80,11 @@ def epoch_loggers(setting: str, log_dir: str | Path) -> Iterator[tuple[EpochCall
         return
     if not tensorboard_available():
         raise ConfigError("logging.tensorboard is 'on' but the tensorboard package is not installed", INSTALL_HINT)
+    try:  # before training, not after its first epoch: a broken install fails the stage at once
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"the tensorboard package is installed but torch cannot write its events ({e})",
+                          "reinstall it: pip install 'edgekd[tensorboard]', or set logging.tensorboard: off") from None
     logger = TensorBoardLogger(log_dir)
     try:
         yield (logger,)
