@@ -195,7 +195,10 @@ def build_external(cfg: ModelConfig, spec: InputSpec) -> tuple[nn.Module, bool]:
     """Build ``cfg.arch`` (``SOURCE:NAME``) for ``spec``'s data -> (raw network, published weights loaded?)."""
     source, name = split_arch(cfg.arch)
     assert source is not None, f"{cfg.arch} has no source prefix"
-    return MODEL_SOURCES.get(source)(name, cfg, spec)
+    net, loaded = MODEL_SOURCES.get(source)(name, cfg, spec)
+    log.info("%s: fitted to %d channels, %d classes, stem %s; published weights %s", cfg.arch, spec.in_channels,
+             spec.num_classes, resolve_stem(cfg, spec), cfg.weights if loaded else "none")
+    return net, loaded
 
 
 def check_quantizable(net: nn.Module, arch: str) -> None:
