@@ -82,7 +82,9 @@ budget, unwritable --junit/--summary), 3 internal error."""
 
 DOCTOR_EPILOG = """\
 examples:
-  edgekd doctor export/fashion_mnist           the run's INT8 model, timed against its fp32 model
+  edgekd doctor export/fashion_mnist           the run's INT8 model: the check stage's latency table (every
+                                               batch/thread setting) leads the verdict, and where INT8 was
+                                               slower it names the setting, the likely cause and what to do
   edgekd doctor model.int8.onnx                any ONNX file (no timing)"""
 
 SENSITIVITY_EPILOG = """\
