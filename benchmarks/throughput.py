@@ -267,7 +267,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"Training throughput on {result['device_name']} (torch {result['torch']}, {result['config']}, "
-             f"{result['steps']} timed steps after {result['warmup']} warm-up)", "",
+             f"{result['steps']} timed steps x {result.get('repeats', 1)} round-robin windows, the fastest kept, after "
+             f"{result['warmup']} warm-up)", "",
              "| workload | batch | precision | compile | images/s | step ms | GFLOP/step | TFLOP/s | busy |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -281,6 +282,8 @@ def markdown(result: dict[str, Any]) -> str:
     if ratios:
         lines += ["", "KD overhead (KD step time / plain student step time): "
                   + ", ".join(f"{k.removesuffix('_over_student')} {v:.2f}" for k, v in ratios.items())]
+    if result.get("note"):
+        lines += ["", f"Note: {result['note']}"]
     return "\n".join(lines) + "\n"
 
 
@@ -331,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(row)
     result = {"device_kind": device.type, "tag": args.tag, "device_name": device_name(device), "torch": torch.__version__,
               "config": Path(config).name, "overrides": list(args.overrides), "steps": args.steps,
-              "warmup": args.warmup, "determinism": resolve_deterministic(cfg.deterministic, device).to_dict(),
+              "warmup": args.warmup, "repeats": args.repeats, "determinism": resolve_deterministic(cfg.deterministic, device).to_dict(),
               "rows": rows, "kd_overhead": add_ratios(rows), "errors": errors}
     path = write(result, Path(args.out))
     print(markdown(result))
