@@ -152,6 +152,9 @@ def render(data: dict[str, Any]) -> str:
         cells = [_cell(k, *table[method][k]) for k in COLUMNS]
         lines.append(f"| {method}{' (no KD)' if method == 'ce' else ''} | {n} | " + " | ".join(cells) + " |")
     out = [head + "\n".join(lines) + "\n"]
+    if not meta.get("complete", True):
+        out.append("**Incomplete: the benchmark stopped before every run finished; the seeds column says how many "
+                   "ran per method.**\n")
     out.append(f"Budget: **{meta['budget']}**{' (REDUCED: not the default budget)' if meta['budget'] != 'default' else ''}; "
                f"overrides {meta['overrides']}. Mean ± std over seeds {meta['seeds']} (sample std). Same teacher "
                f"({meta['teacher']}, trained once, val {100 * meta['teacher_val_accuracy']:.2f} %), student "
@@ -181,7 +184,6 @@ def main() -> int:
         print(text)
         return 0
     from edgekd.config import load_config
-    from edgekd.environment import cpu_info
     from edgekd.tuning.teachers import cached_teacher
 
     t0 = time.time()
@@ -205,16 +207,28 @@ def main() -> int:
                 print(f"[bench] seed {seed} {method}: FAILED {failures[-1]['error']}", flush=True)
                 continue
             print(f"[bench] seed {seed} {method}: {json.dumps(runs[method][-1])}", flush=True)
+            # after every run: an interrupted benchmark keeps what it measured (meta.complete says how far)
+            write(out, stem, a, budget, teacher, runs, failures, time.time() - t0, complete=False)
+    text = write(out, stem, a, budget, teacher, runs, failures, time.time() - t0, complete=True)
+    print(text)
+    return 0
+
+
+def write(out: Path, stem: str, a: argparse.Namespace, budget: list[str], teacher: Any,
+          runs: dict[str, list[dict[str, float]]], failures: list[dict[str, Any]], seconds: float, complete: bool) -> str:
+    """JSON + markdown of the runs so far; returns the markdown."""
+    from edgekd.config import load_config
+    from edgekd.environment import cpu_info
+
     cfg = load_config(a.config, budget)
-    meta = {"budget": a.budget, "overrides": budget, "seeds": a.seeds, "methods": a.methods,
+    meta = {"budget": a.budget, "overrides": budget, "seeds": a.seeds, "methods": a.methods, "complete": complete,
             "student": f"{cfg.student.arch} x{cfg.student.width}", "teacher": teacher.arch,
-            "teacher_val_accuracy": teacher.val_accuracy, "seconds": time.time() - t0, "cpu": cpu_info()["model"]}
+            "teacher_val_accuracy": teacher.val_accuracy, "seconds": seconds, "cpu": cpu_info()["model"]}
     data = {"meta": meta, "runs": runs, "summary": summarize(runs), "failures": failures}
     atomic_write_json(out / f"{stem}.json", data)
     text = render(data)
     atomic_write_text(out / f"{stem}.md", text)
-    print(text)
-    return 0
+    return text
 
 
 if __name__ == "__main__":
