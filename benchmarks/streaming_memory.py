@@ -4,8 +4,9 @@ For each folder size (default 5 000 and 50 000 RGB 32x32 PNG images, 10 classes,
 --root) a fresh Python process builds the dataset exactly as a run does (``build_dataset``: header scan,
 val split, test subset) and iterates one full training epoch through the training loader
 (``make_loaders``: shuffling, seeded augmentation, and for a streamed split ``data.workers`` decoding
-processes). A sampler thread reads VmRSS of that process and of its worker processes every 20 ms; the
-table shows the peak of the process alone and of the process plus its workers.
+processes). A sampler thread reads every 20 ms the RSS of that process and the private memory (USS) of
+each worker (pages a forked worker still shares with its parent are in the parent's RSS already); the
+table shows the peak RSS alone and the peak of RSS + the workers' USS.
 
 Streaming (``data.in_memory_mb: 0``) should stay flat as the folder grows 10x; in memory grows by the
 decoded images (N x 3 x 32 x 32 bytes). The validation and test splits are held in memory in both
@@ -42,6 +43,15 @@ def rss_kb(pid):
         return 0
     return 0
 
+def uss_kb(pid):
+    # unique set size: a forked worker's own pages; those it still shares with the main process
+    # (copy-on-write) are already in the main process's RSS
+    try:
+        rows = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return rss_kb(pid)
+    return sum(int(r.split()[1]) for r in rows if r.startswith(("Private_Clean:", "Private_Dirty:")))
+
 def children(pid):
     out = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
@@ -57,7 +67,7 @@ def sample():
     me = os.getpid()
     while not done.is_set():
         own = rss_kb(me)
-        total = own + sum(rss_kb(c) for c in children(me))
+        total = own + sum(uss_kb(c) for c in children(me))
         peak["self"] = max(peak["self"], own)
         peak["total"] = max(peak["total"], total)
         time.sleep(0.02)
@@ -90,7 +100,7 @@ done.set()
 print(json.dumps({"streamed": isinstance(bundle.train, FileSplit), "train_images": len(bundle.train), "seen": seen,
                   "build_s": round(t_build, 2), "epoch_s": round(t_epoch, 2),
                   "images_per_s": round(seen / max(t_epoch, 1e-9), 1), "import_rss_mb": round(base_kb / 1024, 1),
-                  "peak_rss_mb": round(peak["self"] / 1024, 1), "peak_rss_with_workers_mb": round(peak["total"] / 1024, 1)}))
+                  "peak_rss_mb": round(peak["self"] / 1024, 1), "peak_with_workers_mb": round(peak["total"] / 1024, 1)}))
 """
 
 
@@ -144,7 +154,7 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
     for r in rows:
         lines.append(f"| {r['folder_images']} | {'streamed' if r['streamed'] else 'in memory'} | {r['train_images']} | "
                      f"{r['build_s']} | {r['epoch_s']} | {r['images_per_s']} | {r['peak_rss_mb']} | "
-                     f"{r['peak_rss_with_workers_mb']} |")
+                     f"{r['peak_with_workers_mb']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -36,8 +36,8 @@ def _check_metrics(run: Path) -> dict:
 
 def test_rgb32_folder_trains_above_chance_to_a_gated_report(tmp_path: Path) -> None:
     root = write_digits_folder(tmp_path / "digits", per_class=100, size=32, mode="RGB")  # 1 000 real PNG files
-    proc = _run("image_folder", tmp_path / "runs", [  # 700 to train: 2 epochs of 22 steps per stage
-        f"data.root={root}", "data.val_size=100", "data.batch_size=32",
+    proc = _run("image_folder", tmp_path / "runs", [  # 700 to train: 2 epochs of 43 steps per stage
+        f"data.root={root}", "data.val_size=100", "data.batch_size=16",
         "teacher_train.epochs=2", "distill.train.epochs=2", "qat.train.epochs=2", "budgets.min_accuracy=0.25"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "gate: PASS" in proc.stdout

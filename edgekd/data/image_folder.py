@@ -20,6 +20,7 @@ decoded once into memory; otherwise the training split stays on disk and the loa
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
-from .base import DATASETS, ReaderResult, Split, stratified_indices
+from .base import DATASETS, ReaderResult, stratified_indices
 from .files import FileSplit, common_mode, native_size, scan
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -36,15 +37,23 @@ SPLIT_SEED = 0
 STATS_SAMPLE = 5000  # streamed data: mean/std from this many training images (seeded), not a whole extra epoch
 
 
-def list_images(tree: Path) -> tuple[list[str], list[tuple[Path, str]]]:
+def _image_files(folder: Path) -> list[str]:
+    """Image files under ``folder`` (recursive, hidden ones skipped), sorted, as str: a folder of a
+    million files keeps a million short strings, not a million Path objects."""
+    found = []
+    for parent, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(os.path.join(parent, n) for n in names
+                     if not n.startswith(".") and os.path.splitext(n)[1].lower() in EXTENSIONS)
+    return sorted(found)
+
+
+def list_images(tree: Path) -> tuple[list[str], list[tuple[str, str]]]:
     """Class names (sorted sub-folder names) and (file, class name) pairs of ``tree``."""
     classes = sorted(p.name for p in tree.iterdir() if p.is_dir() and not p.name.startswith("."))
     files = []
     for name in classes:
-        found = sorted(
-            p for p in (tree / name).rglob("*")
-            if p.is_file() and p.suffix.lower() in EXTENSIONS and not p.name.startswith(".")
-        )
+        found = _image_files(tree / name)
         if not found:
             raise DataError(
                 f"class folder {tree / name} holds no images ({', '.join(sorted(EXTENSIONS))})",
@@ -66,7 +75,7 @@ def check_root(root_value: str | None) -> Path:
     return root
 
 
-def split_files(root: Path) -> tuple[list[str], list[tuple[Path, str]], list[tuple[Path, str]]]:
+def split_files(root: Path) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]:
     """(classes, train files, test files) of ``root``: its own train/ and test/, or a fixed stratified split."""
     if (root / "train").is_dir() and (root / "test").is_dir():
         classes, train_files = list_images(root / "train")
@@ -76,7 +85,8 @@ def split_files(root: Path) -> tuple[list[str], list[tuple[Path, str]], list[tup
             raise DataError(f"{root / 'test'} has classes missing from {root / 'train'}: {extra}", "add them to train/ or remove them")
     else:
         classes, files = list_images(root)
-        labels = np.array([classes.index(c) for _, c in files])
+        index = {c: i for i, c in enumerate(classes)}
+        labels = np.array([index[c] for _, c in files])
         n_test = int(round(TEST_FRACTION * len(files)))
         test_idx = set(stratified_indices(labels, n_test, np.random.default_rng(SPLIT_SEED)).tolist())
         train_files = [f for i, f in enumerate(files) if i not in test_idx]
@@ -110,8 +120,8 @@ def open_folder(cfg: DataConfig, log: Callable[[str], None] | None = None) -> tu
     size = (cfg.image_size, cfg.image_size) if cfg.image_size else native_size(headers)
     index = {c: i for i, c in enumerate(classes)}
 
-    def split(files: list[tuple[Path, str]]) -> FileSplit:
-        return FileSplit([str(p) for p, _ in files], np.array([index[c] for _, c in files], dtype=np.int64), mode, size)
+    def split(files: list[tuple[str, str]]) -> FileSplit:
+        return FileSplit([p for p, _ in files], np.array([index[c] for _, c in files], dtype=np.int64), mode, size)
 
     return split(train_files), split(test_files), classes
 
@@ -134,8 +144,3 @@ def image_folder(cfg: DataConfig) -> ReaderResult:
     pick = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(train))[:STATS_SAMPLE])
     mean, std = channel_stats(train.load(pick))
     return train, test, classes, mean, std
-
-
-def is_streamed(split: Split | FileSplit) -> bool:
-    """Whether ``split`` stays on disk (the loader then decodes it batch by batch)."""
-    return isinstance(split, FileSplit)
