@@ -106,7 +106,8 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Nam
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--students", nargs="+", default=["mobilenet_v2:0.5"], help="arch:width entries to build")
+    p.add_argument("--students", nargs="+", default=["mobilenet_v2:0.5", "mobilenet_v2:1.0", "mobilenet_v3_small:1.0",
+                                                      "mobilenet_v3_large:1.0"], help="arch:width entries to build")
     p.add_argument("--files", nargs="+", metavar="LABEL=PATH", help="time these files instead (first = reference)")
     p.add_argument("--runs", type=int, default=300)
     p.add_argument("--warmup", type=int, default=20)
