@@ -78,7 +78,8 @@ def causes_and_actions(d: Mapping[str, Any], table: list[dict[str, Any]],
         causes.append(f"thread-pool overhead{' on a tiny graph' if tiny else ''} ({d.get('parameters', 0):,} weights): "
                       f"at {setting_text(r)} INT8 took {r['int8_ms']:.3f} ms against {one['int8_ms']:.3f} ms on one "
                       "thread; the int8 kernels' work per call is too small to split, so waking and joining threads "
-                      "costs more than it saves")
+                      "costs more than it saves, and on a CPU shared with other work every run also waits for each "
+                      "of its threads to be scheduled")
         actions.append(f"run INT8 with 1 thread at batch {r['batch']} (x{one['ratio']:.2f} of FP32 there), or "
                        "measure which thread count is fastest for your batch and pin it (intra_op_num_threads)")
     # 2. fixed per-inference costs: INT8 lost at a small batch and won at a larger one
