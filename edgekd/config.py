@@ -74,8 +74,8 @@ class TrainConfig:
     grad_clip: Optional[float] = None  # clip the gradient norm to this value (None: no clipping)
     amp: str = "auto"  # auto (cuda: fp16/bf16, cpu: bf16 where AMX) | on | off
     channels_last: str = "auto"  # auto | on | off
-    # torch.compile of the training model: auto = on for CUDA only (launch-bound steps; the compile
-    # takes tens of seconds), off on CPU where a short schedule does not pay the inductor's C++ build back
+    # torch.compile of the training model; auto = on for CUDA only (launch-bound steps; compiling takes
+    # tens of seconds), not on CPU, where a short schedule does not pay the inductor's C++ build back.
     compile: str = "off"  # off | on | auto
     checkpoint_every: int = 1  # epochs between resume checkpoints (always after the last); >1 saves the write per epoch
     max_steps_per_epoch: Optional[int] = None  # cap for smoke runs
