@@ -93,7 +93,9 @@ examples:
   edgekd sensitivity export/fashion_mnist --images 500 --threads 1 --top 10
 
 Writes sensitivity.json into the run folder (recorded in manifest.json with its sha256) and prints
-the top offenders; qat.keep_float / qat.keep_float_most_sensitive keep such layers in float."""
+the top offenders; qat.keep_float / qat.keep_float_most_sensitive keep such layers in float.
+
+exit codes: 0 ranked and written, 2 bad input (missing run, changed file, --images < 1), 3 internal error."""
 
 DIVERGENCE_EPILOG = """\
 examples:
@@ -101,7 +103,10 @@ examples:
   edgekd divergence export/fashion_mnist --model fp32 --images 8
 
 Compares layer by layer at the onnxruntime optimization level the check stage uses ('all') and
-names the first layer whose relative error exceeds --threshold."""
+names the first layer whose relative error exceeds --threshold.
+
+exit codes: 0 compared (whether or not a layer diverges), 2 bad input (missing run, changed file, unknown
+--model), 3 internal error."""
 
 REPORT_EPILOG = """\
 examples:
