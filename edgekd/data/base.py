@@ -137,6 +137,31 @@ def _subset(split: "AnySplit", n: int | None, seed: int, stream: int, key: str) 
     return split.take(stratified_indices(split.labels, n, _rng(seed, stream)))
 
 
+def channel_sums(images: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-channel sum and sum of squares of uint8 [N, C, H, W] images in [0, 1] units, and the pixel count
+    per channel; in chunks, so no float64 copy of the whole set is ever made (8x its uint8 size)."""
+    c = images.shape[1]
+    s, s2, n = np.zeros(c), np.zeros(c), 0
+    for i in range(0, len(images), chunk):
+        x = images[i:i + chunk].astype(np.float64) / 255.0
+        s += x.sum(axis=(0, 2, 3))
+        s2 += np.square(x).sum(axis=(0, 2, 3))
+        n += x.shape[0] * x.shape[2] * x.shape[3]
+    return s, s2, n
+
+
+def mean_std_from_sums(s: np.ndarray, s2: np.ndarray, n: int, floor: float = 1e-3) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std from :func:`channel_sums`; std floored (a constant channel must not divide by zero)."""
+    mean = s / max(n, 1)
+    std = np.maximum(np.sqrt(np.maximum(s2 / max(n, 1) - mean ** 2, 0.0)), floor)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 [N, C, H, W] images, in [0, 1] units (std floored at 1e-3)."""
+    return mean_std_from_sums(*channel_sums(images))
+
+
 def _as_tuple(values: Sequence[float], channels: int, what: str, name: str) -> tuple[float, ...]:
     out = tuple(float(v) for v in values)
     if len(out) != channels:

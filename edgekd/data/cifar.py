@@ -23,7 +23,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
-from .base import DATASETS, ReaderResult, Split
+from .base import DATASETS, ReaderResult, Split, channel_stats
 
 
 @dataclass(frozen=True)
@@ -110,20 +110,6 @@ def read_release(folder: Path, release: Release) -> tuple[Split, Split, list[str
     return train, test, classes
 
 
-def mean_std(images: np.ndarray, chunk: int = 5000) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in [0, 1] units, in chunks (no float copy of the whole set)."""
-    c = images.shape[1]
-    s, s2, n = np.zeros(c), np.zeros(c), 0
-    for i in range(0, len(images), chunk):
-        x = images[i:i + chunk].astype(np.float64) / 255.0
-        s += x.sum(axis=(0, 2, 3))
-        s2 += np.square(x).sum(axis=(0, 2, 3))
-        n += x.shape[0] * x.shape[2] * x.shape[3]
-    mean = s / n
-    std = np.maximum(np.sqrt(np.maximum(s2 / n - mean ** 2, 0.0)), 1e-3)
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-
-
 def search_roots(cfg: DataConfig) -> list[Path]:
     """Base folders searched: data.root alone when set, else $EDGEKD_DATA, then ~/.cache/edgekd."""
     if cfg.root:
@@ -177,7 +163,7 @@ def load_release(cfg: DataConfig, release: Release) -> ReaderResult:
         found = roots[0]
         _download(found, release)
     train, test, classes = read_release(found / release.folder, release)
-    mean, std = mean_std(train.images)
+    mean, std = channel_stats(train.images)
     return train, test, classes, mean, std
 
 

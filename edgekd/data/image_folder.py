@@ -28,7 +28,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
-from .base import DATASETS, ReaderResult, stratified_indices
+from .base import DATASETS, ReaderResult, channel_stats, stratified_indices
 from .files import FileSplit, common_mode, native_size, scan
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -95,14 +95,6 @@ def split_files(root: Path) -> tuple[list[str], list[tuple[str, str]], list[tupl
         raise DataError(f"image folder {root} has {len(classes)} class folder(s); a classifier needs 2 or more",
                         "lay the images out as root/<class>/<image> with one folder per class")
     return classes, train_files, test_files
-
-
-def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 [N, C, H, W] images, in [0, 1] units (std floored at 1e-3)."""
-    x = images.astype(np.float64) / 255.0
-    mean = x.mean(axis=(0, 2, 3))
-    std = np.maximum(x.std(axis=(0, 2, 3)), 1e-3)  # a constant channel must not divide by zero
-    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
 def open_folder(cfg: DataConfig, log: Callable[[str], None] | None = None) -> tuple[FileSplit, FileSplit, list[str]]:

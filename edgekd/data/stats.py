@@ -14,6 +14,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..io import atomic_write_json
+from .base import channel_sums
 from .files import FileSplit
 from .image_folder import open_folder
 
@@ -21,13 +22,10 @@ CHUNK = 512  # images decoded at a time: memory stays flat for any folder size
 
 
 def _sums(split: FileSplit) -> tuple[np.ndarray, np.ndarray, int]:
-    c = split.channels
-    s, s2, n = np.zeros(c), np.zeros(c), 0
+    s, s2, n = np.zeros(split.channels), np.zeros(split.channels), 0
     for i in range(0, len(split), CHUNK):
-        x = split.load(np.arange(i, min(i + CHUNK, len(split)))).astype(np.float64) / 255.0
-        s += x.sum(axis=(0, 2, 3))
-        s2 += np.square(x).sum(axis=(0, 2, 3))
-        n += x.shape[0] * x.shape[2] * x.shape[3]
+        a, b, k = channel_sums(split.load(np.arange(i, min(i + CHUNK, len(split)))))
+        s, s2, n = s + a, s2 + b, n + k
     return s, s2, n
 
 
