@@ -122,6 +122,7 @@ def test_sensitivity_rows_and_references(pair: dict, data) -> None:
     assert [row["layer"] for row in r["layers"]] == ["0", "3", "6", "11"]
     for row in r["layers"]:
         assert 0.0 <= row["only_quantized"] <= 1.0 and 0.0 <= row["only_float"] <= 1.0
+        assert 0.0 <= row["flips_when_quantized"] <= 1.0 and 0.0 <= row["flips_when_float"] <= 1.0
     assert r["float_everything_accuracy"] == r["fp32_accuracy"] == accuracy_of(pair["fp32"], tx, ty)
     assert r["fp32_accuracy"] > 0.4  # trained: a wrong layer has accuracy to lose
     assert sorted(r["ranking"]) == sorted(row["layer"] for row in r["layers"])
@@ -134,6 +135,8 @@ def test_planted_wrong_scale_is_named_by_both_tools(pair: dict, data) -> None:
     row = {x["layer"]: x for x in r["layers"]}[PLANTED]
     assert r["ranking"][0] == PLANTED, r["layers"]
     assert row["drop_when_quantized"] > 0.1 and row["gain_when_float"] > 0.1  # both variants see it
+    others = [x for x in r["layers"] if x["layer"] != PLANTED]
+    assert row["flips_when_float"] > max(x["flips_when_float"] for x in others)
     found = find_divergence(pair["qat"], pair["planted"], tx[:32])
     assert found["optimization"] == "all" and found["observed"] == "output quantizers"
     assert found["layer"] == f"net.{PLANTED}", found["summary"]

@@ -37,12 +37,18 @@ DEFAULT_IMAGES = 2000  # ~2 x 53 MobileNetV2 variants in a few minutes on 2 core
 GRAPH_OPTIMIZATION = "all"  # what the check stage measures with (make_session's default)
 
 
-def accuracy_of(model: onnx.ModelProto | str | Path, images: np.ndarray, labels: np.ndarray,
-                threads: int = 0, batch_size: int = 256) -> float:
-    """Top-1 accuracy of an ONNX model (a ModelProto or a path) in onnxruntime at optimization "all"."""
+def predictions(model: onnx.ModelProto | str | Path, images: np.ndarray, threads: int = 0,
+                batch_size: int = 256) -> np.ndarray:
+    """Top-1 classes of an ONNX model (a ModelProto or a path) in onnxruntime at optimization "all"."""
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     sess = make_session(src, threads=threads, graph_optimization=GRAPH_OPTIMIZATION)
-    return float((onnx_logits(sess, images, batch_size).argmax(1) == labels).mean())
+    return onnx_logits(sess, images, batch_size).argmax(1)
+
+
+def accuracy_of(model: onnx.ModelProto | str | Path, images: np.ndarray, labels: np.ndarray,
+                threads: int = 0, batch_size: int = 256) -> float:
+    """Top-1 accuracy of an ONNX model in onnxruntime at optimization "all"."""
+    return float((predictions(model, images, threads, batch_size) == labels).mean())
 
 
 def layer_sensitivity(fp32_path: str | Path, int8_path: str | Path, images: np.ndarray, labels: np.ndarray,
@@ -53,7 +59,9 @@ def layer_sensitivity(fp32_path: str | Path, int8_path: str | Path, images: np.n
     ``images`` are uint8 or float32 [0, 1] NCHW, ``labels`` int [N]. Returns ``{"fp32_accuracy",
     "int8_accuracy", "all_layers_quantized_accuracy", "all_layers_float_accuracy", "layers": [...],
     "ranking": [names by score], ...}``; each layer row has ``index``, ``layer``, ``op_type``,
-    ``only_quantized``, ``only_float``, ``drop_when_quantized``, ``gain_when_float``, ``score``.
+    ``only_quantized``, ``only_float``, ``drop_when_quantized``, ``gain_when_float``, ``score`` and
+    ``flips_when_quantized`` / ``flips_when_float`` (fraction of images whose top-1 differs from the FP32 /
+    INT8 file's: far less noisy than an accuracy difference, it breaks ties in the ranking).
     """
     x = to_float(images)
     y = np.asarray(labels, dtype=np.int64)
@@ -70,7 +78,8 @@ def layer_sensitivity(fp32_path: str | Path, int8_path: str | Path, images: np.n
         return accuracy_of(model, x, y, threads, batch_size)
 
     start = time.perf_counter()
-    fp32_acc, int8_acc = acc(fp32_path), acc(int8_path)
+    fp32_pred, int8_pred = predictions(fp32_path, x, threads, batch_size), predictions(int8_path, x, threads, batch_size)
+    fp32_acc, int8_acc = float((fp32_pred == y).mean()), float((int8_pred == y).mean())
     result: dict[str, Any] = {
         "images": int(len(y)), "graph_optimization": GRAPH_OPTIMIZATION, "threads": threads,
         "fp32_accuracy": fp32_acc, "int8_accuracy": int8_acc,
@@ -83,18 +92,23 @@ def layer_sensitivity(fp32_path: str | Path, int8_path: str | Path, images: np.n
     }
     rows = []
     for i, layer in enumerate(layers):
-        only_q = acc(with_layers_quantized(fp32, int8, [layer.name]))
-        only_f = acc(with_layers_float(int8, fp32, [layer.name]))
+        pred_q = predictions(with_layers_quantized(fp32, int8, [layer.name]), x, threads, batch_size)
+        pred_f = predictions(with_layers_float(int8, fp32, [layer.name]), x, threads, batch_size)
+        only_q, only_f = float((pred_q == y).mean()), float((pred_f == y).mean())
         rows.append({"index": layer.index, "layer": layer.name, "op_type": layer.op_type,
                      "only_quantized": only_q, "only_float": only_f,
                      "drop_when_quantized": fp32_acc - only_q, "gain_when_float": only_f - int8_acc,
-                     "score": (fp32_acc - only_q) + (only_f - int8_acc)})
+                     "score": (fp32_acc - only_q) + (only_f - int8_acc),
+                     "flips_when_quantized": float((pred_q != fp32_pred).mean()),
+                     "flips_when_float": float((pred_f != int8_pred).mean())})
         if log is not None:
             log(f"[edgekd] sensitivity: {i + 1}/{len(layers)} {layer.name}: only quantized {only_q:.4f}, "
                 f"only float {only_f:.4f}")
     result["layers"] = rows
-    # stable sort: ties keep graph order, so the earliest of equally bad layers is named first
-    result["ranking"] = [r["layer"] for r in sorted(rows, key=lambda r: -r["score"])]
+    # score first; equal scores (common: one image is 1/N) by how many predictions the layer changes;
+    # the stable sort keeps graph order after that
+    result["ranking"] = [r["layer"] for r in sorted(
+        rows, key=lambda r: (-r["score"], -(r["flips_when_quantized"] + r["flips_when_float"])))]
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result
 
@@ -115,7 +129,8 @@ def format_sensitivity(result: dict[str, Any], k: int = 5) -> str:
              f"top offenders (score = drop when quantized alone + gain when kept float alone):"]
     for r in top_offenders(result, k):
         lines.append(f"  {r['layer']:<32} score {r['score']:+.4f}   only quantized {r['only_quantized']:.4f} "
-                     f"({-r['drop_when_quantized']:+.4f})   only float {r['only_float']:.4f} ({r['gain_when_float']:+.4f})")
+                     f"({-r['drop_when_quantized']:+.4f}, {r['flips_when_quantized']:.1%} flipped)   only float "
+                     f"{r['only_float']:.4f} ({r['gain_when_float']:+.4f}, {r['flips_when_float']:.1%} flipped)")
     return "\n".join(lines)
 
 
@@ -161,4 +176,4 @@ def run_sensitivity(run_dir: str | Path, images: int = DEFAULT_IMAGES, threads: 
 
 
 __all__: Sequence[str] = ("layer_sensitivity", "run_sensitivity", "format_sensitivity", "top_offenders",
-                          "eval_subset", "accuracy_of")
+                          "eval_subset", "accuracy_of", "predictions")

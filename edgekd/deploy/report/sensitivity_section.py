@@ -79,8 +79,11 @@ def sensitivity_section(manifest: Manifest, plots_dir: Path, notes: list[str]) -
                if stale else "")))
         by_name = {r["layer"]: r for r in result["layers"]}
         rows = [[name, pct(by_name[name]["only_quantized"]), pct(by_name[name]["only_float"]),
-                 f"{100 * by_name[name]['score']:+.2f}"] for name in result["ranking"][:TOP]]
-        blocks.append(Table(["layer", "only this layer quantized", "only this layer float", "score (points)"], rows,
+                 f"{100 * by_name[name]['score']:+.2f}",
+                 f"{pct(by_name[name].get('flips_when_quantized'))} / {pct(by_name[name].get('flips_when_float'))}"]
+                for name in result["ranking"][:TOP]]
+        blocks.append(Table(["layer", "only this layer quantized", "only this layer float", "score (points)",
+                             "top-1 flipped (quantized / float)"], rows,
                             f"Top {min(TOP, len(rows))} of {len(result['layers'])} quantized layers"))
         png = _plot(result, plots_dir / "layer_sensitivity.png")
         if png is not None:
