@@ -41,6 +41,7 @@ test: setup
 	$(PY) -m pytest -q $(ARGS)
 
 bench: setup
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,dev,bench]'
 	$(PY) benchmarks/robustness.py
 	$(PY) benchmarks/int8_speedup.py
 
