@@ -112,7 +112,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="extra config overrides, applied after --short's (repeatable)")
     p.add_argument("--skip-tests", action="store_true", help="do not run the CUDA tests")
     p.add_argument("--skip-benchmark", action="store_true", help="do not run benchmarks/throughput.py")
-    p.add_argument("--benchmark-timeout", type=float, default=200.0, help="seconds for each throughput benchmark run")
+    p.add_argument("--benchmark-timeout", type=float, default=150.0,
+                   help="seconds for each throughput benchmark run (a compiled run cut here counts as a compile failure)")
     p.add_argument("--tests-timeout", type=float, default=240.0, help="seconds for the CUDA tests")
     p.add_argument("--run-dir", default=None, help="where the pipeline run lands (default: a temp folder)")
     p.add_argument("--strict", action="store_true", help="exit 1 unless the tests and the gate pass too")
