@@ -277,7 +277,7 @@ ROWS = [
         r"keep_float_most_sensitive.*<= 2", setup=write("sens.json", '{"ranking": ["features.0.0", "classifier.1"]}')),
     # --- your own data (issue 12): edgekd stats and the image-folder settings
     Row("stats: folder missing", ["stats", "{T}/noimages"], r"noimages does not exist"),
-    Row("stats: unreadable image named", ["stats", "{T}/imgs"], r"3/00001\.png: unreadable image.*on_corrupt: skip",
+    Row("stats: unreadable image named", ["stats", "{T}/imgs"], r"(?s)3/00001\.png: unreadable image.*--on-corrupt skip",
         setup=digits_with_broken_png),
     Row("stats: --json unwritable", ["stats", "{T}/imgs", "--on-corrupt", "skip", "--json", "{RUN}/config.yaml/s.json"],
         r"s\.json", setup=digits_with_broken_png),

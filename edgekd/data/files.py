@@ -76,7 +76,8 @@ def scan(files: Sequence[str | Path], on_corrupt: str, log: Callable[[str], None
         except errors as e:
             if on_corrupt == "fail":
                 raise DataError(f"{path}: unreadable image ({type(e).__name__}: {e})",
-                                f"delete or replace {path}, or set data.on_corrupt: skip to leave such files out") from e
+                                f"delete or replace {path}, or set data.on_corrupt: skip (edgekd stats: --on-corrupt skip) "
+                                "to leave such files out") from e
             bad.append((path, f"{type(e).__name__}: {e}"))
     if bad:
         shown = "\n    ".join(f"{p} ({why})" for p, why in bad[:_SHOWN])
