@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..config import DataConfig
+from ..errors import from_os_error
 from ..io import atomic_write_json
 from .base import channel_sums
 from .files import FileSplit
@@ -85,7 +86,10 @@ def format_stats(stats: dict[str, Any]) -> str:
 
 
 def write_stats(stats: dict[str, Any], path: str | Path) -> Path:
-    """Write the stats as JSON, atomically."""
+    """Write the stats as JSON, atomically; an unwritable path is an InputError naming it."""
     path = Path(path)
-    atomic_write_json(path, stats)
+    try:
+        atomic_write_json(path, stats)
+    except OSError as e:
+        raise from_os_error(e, "write the statistics to", target=path) from e
     return path
