@@ -5,6 +5,7 @@ the benchmark builds INT8 files in every way a user could, and measures them all
 
 - ``qat_kd``: edgekd's QAT stage with KD (the run's own distill config), one run per seed;
 - ``qat_ce``: the same QAT stage with ``distill.alpha=0`` (labels only), one run per seed;
+- ``qat_kd_float_stem``: QAT with KD and the stem conv kept in float (``qat.keep_float``), per seed;
 - ``ptq_minmax`` / ``ptq_entropy`` / ``ptq_percentile``: onnxruntime static PTQ of the run's own
   FP32 file (``quant_pre_process``, then QDQ, per-channel int8 weights, uint8 activations), calibrated
   on exactly the training images edgekd's QAT calibrates on (the first ``qat.calibration_batches``
@@ -277,8 +278,9 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the QAT rows")
     p.add_argument("--student", help="ARCH:WIDTH: distill this student from the run's teacher first")
     p.add_argument("--distill-epochs", type=int, help="with --student: distill epochs (default: the run's)")
-    p.add_argument("--methods", nargs="+", default=["qat_kd", "qat_ce", "ptq_minmax", "ptq_entropy",
+    p.add_argument("--methods", nargs="+", default=["qat_kd", "qat_ce", "qat_kd_float_stem", "ptq_minmax", "ptq_entropy",
                                                      "ptq_percentile", "dynamic", "pt2e"])
+    p.add_argument("--stem", default="features.0.0", help="the layer qat_kd_float_stem keeps in float")
     p.add_argument("--corruption-images", type=int, default=1000)
     p.add_argument("--runs", type=int, default=200, help="timed runs per latency setting")
     p.add_argument("--work", default="/tmp/edgekd-quant-bench", help="scratch folder for run copies")
@@ -311,7 +313,8 @@ def main() -> int:
     fp32, fp32_pred = measure(fp32_path, None, test_x, test_y, corr_x, corr_y, a.runs)
     print("fp32", json.dumps({k: fp32[k] for k in ("accuracy", "size_bytes", "latency_ms")}), flush=True)
     rows: dict[str, list[dict[str, Any]]] = {}
-    seed_sets = {"qat_kd": [], "qat_ce": ["distill.alpha=0.0"]}
+    # qat_kd_float_stem: mixed precision, the 1-input-channel stem conv kept in float (see docs/quantization.md)
+    seed_sets = {"qat_kd": [], "qat_ce": ["distill.alpha=0.0"], "qat_kd_float_stem": [f"qat.keep_float=[{a.stem}]"]}
     for method in a.methods:
         rows[method] = []
         jobs: list[tuple[str, Callable[[], Path]]]
