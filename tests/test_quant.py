@@ -122,3 +122,28 @@ def test_resnet_prepares_with_residual_quantization() -> None:
     with torch.no_grad():
         rel = ((q(x) - model(x)).norm() / model(x).norm()).item()
     assert rel < 0.25
+
+
+def test_activation_quantizer_reads_no_device_scalar_per_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forward after calibration calls no Tensor.item(): on a GPU each call is a device sync per quantizer
+    per step (the issue's slow QAT). The host copy must follow freeze() and a state_dict load."""
+    q = ActFakeQuant("relu")
+    q.train()
+    q(torch.rand(8, 4))  # first observation
+    calls = []
+    real_item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: calls.append(1) or real_item(self))
+    q(torch.rand(8, 4))  # observes again
+    q.freeze()
+    q(torch.rand(8, 4))  # frozen: fake quant only
+    assert calls == []
+    monkeypatch.setattr(torch.Tensor, "item", real_item)
+    assert q.frozen and q.calibrated and int(q.num_batches) == 2
+    fresh = ActFakeQuant("relu")
+    assert not fresh.frozen and not fresh.calibrated
+    fresh.load_state_dict(q.state_dict())  # the host copy is rebuilt from the loaded buffers
+    assert fresh.frozen and fresh.calibrated
+    before = fresh.scale.clone()
+    fresh.train()
+    fresh(10 * torch.rand(8, 4))  # frozen after the load: the range must not move
+    assert torch.equal(fresh.scale, before)

@@ -6,6 +6,8 @@ Weights: per-channel symmetric int8, scale = max|w| / 127, recomputed from the l
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -50,24 +52,38 @@ class ActFakeQuant(nn.Module):
         self.register_buffer("max_val", torch.tensor(0.0))
         self.register_buffer("num_batches", torch.tensor(0, dtype=torch.int64))
         self.register_buffer("observer_enabled", torch.tensor(1, dtype=torch.uint8))
+        # Host copy of (observer_enabled, num_batches): reading the buffers with .item() in every
+        # forward is a device sync per quantizer per step on a GPU. Rebuilt from the buffers after a
+        # state_dict load; the buffers stay the truth that checkpoints carry.
+        self._host: tuple[bool, int] | None = None
+
+    def _host_state(self) -> tuple[bool, int]:
+        if self._host is None:
+            self._host = (bool(self.observer_enabled.item()), int(self.num_batches.item()))
+        return self._host
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._host = None
 
     @property
     def calibrated(self) -> bool:
-        return bool(self.num_batches.item() > 0)
+        return self._host_state()[1] > 0
 
     @property
     def frozen(self) -> bool:
-        return not bool(self.observer_enabled.item())
+        return not self._host_state()[0]
 
     def freeze(self) -> None:
         """Stop observing: scale and zero point stay what they are now (and in ``state_dict``)."""
         self.observer_enabled.fill_(0)
+        self._host = (False, self._host_state()[1])
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
         """Fold one batch's min/max into the running range and recompute scale / zero point."""
         lo, hi = torch.aminmax(x.detach().float())
-        n = int(self.num_batches.item())
+        enabled, n = self._host_state()
         c = max(1.0 / (n + 1), self.averaging_constant)
         if n == 0:
             self.min_val.copy_(lo)
@@ -76,6 +92,7 @@ class ActFakeQuant(nn.Module):
             self.min_val.add_(c * (lo - self.min_val))
             self.max_val.add_(c * (hi - self.max_val))
         self.num_batches.add_(1)
+        self._host = (enabled, n + 1)
         self._update_qparams()
 
     def _update_qparams(self) -> None:
@@ -93,7 +110,7 @@ class ActFakeQuant(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.onnx.is_in_onnx_export():  # frozen constants only: no data-dependent Python branches
             return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, ACT_QMIN, ACT_QMAX)
-        if (self.training or self.force_observe) and bool(self.observer_enabled.item()):
+        if (self.training or self.force_observe) and self._host_state()[0]:
             self.observe(x)
         if not self.calibrated:
             return x  # nothing observed yet: no range to quantize to
