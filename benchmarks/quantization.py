@@ -5,6 +5,7 @@ the benchmark builds INT8 files in every way a user could, and measures them all
 
 - ``qat_kd``: edgekd's QAT stage with KD (the run's own distill config), one run per seed;
 - ``qat_ce``: the same QAT stage with ``distill.alpha=0`` (labels only), one run per seed;
+- ``qat_kd_run``: the run's own INT8 file (QAT+KD at the run's seed; no re-training, for a quick table);
 - ``qat_kd_float_stem``: QAT with KD and the stem conv kept in float (``qat.keep_float``), per seed;
 - ``ptq_minmax`` / ``ptq_entropy`` / ``ptq_percentile``: onnxruntime static PTQ of the run's own
   FP32 file (``quant_pre_process``, then QDQ, per-channel int8 weights, uint8 activations), calibrated
@@ -321,6 +322,8 @@ def main() -> int:
         if method in seed_sets:
             jobs = [(f"{method}-seed{s}", lambda s=s, m=method: qat_file(
                 src, work, f"{m}-seed{s}", [f"seed={s}", *seed_sets[m]], log)) for s in a.seeds]
+        elif method == "qat_kd_run":  # the run's own INT8 file (QAT+KD at the run's seed), no re-training
+            jobs = [(method, lambda: manifest.artifact("export", "student_int8"))]
         elif method.startswith("ptq_"):
             calibrator = {"ptq_minmax": "MinMax", "ptq_entropy": "Entropy", "ptq_percentile": "Percentile"}[method]
             jobs = [(method, lambda c=calibrator, m=method: ort_static_ptq(fp32_path, work / f"{m}.onnx", calib, c))]
