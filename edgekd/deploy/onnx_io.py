@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,15 @@ def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     """Tensor name -> node that produces it."""
     return {o: n for n in model.graph.node for o in n.output}
+
+
+def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> nodes that read it, in graph order (a name nobody reads gives [])."""
+    out: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            out[name].append(node)
+    return out
 
 
 def unique_node_names(model: onnx.ModelProto) -> int:

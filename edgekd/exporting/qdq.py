@@ -8,7 +8,6 @@ round half to even), so the int8 values are exactly the ones the QAT model compu
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Sequence
 
 import numpy as np
@@ -16,15 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ArtifactError
-from ..deploy.onnx_io import constants, producers, unique_node_names
-
-
-def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    out: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in model.graph.node:
-        for name in node.input:
-            out[name].append(node)
-    return out
+from ..deploy.onnx_io import constants, consumers as _consumers, producers, unique_node_names
 
 
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:

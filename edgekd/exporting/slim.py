@@ -17,24 +17,15 @@ checked to leave the graph onnxruntime runs unchanged (52 QLinearConv + QGemm, s
 """
 from __future__ import annotations
 
-from collections import defaultdict
 
 import numpy as np
 import onnx
 from onnx import helper
 
-from ..deploy.onnx_io import constants, producers
+from ..deploy.onnx_io import constants, consumers as _consumers, producers
 
 # weight consumers whose int8 fusion accepts a DequantizeLinear without zero point (measured, see above)
 ZP_OPTIONAL_CONSUMERS = frozenset({"Conv"})
-
-
-def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    out: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in model.graph.node:
-        for name in node.input:
-            out[name].append(node)
-    return out
 
 
 def drop_zero_weight_zero_points(model: onnx.ModelProto) -> int:
