@@ -22,9 +22,10 @@ from helpers import fmnist_images, trained_student
 import edgekd.exporting.export as export_mod
 from edgekd.deploy.doctor import diagnose
 from edgekd.deploy.doctor_latency import latency_table, slower_settings
-from edgekd.deploy.onnx_io import constants, producers
+from edgekd.deploy.onnx_io import check_onnx_model, constants, producers
 from edgekd.deploy.runtime import make_session
 from edgekd.deploy.runtime.latency import measure_latency_interleaved
+from edgekd.exporting.qdq import postprocess_qdq
 from edgekd.exporting.slim import remove_redundant_clips, slim_int8
 from edgekd.manifest import Manifest
 from edgekd.quant import freeze_observers, prepare_qat
@@ -128,6 +129,55 @@ def test_slim_keeps_non_zero_zero_points() -> None:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert slim_int8(model)["weight_zero_points_dropped"] == 0 and list(model.graph.node[0].input)[2] == "wz"
+
+
+def _shared_weight_graph() -> onnx.ModelProto:
+    """Two quantized convs reading ONE float weight and ONE weight scale, at different input scales.
+
+    The TorchScript exporter de-duplicates equal constants: two zero-initialised residual
+    branches fold to the same all-zero weight (and scale), so this shape reached CI as
+    "initializer name is not unique" from a randomly initialised MobileNetV2.
+    """
+    f32 = np.float32
+    inits = [numpy_helper.from_array(np.linspace(-1, 1, 9, dtype=f32).reshape(1, 1, 3, 3), "W"),
+             numpy_helper.from_array(np.array([1 / 127], f32), "ws"), numpy_helper.from_array(np.zeros(1, np.int8), "wz"),
+             numpy_helper.from_array(np.array(0.02, f32), "xs1"), numpy_helper.from_array(np.array(0.05, f32), "xs2"),
+             numpy_helper.from_array(np.array(128, np.uint8), "xz"),
+             numpy_helper.from_array(np.array([0.3], f32), "b1"), numpy_helper.from_array(np.array([-0.2], f32), "b2")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs1", "xz"], ["xq1"]),
+             helper.make_node("DequantizeLinear", ["xq1", "xs1", "xz"], ["xd1"]),
+             helper.make_node("QuantizeLinear", ["W", "ws", "wz"], ["wq1"], axis=0),
+             helper.make_node("DequantizeLinear", ["wq1", "ws", "wz"], ["wd1"], axis=0),
+             helper.make_node("Conv", ["xd1", "wd1", "b1"], ["y1"], pads=[1, 1, 1, 1], name="conv_a"),
+             helper.make_node("QuantizeLinear", ["y1", "xs2", "xz"], ["xq2"]),
+             helper.make_node("DequantizeLinear", ["xq2", "xs2", "xz"], ["xd2"]),
+             helper.make_node("QuantizeLinear", ["W", "ws", "wz"], ["wq2"], axis=0),
+             helper.make_node("DequantizeLinear", ["wq2", "ws", "wz"], ["wd2"], axis=0),
+             helper.make_node("Conv", ["xd2", "wd2", "b2"], ["y"], pads=[1, 1, 1, 1], name="conv_b")]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_shared_weight_initializer_gets_one_int8_tensor_and_one_bias_scale_per_use(tmp_path: Path) -> None:
+    model = _shared_weight_graph()
+    x = np.linspace(-2, 2, 16, dtype=np.float32).reshape(1, 1, 4, 4)
+    ref = make_session(model.SerializeToString(), threads=1, graph_optimization="none").run(None, {"x": x})[0]
+    post = postprocess_qdq(model)
+    assert post["int8_weights"] == 2 and post["int32_biases"] == 2
+    quantized = make_session(model.SerializeToString(), threads=1, graph_optimization="none").run(None, {"x": x})[0]
+    assert slim_int8(model)["bias_scales_derived"] == 2  # (xs1, ws) and (xs2, ws): two Muls, two names
+    outputs = [o for n in model.graph.node for o in n.output]
+    names = [t.name for t in model.graph.initializer]
+    assert len(set(outputs)) == len(outputs) and len(set(names)) == len(names)
+    path = tmp_path / "shared.onnx"
+    onnx.save(model, str(path))
+    check_onnx_model(path)  # the checker that refused the CI export
+    slimmed = make_session(path, threads=1, graph_optimization="all").run(None, {"x": x})[0]
+    np.testing.assert_array_equal(slimmed, quantized)  # slim rewrites are exact
+    # int32 biases round by at most half a bias step (xs*ws) per layer; the second layer's input
+    # quantizer (step xs2) can then move by one step: compare on the output quantizer's scale
+    assert np.abs(quantized - ref).max() <= 2 * 0.05 * np.abs(np.linspace(-1, 1, 9)).sum()
 
 
 def test_interleaved_latency_times_every_file(files: dict) -> None:

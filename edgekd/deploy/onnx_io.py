@@ -85,6 +85,26 @@ def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return out
 
 
+def tensor_names(model: onnx.ModelProto) -> set[str]:
+    """Every tensor name of the graph: initializers, graph inputs and node outputs."""
+    return ({t.name for t in model.graph.initializer} | {v.name for v in model.graph.input}
+            | {o for n in model.graph.node for o in n.output})
+
+
+def fresh_name(base: str, taken: set[str]) -> str:
+    """``base``, else ``base_2``, ``base_3`` ... whichever is not in ``taken``; the result is added to it.
+
+    Rewrites name new tensors after the one they derive from, but exporters de-duplicate equal
+    constants, so one initializer can be the source of several new tensors.
+    """
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
 def unique_node_names(model: onnx.ModelProto) -> int:
     """Give every named node a name no other node has (``name``, ``name_1``, ...); returns how many were renamed.
 

@@ -15,7 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ArtifactError
-from ..deploy.onnx_io import constants, consumers as _consumers, producers, unique_node_names
+from ..deploy.onnx_io import constants, consumers as _consumers, fresh_name, producers, tensor_names, unique_node_names
 
 
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -59,6 +59,7 @@ def store_int8_weights(model: onnx.ModelProto) -> int:
     consts = constants(model)
     consumers = _consumers(model)
     removed: set[int] = set()
+    taken = tensor_names(model)
     for q in model.graph.node:
         if q.op_type != "QuantizeLinear" or q.input[0] not in inits:
             continue
@@ -69,7 +70,9 @@ def store_int8_weights(model: onnx.ModelProto) -> int:
         info = np.iinfo(zp.dtype)
         inv = _broadcast(np.float32(1.0) / scale, w.ndim, axis)
         qw = np.clip(np.rint(w * inv) + _broadcast(zp.astype(np.int64), w.ndim, axis), info.min, info.max)
-        qname = f"{q.input[0]}_quantized"
+        # The exporter de-duplicates equal constants (e.g. two all-zero folded weights of zero-init
+        # residual blocks), so one float initializer can feed several QuantizeLinear: one name each.
+        qname = fresh_name(f"{q.input[0]}_quantized", taken)
         model.graph.initializer.append(numpy_helper.from_array(qw.astype(zp.dtype), qname))
         for dq in consumers[q.output[0]]:
             if dq.op_type != "DequantizeLinear":

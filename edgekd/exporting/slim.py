@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..deploy.onnx_io import constants, consumers as _consumers, producers
+from ..deploy.onnx_io import constants, consumers as _consumers, fresh_name, producers, tensor_names
 
 # weight consumers whose int8 fusion accepts a DequantizeLinear without zero point (measured, see above)
 ZP_OPTIONAL_CONSUMERS = frozenset({"Conv"})
@@ -56,6 +56,7 @@ def derive_bias_scales(model: onnx.ModelProto) -> int:
     prod = producers(model)
     inits = {t.name for t in model.graph.initializer}
     muls: dict[tuple[str, str], str] = {}
+    taken = tensor_names(model)
     new_nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
         if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2]:
@@ -69,7 +70,8 @@ def derive_bias_scales(model: onnx.ModelProto) -> int:
                         and np.array_equal(derived, b_s):
                     key = (dq_x.input[1], dq_w.input[1])
                     if key not in muls:
-                        muls[key] = f"{dq_w.input[1]}_x_input_scale"
+                        # one weight scale may meet several input scales (equal constants are shared)
+                        muls[key] = fresh_name(f"{dq_w.input[1]}_x_input_scale", taken)
                         new_nodes.append(helper.make_node("Mul", list(key), [muls[key]]))
                     dq_b.input[1] = muls[key]
         new_nodes.append(node)
