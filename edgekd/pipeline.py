@@ -98,6 +98,13 @@ class _Ranks:
 
             barrier()
 
+    def finish(self) -> None:
+        """The last barrier of a command: every rank waits, then all leave the process group."""
+        if self.distributed:
+            from .train.distributed import finish_distributed
+
+            finish_distributed()
+
 
 def _join_ranks(cfg: Config) -> _Ranks:
     """Join the process group early when launched by torchrun, so rank 0 can stage before the others read.
@@ -221,7 +228,7 @@ def run(
             txn.commit({"ran": result.ran, "skipped": result.skipped, "config_hash": cfg.hash(),
                         "overrides": list(overrides or []), "resume": resume, "force": force,
                         "world_size": ranks.world_size})
-        ranks.sync()
+        ranks.finish()
     except BaseException as e:  # noted, then re-raised: the run folder keeps its verified state
         if ranks.main:
             _note_failure(run_dir, current, e, cfg, overrides, wanted, resume)

@@ -441,7 +441,7 @@ def _child(argv: list[str]) -> None:
         os.environ["EDGEKD_FAULT_AT"] = f"{Path(work).name}:checkpoint-write:1"
         run_resume_fit(work, init_seed=0, resume=False)
     elif mode == "ddp":
-        from edgekd.train.distributed import rank_and_world
+        from edgekd.train.distributed import finish_distributed, rank_and_world
 
         rank, world = rank_and_world()
         train, val = resume_data(world_size=world, rank=rank)
@@ -452,6 +452,7 @@ def _child(argv: list[str]) -> None:
         torch.save({"state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                     "shard": train._order().tolist(), "steps": result.history[0]["steps"],
                     "val": result.history[0]["val_accuracy"]}, work / f"rank{rank}.pt")
+        finish_distributed()  # as a training script should: every rank done, then leave together
     else:
         raise SystemExit(f"unknown child mode {mode}")
 

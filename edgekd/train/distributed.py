@@ -118,6 +118,20 @@ def _destroy() -> None:
         dist.destroy_process_group()
 
 
+def finish_distributed() -> None:
+    """Leave the process group together: a barrier, then ``destroy_process_group`` on every rank.
+
+    Call it where every rank has finished its work (the pipeline does at its end). Without the
+    barrier a rank that finishes first tears gloo down while its peer still writes files, and under
+    load gloo's teardown then aborted it ("terminate called without an active exception", SIGABRT).
+    The atexit fallback cannot take a barrier: after an error the peers are elsewhere.
+    """
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum a few scalars over all ranks (identity outside a process group)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
