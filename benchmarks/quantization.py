@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -175,10 +176,19 @@ def _edgekd(args: list[str], log: Path) -> None:
         raise RuntimeError(f"{' '.join(cmd)} exited {rc}; see {log}")
 
 
-def copy_run(run_dir: Path, work: Path, label: str) -> tuple[Path, Path]:
-    """A copy of the run folder at ``work/label/<name>`` (the out folder, the run folder)."""
+def copy_path(run_dir: Path, work: Path, label: str) -> tuple[Path, Path]:
+    """Where the copy of ``run_dir`` for ``label`` lives: (``work/label``, ``work/label/<config name>``).
+
+    Named after the run's config, not its folder: ``edgekd run --out OUT`` resumes ``OUT/<name>``,
+    and a run folder may have been moved or renamed since.
+    """
     out = work / label
-    dst = out / run_dir.name
+    return out, out / str(yaml.safe_load((run_dir / "config.yaml").read_text())["name"])
+
+
+def copy_run(run_dir: Path, work: Path, label: str) -> tuple[Path, Path]:
+    """A fresh copy of the run folder (the out folder, the run folder), see ``copy_path``."""
+    out, dst = copy_path(run_dir, work, label)
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns(".staging", "failed"))
@@ -299,7 +309,7 @@ def main() -> int:
         if a.distill_epochs:
             sets.append(f"distill.train.epochs={a.distill_epochs}")
         qat_file(src, work, "student", sets, log, stages="distill,qat,export")
-        src = work / "student" / src.name
+        src = copy_path(src, work, "student")[1]
     cfg = load_config(src / "config.yaml")
     manifest = Manifest.load(src)
     fp32_path = manifest.artifact("export", "student_fp32")
