@@ -92,12 +92,12 @@ def tensor_names(model: onnx.ModelProto) -> set[str]:
 
 
 def fresh_name(base: str, taken: set[str]) -> str:
-    """``base``, else ``base_2``, ``base_3`` ... whichever is not in ``taken``; the result is added to it.
+    """``base``, else ``base_1``, ``base_2`` ... whichever is not in ``taken``; the result is added to it.
 
     Rewrites name new tensors after the one they derive from, but exporters de-duplicate equal
     constants, so one initializer can be the source of several new tensors.
     """
-    name, k = base, 1
+    name, k = base, 0
     while name in taken:
         k += 1
         name = f"{base}_{k}"
@@ -119,11 +119,7 @@ def unique_node_names(model: onnx.ModelProto) -> int:
         if not node.name:
             continue
         if node.name in seen:
-            k = 1
-            while f"{node.name}_{k}" in taken:
-                k += 1
-            node.name = f"{node.name}_{k}"
-            taken.add(node.name)
+            node.name = fresh_name(node.name, taken)  # taken holds node.name: the first free name_k
             renamed += 1
         seen.add(node.name)
     return renamed
