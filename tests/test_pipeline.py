@@ -35,8 +35,8 @@ def edgekd(*args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     out = tmp_path_factory.mktemp("runs")
-    # The whole chain: under 4 minutes on an idle 2-core machine (the whole AVX2 pass of .ci/run took 4 min 12 s), 13 minutes measured beside a training run;
-    # the limit only catches a hang, so it leaves room for a slow or shared CI machine.
+    # The whole chain: under 4 minutes on an idle 2-core machine (the whole AVX2 pass of .ci/run took 4 min 12 s),
+    # 13 minutes beside a training run; the limit only catches a hang, so it leaves room for a slow CI machine.
     proc = edgekd("run", "--config", str(SMOKE), "--out", str(out), timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out / "smoke", proc
