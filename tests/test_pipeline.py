@@ -89,6 +89,18 @@ def test_report_shows_the_measured_numbers(smoke_run) -> None:
     assert "Robustness" in md and "QLinearConv" in md
 
 
+def test_run_names_no_staging_path(smoke_run) -> None:
+    """Stages run (and the report renders) in .staging/, which is gone after the commit: nothing may point there."""
+    run_dir, _ = smoke_run
+    for name in ("manifest.json", "report.md", "report.html"):
+        assert ".staging" not in (run_dir / name).read_text(), name
+    md = (run_dir / "report.md").read_text()
+    assert "edgekd doctor: model.int8.onnx (" in md
+    for key in ("teacher_fp32", "student_fp32", "student_int8"):
+        raw = Manifest.load(run_dir).metrics("export")[key]["export"]["path"]
+        assert (run_dir / raw).is_file() and raw.startswith("stages/export/"), raw
+
+
 def test_gate_exit_codes_on_the_run(smoke_run, tmp_path: Path) -> None:
     run_dir, _ = smoke_run
     size = Manifest.load(run_dir).metrics("check")["models"]["student_int8"]["size_mb"]

@@ -76,6 +76,9 @@ def run(ctx: StageContext) -> StageResult:
                                  rtol=cfg.export.fp32_rtol, atol=cfg.export.fp32_atol)
         ctx.log(f"[edgekd] export: {FILES[key]} {final.stat().st_size / 1e6:.2f} MB, "
                 f"nodes {simp.get('nodes_before', '-')} -> {simp.get('nodes_after', '-')}, parity {_parity_text(parity)}")
+        # The raw file by its place in the run folder: an absolute path would name the staging folder it was
+        # written in, which is gone once the run commits.
+        info["path"] = raw.relative_to(ctx.run_dir).as_posix()
         metrics[key] = {"file": FILES[key], "export": _jsonable(info), "simplify": simp, "parity": parity}
         artifacts[key] = final
         fault_point(f"export:after:{key}")  # test hook (edgekd.faults): a kill between two staged files

@@ -3,6 +3,7 @@ per-class accuracy and the INT8 doctor. Every number is read from the manifest (
 reads the int8 ONNX file itself)."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,8 @@ def doctor_section(manifest: Manifest, check: dict[str, Any]) -> Section:
         print(f"edgekd report: doctor failed: {type(e).__name__}: {e}", file=sys.stderr)
         sec.blocks.append(Paragraph(f"The doctor failed on this run's INT8 model: {type(e).__name__}: {e}"))
         return sec
+    # The file by its name in the run folder: the report may be rendered while the run is still staged.
+    d["model"] = os.path.relpath(path, manifest.run_dir).replace(os.sep, "/")
     sec.blocks.append(Paragraph(f"Verdict: {d['verdict']}"))
     sec.blocks.append(Paragraph("Latency facts come from this run's check stage; graph facts from the ONNX file; CPU "
                                 "facts from the machine that rendered this report (the run's own CPU is under "
