@@ -93,6 +93,22 @@ def test_exit_code():
     assert gc.exit_code({**done, "tests": {"passed_ok": False}}, strict=False) == 1
     assert gc.exit_code({"chain_completed": False}, strict=False) == 1
     assert gc.exit_code({"chain_completed": True}, strict=False) == 0  # --skip-tests
+    # --skip-chain (the benchmark-and-tests call): only the tests decide, --strict asks no gate of it
+    assert gc.exit_code({"tests": {"passed_ok": True}}, strict=True, chain_ran=False) == 0
+    assert gc.exit_code({"tests": {"passed_ok": False}}, strict=False, chain_ran=False) == 1
+
+
+def test_skip_chain_runs_no_stage_and_records_the_tests(tmp_path, monkeypatch):
+    """--skip-chain: edgekd.run is never called, the tests' result and the targets are in the JSON, rc 0."""
+    import edgekd
+
+    monkeypatch.setattr(edgekd, "run", lambda *a, **k: pytest.fail("--skip-chain ran a stage"))
+    monkeypatch.setattr(gc, "run_cuda_tests", lambda timeout: {"passed_ok": True, "returncode": 0,
+                                                                "counts": {"passed": 13}})
+    rc = gc.main(["--device", "cpu", "--skip-chain", "--skip-benchmark", "--out", str(tmp_path / "out")])
+    data = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert rc == 0 and data["tests"]["counts"] == {"passed": 13}
+    assert "chain_completed" not in data and data["targets"]["chain_seconds"]["measured"] is None
 
 
 def test_main_runs_stage_by_stage_and_keeps_a_json_when_a_stage_fails(tmp_path, monkeypatch):
