@@ -226,6 +226,10 @@ class ExportConfig:
     # top-1 agreement .ort vs .onnx; below 1.0 because "arm" files skip x86 layout kernels, whose float
     # rounding differs in the last bits and may flip a near-tie image
     ort_min_agreement: float = 0.99
+    # ship calibrated probabilities: fit a softmax temperature T on the validation split (Guo et al. 2017) for
+    # each student file and end its graph with a Mul by 1/T (top-1 unchanged; edgekd.exporting.temperature).
+    # Off by default: the files then output the raw logits the models were trained to produce.
+    temperature_scaling: bool = False
 
 
 @dataclass

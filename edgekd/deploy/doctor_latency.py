@@ -148,12 +148,14 @@ def _is_int8_kernel(op: str) -> bool:
 
 def runtime_float_nodes(model: "onnx.ModelProto", float_compute: list[dict[str, str]] | None = None) -> list[dict[str, str]]:
     """Each node of the runtime graph (ORT_ENABLE_ALL) that is not an int8 kernel, with why it is there."""
-    from .onnx_io import constants, producers
+    from .onnx_io import TEMPERATURE_NODE, constants, producers
 
     consts = constants(model)
     prod = producers(model)
     inputs = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
     outputs = {o.name for o in model.graph.output}
+    # a temperature-scaled file's logits leave the int8 part one Mul before the graph output
+    outputs |= {i for n in model.graph.node if n.name == TEMPERATURE_NODE for i in n.input}
     consumers: dict[str, list[Any]] = {}
     for n in model.graph.node:
         for name in n.input:
@@ -174,6 +176,8 @@ def runtime_float_nodes(model: "onnx.ModelProto", float_compute: list[dict[str, 
             why = "quantizes the float pixel input once, before the first int8 kernel"
         elif op == "DequantizeLinear" and n.output[0] in outputs:
             why = "the logits leave the graph as float"
+        elif n.name == TEMPERATURE_NODE:
+            why = "the softmax temperature (export.temperature_scaling): logits x 1/T, one float multiply at the end"
         elif op in LAYOUT_OPS:
             why = "layout change between the file's NCHW and the channels-last int8 kernels"
         elif op in SHAPE_OPS or op in BOUNDARY_OPS:

@@ -17,6 +17,9 @@ from onnx import numpy_helper
 
 from ..errors import ArtifactError
 
+# The node that ends a temperature-scaled file (export.temperature_scaling; edgekd.exporting.temperature).
+TEMPERATURE_NODE = "temperature_scaling"
+
 
 def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """Load an ONNX file; a missing, empty, truncated or non-ONNX file raises ``ArtifactError``."""

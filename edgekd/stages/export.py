@@ -6,6 +6,7 @@ The deployable files land in the run folder (``model.fp32.onnx``, ``model.int8.o
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 from .. import __version__
 from ..deploy.runtime.ort_format import write_ort_files
 from ..exporting import export_fp32, export_int8, parity_fp32, parity_int8, simplify
+from ..exporting.temperature import append_temperature, fit_file_temperature, verify_scaled
 from ..faults import fault_point
 from ..io import atomic_path
 from ..pixels import to_float
@@ -80,6 +82,8 @@ def run(ctx: StageContext) -> StageResult:
         # written in, which is gone once the run commits.
         info["path"] = raw.relative_to(ctx.run_dir).as_posix()
         metrics[key] = {"file": FILES[key], "export": _jsonable(info), "simplify": simp, "parity": parity}
+        if cfg.export.temperature_scaling and key != "teacher_fp32":
+            metrics[key]["temperature_scaling"] = _scale(ctx, final, raw_dir, images)
         artifacts[key] = final
         fault_point(f"export:after:{key}")  # test hook (edgekd.faults): a kill between two staged files
     metrics["size_ratio_int8_fp32"] = artifacts["student_int8"].stat().st_size / artifacts["student_fp32"].stat().st_size
@@ -92,13 +96,30 @@ def run(ctx: StageContext) -> StageResult:
                     f"file {m['top1_agreement']:.2%}")
         artifacts.update(ort_artifacts)
     extra = {
-        "io": {"input": "pixels", "output": "logits", "labels": list(bundle.classes),
+        "io": {"input": "pixels", "labels": list(bundle.classes),
+               "output": "logits / T (temperature-scaled: softmax gives calibrated probabilities)"
+               if cfg.export.temperature_scaling else "logits",
                "preprocessing": {"layout": "NCHW", "dtype": "float32", "range": [0, 1],
                                  "size": list(bundle.image_size), "channels": bundle.channels,
                                  "normalization": "inside the graph"}},
         "student_choice_note": STUDENT_NOTE.get(cfg.student.arch, f"student: {cfg.student.arch}"),
     }
     return StageResult(artifacts=artifacts, metrics=metrics, extra=extra)
+
+
+def _scale(ctx: StageContext, final: Path, raw_dir: Path, images: Any) -> dict[str, Any]:
+    """Fit T on the verified ``final`` file, keep it as ``<name>.unscaled.onnx`` in the stage folder, and write
+    ``final`` again ending in a Mul by 1/T, checked to compute the unscaled file's logits / T."""
+    val = ctx.dataset().val
+    fit = fit_file_temperature(final, to_float(val.images), val.labels, ctx.cfg.data.eval_batch_size)
+    unscaled = raw_dir / final.name.replace(".onnx", ".unscaled.onnx")
+    os.replace(final, unscaled)
+    append_temperature(unscaled, final, fit["temperature"])
+    check = verify_scaled(unscaled, final, images, fit["temperature"])
+    ctx.log(f"[edgekd] export: {final.name} scaled by 1/T, T = {fit['temperature']:.3f} (validation ECE "
+            f"{fit['val_ece_before']:.4f} -> {fit['val_ece_after']:.4f}, NLL {fit['val_nll_before']:.4f} -> "
+            f"{fit['val_nll_after']:.4f})")
+    return {**fit, "unscaled": unscaled.relative_to(ctx.run_dir).as_posix(), "check": check}
 
 
 def _parity_text(p: dict[str, Any]) -> str:
