@@ -116,7 +116,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-tests", action="store_true", help="do not run the CUDA tests")
     p.add_argument("--skip-benchmark", action="store_true", help="do not run benchmarks/throughput.py")
     p.add_argument("--skip-chain", action="store_true",
-                   help="do not run the pipeline chain (the benchmark and the tests only: the second of two calls)")
+                   help="do not run the pipeline chain (the benchmark and the tests only: the second of two calls; "
+                        "it writes its own gpu_check.json, so give it another --out than the chain's call)")
     p.add_argument("--benchmark-timeout", type=float, default=150.0,
                    help="seconds for each throughput benchmark run (a compiled run cut here counts as a compile failure)")
     p.add_argument("--tests-timeout", type=float, default=240.0, help="seconds for the CUDA tests")

@@ -45,7 +45,7 @@ STAGES: tuple[StageSpec, ...] = (
               ("data", "teacher", "student", "export", "qat"),
               (("teacher", "weights"), ("distill", "weights"), ("qat", "weights"))),
     StageSpec("check", "onnxruntime accuracy, robustness, size and latency on CPU",
-              ("seed", "data", "check", "student", "teacher"),
+              ("seed", "device", "data", "check", "student", "teacher"),  # device: the white-box gradients run there
               (("export", "teacher_fp32"), ("export", "student_fp32"), ("export", "student_int8"),
                ("teacher", "weights"), ("distill", "weights")), report_metrics=False),
     StageSpec("gate", "pass/fail the run against its budgets", ("budgets",), command=False, always=True,

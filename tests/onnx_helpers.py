@@ -105,3 +105,34 @@ def make_run(run_dir: Path, budgets: dict[str, Any] | None = None) -> Path:
     metrics["models"]["student_int8"]["robustness"] = ROBUSTNESS
     m.record_stage("check", {}, metrics)
     return run_dir
+
+
+def boundary_qdq_graph(path: Path, middle: str | None, input_type: int = onnx.TensorProto.FLOAT) -> Path:
+    """Q -> DQ -> Conv(int8 weight) -> Q -> DQ [-> middle op -> Q -> DQ]: a model whose first Q and last DQ
+    sit at the input/output boundary; ``middle`` (a float-only op) leaves one inner Q/DQ pair unfused."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.integers(-20, 20, (4, 1, 3, 3)).astype(np.int8), "w"),
+             numpy_helper.from_array(np.array(0.01, np.float32), "w_scale"),
+             numpy_helper.from_array(np.array(0, np.int8), "w_zp"),
+             numpy_helper.from_array(np.array(1 / 255, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.uint8), "zp")]
+    if input_type == TensorProto.UINT8:  # raw pixels: the model starts at DequantizeLinear
+        nodes = [helper.make_node("DequantizeLinear", ["pixels", "s", "zp"], ["xd"], name="xd")]
+    else:
+        nodes = [helper.make_node("QuantizeLinear", ["pixels", "s", "zp"], ["xq"], name="xq"),
+                 helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"], name="xd")]
+    nodes += [helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zp"], ["wd"], name="wd"),
+              helper.make_node("Conv", ["xd", "wd"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+              helper.make_node("QuantizeLinear", ["y", "s", "zp"], ["yq"], name="yq"),
+              helper.make_node("DequantizeLinear", ["yq", "s", "zp"], ["yd"], name="yd")]
+    last = "yd"
+    if middle:
+        nodes += [helper.make_node(middle, ["yd"], ["e"], name="middle"),
+                  helper.make_node("QuantizeLinear", ["e", "s", "zp"], ["eq"], name="eq"),
+                  helper.make_node("DequantizeLinear", ["eq", "s", "zp"], ["ed"], name="ed")]
+        last = "ed"
+    nodes.append(helper.make_node("Identity", [last], ["out"], name="out"))
+    graph = helper.make_graph(nodes, "boundary", [helper.make_tensor_value_info("pixels", input_type, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path

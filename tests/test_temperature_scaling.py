@@ -116,3 +116,29 @@ def test_doctor_names_the_temperature_multiply_and_the_logits_dequantize() -> No
     why = {r["name"]: r["why"] for r in runtime_float_nodes(helper.make_model(graph))}
     assert why["/head/DQ"] == "the logits leave the graph as float"
     assert "export.temperature_scaling" in why[NODE_NAME]
+
+
+def test_doctor_on_a_scaled_int8_file_finds_nothing_new(tmp_path: Path) -> None:
+    """Scaling adds one Mul after the output DQ: still 2 boundary Q/DQ, no inner ones, no float op "between int8
+    kernels", and the Mul's reason names the switch (the doctor read it as a missed fusion before)."""
+    from edgekd.deploy import doctor
+    from onnx_helpers import boundary_qdq_graph
+
+    src = boundary_qdq_graph(tmp_path / "clean.onnx", None)
+    scaled = tmp_path / "scaled.onnx"
+    append_temperature(src, scaled, 1.5)
+    d = doctor.diagnose(scaled)
+    assert d["qdq"]["boundary"] == 2 and sum(d["qdq"]["remaining"].values()) == 2
+    assert d["float_elementwise"] == {}
+    assert not any("beyond" in f["text"] or "element-wise" in f["text"] for f in d["findings"])
+    reasons = [r["why"] for r in d["runtime_float"] if r["op_type"] == "Mul"]
+    assert len(reasons) == 1 and "export.temperature_scaling" in reasons[0]
+    assert {p.key: p.value for p in onnx.load(str(scaled)).metadata_props}["temperature"] == "1.5"
+
+
+def test_a_fit_at_the_end_of_the_search_range_is_refused(tmp_path: Path) -> None:
+    """All band images labelled by their band: the NLL keeps falling as T -> 0, so no temperature is shipped."""
+    model = gemm_model(tmp_path / "band.onnx")
+    with pytest.raises(ArtifactError, match="end of its search range") as err:
+        fit_file_temperature(model, band_images(), BANDS)
+    assert "data.val_size" in err.value.fix

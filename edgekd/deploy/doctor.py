@@ -23,7 +23,7 @@ from ..hardware import detect_cpu_features, int8_support
 from .doctor_latency import (float_ops, float_ops_text, latency_table, measured_verdict, profile_overhead,
                              runtime_float_nodes, setting_text)
 from .mixed_precision import kept_float_layers, mixed_precision_text
-from .onnx_io import constants, load_model, producers
+from .onnx_io import TEMPERATURE_NODE, constants, load_model, logits_tensors, producers
 from .runtime import make_session, measure_latency
 
 # Kernels that compute in int8 (ONNX domain and com.microsoft contrib ops).
@@ -116,7 +116,7 @@ def _boundary_qdq(model: onnx.ModelProto) -> int:
     """Q/DQ nodes at the model's boundary: a QuantizeLinear on a graph input, a DequantizeLinear
     producing a graph output. Every int8 model needs them, so they are not a missed fusion."""
     inputs = {i.name for i in model.graph.input}
-    outputs = {o.name for o in model.graph.output}
+    outputs = logits_tensors(model)
     return sum(1 for n in model.graph.node
                if (n.op_type == "QuantizeLinear" and n.input and n.input[0] in inputs)
                or (n.op_type == "DequantizeLinear" and n.output and n.output[0] in outputs))
@@ -155,7 +155,9 @@ def analyze(path: Path, provider: str) -> dict[str, Any]:
         "compute": {fam: {"total": families_src[fam], "int8": int8_by_family.get(fam, 0),
                           "float": sum(1 for f in float_ops if f["family"] == fam)} for fam in sorted(families_src)},
         "float_compute": float_ops,
-        "float_elementwise": {op: c for op, c in ext_ops.items() if op in FLOAT_ONLY},
+        # the temperature Mul of a scaled file sits after the last int8 kernel, not between two
+        "float_elementwise": dict(Counter(n.op_type for n in ext.graph.node
+                                          if n.op_type in FLOAT_ONLY and n.name != TEMPERATURE_NODE)),
         "runtime_float": runtime_float_nodes(full, float_ops),  # what stays float and why (doctor_latency)
         "types": _quant_types(src),
         "io": {"inputs": [i.name for i in src.graph.input if i.name not in {t.name for t in src.graph.initializer}],

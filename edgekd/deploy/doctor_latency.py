@@ -148,14 +148,12 @@ def _is_int8_kernel(op: str) -> bool:
 
 def runtime_float_nodes(model: "onnx.ModelProto", float_compute: list[dict[str, str]] | None = None) -> list[dict[str, str]]:
     """Each node of the runtime graph (ORT_ENABLE_ALL) that is not an int8 kernel, with why it is there."""
-    from .onnx_io import TEMPERATURE_NODE, constants, producers
+    from .onnx_io import TEMPERATURE_NODE, constants, logits_tensors, producers
 
     consts = constants(model)
     prod = producers(model)
     inputs = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
-    outputs = {o.name for o in model.graph.output}
-    # a temperature-scaled file's logits leave the int8 part one Mul before the graph output
-    outputs |= {i for n in model.graph.node if n.name == TEMPERATURE_NODE for i in n.input}
+    outputs = logits_tensors(model)
     consumers: dict[str, list[Any]] = {}
     for n in model.graph.node:
         for name in n.input:

@@ -74,6 +74,16 @@ def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return out
 
 
+def logits_tensors(model: onnx.ModelProto) -> set[str]:
+    """The graph outputs, plus the unscaled logits a temperature-scaled file multiplies into them.
+
+    In such a file the last int8 kernel's DequantizeLinear feeds the ``temperature_scaling`` Mul, not
+    the output; for the doctor it is still where the logits leave the int8 graph.
+    """
+    outputs = {o.name for o in model.graph.output}
+    return outputs | {i for n in model.graph.node if n.name == TEMPERATURE_NODE for i in n.input[:1]}
+
+
 def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     """Tensor name -> node that produces it."""
     return {o: n for n in model.graph.node for o in n.output}

@@ -30,6 +30,7 @@ from ..robustness.metrics import ece, fit_temperature, nll, softmax
 
 NODE_NAME = TEMPERATURE_NODE
 SCALE_NAME = "inverse_temperature"
+T_MIN, T_MAX = 0.05, 20.0  # the search range of the fit; a fit at either end is refused
 
 
 def fit_file_temperature(path: str | os.PathLike[str], images: np.ndarray, labels: np.ndarray,
@@ -40,7 +41,14 @@ def fit_file_temperature(path: str | os.PathLike[str], images: np.ndarray, label
     """
     logits = onnx_logits(make_session(Path(path), threads=0), images, batch_size)
     y = np.asarray(labels, dtype=np.int64)
-    t = fit_temperature(logits, y)
+    t = fit_temperature(logits, y, T_MIN, T_MAX)
+    if not T_MIN * 1.01 < t < T_MAX / 1.01:
+        # NLL still falling at the edge of the search: e.g. a validation split the model classifies perfectly
+        # (T -> 0 keeps lowering its NLL). Shipping x1/T from such a fit would make the probabilities worse.
+        raise ArtifactError(f"the softmax temperature fitted on {len(y)} validation images of {Path(path).name} ran "
+                            f"to the end of its search range (T = {t:.3g}, range {T_MIN:g}..{T_MAX:g}): the split "
+                            "cannot calibrate this model", "use a larger data.val_size, or set "
+                            "export.temperature_scaling: false")
     return {"temperature": float(t), "val_images": int(len(y)),
             "val_nll_before": nll(logits, y), "val_nll_after": nll(logits, y, t),
             "val_ece_before": ece(softmax(logits), y), "val_ece_after": ece(softmax(logits, t), y)}
@@ -72,6 +80,10 @@ def append_temperature(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     scale = fresh_name(SCALE_NAME, taken)
     graph.initializer.append(numpy_helper.from_array(np.array(1.0 / temperature, dtype=np.float32), scale))
     graph.node.append(helper.make_node("Mul", [unscaled, scale], [out], name=NODE_NAME))
+    # an app reading only the .onnx file can tell its output is already divided by T
+    props = {p.key: p for p in model.metadata_props}
+    entry = props.get("temperature") or model.metadata_props.add()
+    entry.key, entry.value = "temperature", repr(float(temperature))
     onnx.checker.check_model(model)
     with atomic_path(Path(dst)) as tmp:
         onnx.save(model, str(tmp))

@@ -237,6 +237,7 @@ def evaluate_robustness(
         "settings": {
             "seed": seed, "images": int(len(x)), "adversarial_images": int(n_adv), "pgd_steps": cfg.pgd_steps,
             "square_queries": cfg.square_queries, "epsilons": list(cfg.epsilons), "white_box": torch_model is not None,
+            "white_box_device": str(device) if torch_model is not None else None,
         },
     }
 

@@ -18,7 +18,7 @@ from ..deploy.runtime.ort_format import write_ort_files
 from ..exporting import export_fp32, export_int8, parity_fp32, parity_int8, simplify
 from ..exporting.temperature import append_temperature, fit_file_temperature, verify_scaled
 from ..faults import fault_point
-from ..io import atomic_path
+from ..io import atomic_path, sha256_file
 from ..pixels import to_float
 from .base import StageContext, StageResult
 from .common import load_student, load_teacher
@@ -96,14 +96,15 @@ def run(ctx: StageContext) -> StageResult:
                     f"file {m['top1_agreement']:.2%}")
         artifacts.update(ort_artifacts)
     extra = {
-        "io": {"input": "pixels", "labels": list(bundle.classes),
-               "output": "logits / T (temperature-scaled: softmax gives calibrated probabilities)"
-               if cfg.export.temperature_scaling else "logits",
+        "io": {"input": "pixels", "output": "logits", "labels": list(bundle.classes),
                "preprocessing": {"layout": "NCHW", "dtype": "float32", "range": [0, 1],
                                  "size": list(bundle.image_size), "channels": bundle.channels,
                                  "normalization": "inside the graph"}},
         "student_choice_note": STUDENT_NOTE.get(cfg.student.arch, f"student: {cfg.student.arch}"),
     }
+    if cfg.export.temperature_scaling:  # the student files' logits are already divided by their fitted T
+        extra["io"]["temperature"] = {k: metrics[k]["temperature_scaling"]["temperature"]
+                                      for k in ("student_fp32", "student_int8")}
     return StageResult(artifacts=artifacts, metrics=metrics, extra=extra)
 
 
@@ -119,7 +120,8 @@ def _scale(ctx: StageContext, final: Path, raw_dir: Path, images: Any) -> dict[s
     ctx.log(f"[edgekd] export: {final.name} scaled by 1/T, T = {fit['temperature']:.3f} (validation ECE "
             f"{fit['val_ece_before']:.4f} -> {fit['val_ece_after']:.4f}, NLL {fit['val_nll_before']:.4f} -> "
             f"{fit['val_nll_after']:.4f})")
-    return {**fit, "unscaled": unscaled.relative_to(ctx.run_dir).as_posix(), "check": check}
+    return {**fit, "unscaled": unscaled.relative_to(ctx.run_dir).as_posix(), "unscaled_sha256": sha256_file(unscaled),
+            "check": check}
 
 
 def _parity_text(p: dict[str, Any]) -> str:
