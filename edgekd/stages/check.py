@@ -53,7 +53,6 @@ def _torch_models(ctx: StageContext, device: Any) -> dict[str, Any]:
 
 def _robustness(ctx: StageContext, paths: dict[str, Any], metrics: dict[str, Any]) -> None:
     from ..robustness.evaluate import add_mce, evaluate_robustness
-
     from .common import device_of
 
     rcfg = ctx.cfg.check.robustness
