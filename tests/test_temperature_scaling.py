@@ -16,7 +16,8 @@ import pytest
 from conftest import requires_fashion_mnist
 from edgekd.deploy.runtime.session import make_session, onnx_logits
 from edgekd.errors import ArtifactError
-from edgekd.exporting.temperature import NODE_NAME, append_temperature, fit_file_temperature, verify_scaled
+from edgekd.deploy.onnx_io import TEMPERATURE_NODE
+from edgekd.exporting.temperature import append_temperature, fit_file_temperature, verify_scaled
 from helpers import tiny_run_config
 from onnx_helpers import BANDS, LABELS, band_images, gemm_model
 
@@ -46,7 +47,7 @@ def test_append_scales_the_output_and_keeps_its_name(tmp_path: Path) -> None:
     model = onnx.load(str(dst))
     assert [o.name for o in model.graph.output] == ["logits"]
     last = model.graph.node[-1]
-    assert last.name == NODE_NAME and last.op_type == "Mul" and last.output[0] == "logits"
+    assert last.name == TEMPERATURE_NODE and last.op_type == "Mul" and last.output[0] == "logits"
     x = band_images()
     ref = _logits(src, x)
     np.testing.assert_allclose(_logits(dst, x), ref / 4.0, rtol=1e-6, atol=0)  # one float32 multiply
@@ -90,7 +91,7 @@ def test_export_stage_ships_scaled_students(tmp_path: Path) -> None:
         path = run.manifest.artifact("export", key)  # exists and matches its recorded sha256
         ts = metrics[key]["temperature_scaling"]
         unscaled = run.run_dir / ts["unscaled"]
-        assert unscaled.is_file() and onnx.load(str(path)).graph.node[-1].name == NODE_NAME
+        assert unscaled.is_file() and onnx.load(str(path)).graph.node[-1].name == TEMPERATURE_NODE
         assert ts["val_images"] == 64 and ts["temperature"] > 0 and ts["val_nll_after"] <= ts["val_nll_before"]
         ref = _logits(unscaled, x)
         got = _logits(path, x)
@@ -98,7 +99,7 @@ def test_export_stage_ships_scaled_students(tmp_path: Path) -> None:
         np.testing.assert_allclose(got, ref / ts["temperature"], rtol=0, atol=1e-5 * np.abs(ref).max())
         assert (got.argmax(1) == ref.argmax(1)).all()
     teacher = onnx.load(str(run.manifest.artifact("export", "teacher_fp32")))
-    assert all(n.name != NODE_NAME for n in teacher.graph.node) and "temperature_scaling" not in metrics["teacher_fp32"]
+    assert all(n.name != TEMPERATURE_NODE for n in teacher.graph.node) and "temperature_scaling" not in metrics["teacher_fp32"]
 
 
 def test_doctor_names_the_temperature_multiply_and_the_logits_dequantize() -> None:
@@ -110,12 +111,12 @@ def test_doctor_names_the_temperature_multiply_and_the_logits_dequantize() -> No
     inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "zp"),
              numpy_helper.from_array(np.array(0.5, np.float32), "inverse_temperature")]
     nodes = [helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["logits_unscaled"], name="/head/DQ"),
-             helper.make_node("Mul", ["logits_unscaled", "inverse_temperature"], ["logits"], name=NODE_NAME)]
+             helper.make_node("Mul", ["logits_unscaled", "inverse_temperature"], ["logits"], name=TEMPERATURE_NODE)]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("q", TensorProto.UINT8, [1, 3])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])], inits)
     why = {r["name"]: r["why"] for r in runtime_float_nodes(helper.make_model(graph))}
     assert why["/head/DQ"] == "the logits leave the graph as float"
-    assert "export.temperature_scaling" in why[NODE_NAME]
+    assert "export.temperature_scaling" in why[TEMPERATURE_NODE]
 
 
 def test_doctor_on_a_scaled_int8_file_finds_nothing_new(tmp_path: Path) -> None:

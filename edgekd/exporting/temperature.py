@@ -28,7 +28,6 @@ from ..errors import ArtifactError
 from ..io import atomic_path
 from ..robustness.metrics import ece, fit_temperature, nll, softmax
 
-NODE_NAME = TEMPERATURE_NODE
 SCALE_NAME = "inverse_temperature"
 T_MIN, T_MAX = 0.05, 20.0  # the search range of the fit; a fit at either end is refused
 
@@ -69,8 +68,8 @@ def append_temperature(src: str | os.PathLike[str], dst: str | os.PathLike[str],
         raise ArtifactError(f"{src} has {len(graph.output)} outputs; temperature scaling needs one logits output",
                             "set export.temperature_scaling: false for this model")
     out = graph.output[0].name
-    if any(n.name == NODE_NAME for n in graph.node):
-        raise ArtifactError(f"{src} is already temperature-scaled (it has a node {NODE_NAME!r})",
+    if any(n.name == TEMPERATURE_NODE for n in graph.node):
+        raise ArtifactError(f"{src} is already temperature-scaled (it has a node {TEMPERATURE_NODE!r})",
                             "scale the unscaled export, not a scaled file")
     taken = tensor_names(model)
     unscaled = fresh_name(f"{out}_unscaled", taken)
@@ -79,7 +78,7 @@ def append_temperature(src: str | os.PathLike[str], dst: str | os.PathLike[str],
         node.input[:] = [unscaled if i == out else i for i in node.input]
     scale = fresh_name(SCALE_NAME, taken)
     graph.initializer.append(numpy_helper.from_array(np.array(1.0 / temperature, dtype=np.float32), scale))
-    graph.node.append(helper.make_node("Mul", [unscaled, scale], [out], name=NODE_NAME))
+    graph.node.append(helper.make_node("Mul", [unscaled, scale], [out], name=TEMPERATURE_NODE))
     # an app reading only the .onnx file can tell its output is already divided by T
     props = {p.key: p for p in model.metadata_props}
     entry = props.get("temperature") or model.metadata_props.add()
