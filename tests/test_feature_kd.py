@@ -280,3 +280,81 @@ def _ddp_child(work: Path) -> None:
 
 if __name__ == "__main__":
     _ddp_child(Path(sys.argv[1]))
+
+
+def test_the_engine_returns_the_adapters_of_the_best_epoch_not_the_last(fmnist_small, tmp_path) -> None:
+    """The student saved is the best epoch's; the adapters carried to QAT must be the ones trained with it."""
+    student, teacher = _net(8, 0), _net(16, 1)
+    kd = KD_LOSSES.get("fitnets")(DistillConfig(loss="fitnets", features=FeatureKDConfig(pairs=["2=2"])))
+    sample = torch.from_numpy(fmnist_small.train.images[:2]).float() / 255.0
+    distiller = Distiller(student, teacher, kd, sample=sample)
+    train = BatchLoader(fmnist_small.train, 64, shuffle=True, augment=None, seed=7)
+    cfg = TrainConfig(epochs=2, lr=0.05, amp="off", channels_last="off", max_steps_per_epoch=4, log_every=1000)
+    scores = iter([0.9, 0.5])  # epoch 0 is the best
+    after_epoch0 = {}
+
+    def snapshot(epoch: int, model: nn.Module) -> None:
+        if epoch == 1:
+            after_epoch0.update({k: v.clone() for k, v in kd.state_dict().items()})
+
+    result = fit(student, distiller.step, train, None, cfg, work_dir=tmp_path, device="cpu", seed=7,
+                 hooks=(snapshot,), eval_fn=lambda m: {"accuracy": next(scores), "loss": 0.0}, aux=kd)
+    assert result.best_epoch == 0
+    assert set(result.best_aux_state) == {"adapters.0.weight", "adapters.0.bias"}
+    for k, v in after_epoch0.items():
+        assert torch.equal(result.best_aux_state[k], v), k
+    assert not torch.equal(kd.adapters[0].weight.detach(), after_epoch0["adapters.0.weight"])  # epoch 1 moved them
+
+
+def _kd_state_ctx(tmp_path: Path, loss: str, pairs: list[str]):
+    """What save/load_kd_state read of a stage context: the config, a manifest, the stage folders."""
+    from types import SimpleNamespace
+
+    from edgekd.config import Config
+    from edgekd.manifest import Manifest
+
+    cfg = Config()
+    cfg.distill.loss, cfg.distill.features.pairs = loss, pairs
+    manifest = Manifest(tmp_path)
+    return SimpleNamespace(cfg=cfg, manifest=manifest, run_dir=tmp_path,
+                           stage_dir=lambda name: (tmp_path / "stages" / name).mkdir(parents=True, exist_ok=True)
+                           or tmp_path / "stages" / name)
+
+
+def _bound_fitnets(pairs: list[str], student: nn.Module, teacher: nn.Module, sample: torch.Tensor):
+    kd = KD_LOSSES.get("fitnets")(DistillConfig(loss="fitnets", features=FeatureKDConfig(pairs=pairs)))
+    Distiller(student, teacher, kd, sample=sample)
+    return kd
+
+
+def test_qat_loads_the_adapters_distill_saved_onto_the_fake_quant_student(fmnist_small, batch, tmp_path) -> None:
+    from edgekd.errors import ArtifactError
+    from edgekd.quant import prepare_qat
+    from edgekd.stages.kd_setup import load_kd_state, save_kd_state
+
+    student, teacher = _models(fmnist_small)
+    pairs = ["net.layer2=net.features.6"]
+    ctx = _kd_state_ctx(tmp_path, "fitnets", pairs)
+    learned = _bound_fitnets(pairs, student, teacher, batch[0][:2])
+    with torch.no_grad():
+        learned.adapters[0].weight.normal_()  # what distill learned: not the fresh init
+    saved = save_kd_state(ctx, learned, {"stage": "distill"})
+    ctx.manifest.record_stage("distill", saved)
+
+    qmodel = prepare_qat(copy.deepcopy(student).eval(), [(batch[0],)], 1)
+    fresh = _bound_fitnets(pairs, qmodel, teacher, batch[0][:2])
+    assert not torch.equal(fresh.adapters[0].weight, learned.adapters[0].weight)
+    assert load_kd_state(ctx, fresh) is True
+    for (k, a), b in zip(learned.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), k
+
+    # adapters learned for another pairing would load without a shape error: refused by name
+    other = _bound_fitnets(["net.layer2=net.features.7"], qmodel, teacher, batch[0][:2])
+    with pytest.raises(ArtifactError, match="net.features.6"):
+        load_kd_state(ctx, other)
+    # a loss that learns nothing carries nothing; a run distilled before kd_state existed is told to re-run
+    assert load_kd_state(ctx, KD_LOSSES.get("hinton")(DistillConfig())) is False
+    ctx.manifest.record_stage("distill", {})
+    with pytest.raises(ArtifactError, match="saved no kd_state") as e:
+        load_kd_state(ctx, fresh)
+    assert "--stages distill qat --force" in e.value.fix

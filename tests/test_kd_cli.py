@@ -79,3 +79,30 @@ def test_an_extra_teacher_without_weights_is_a_config_error(tmp_path: Path) -> N
     path = _config(tmp_path, "bad", loss="multi_teacher", teachers=[{"arch": "wrn16_4", "width": 0.5}])
     proc = edgekd("run", "-c", str(path), "--out", str(tmp_path / "runs"))
     assert proc.returncode == 2 and "distill.teachers[0]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_fitnets_adapters_learned_in_distill_are_where_qat_starts(tmp_path: Path) -> None:
+    """The distill stage saves the adapters (kd_state, with its sha256); QAT starts from them; a changed
+    kd_state.pt is refused by QAT with exit 2 and leaves the verified QAT stage as it was."""
+    path = _config(tmp_path, "fit", loss="fitnets", cache_teacher_logits=False)
+    runs = tmp_path / "runs"
+    proc = edgekd("run", "-c", str(path), "--out", str(runs), "--stages", "teacher,distill,qat")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((runs / "fit" / "manifest.json").read_text())
+    distill, qat = manifest["stages"]["distill"], manifest["stages"]["qat"]
+    state = distill["artifacts"]["kd_state"]
+    assert state["path"] == "stages/distill/kd_state.pt" and len(state["sha256"]) == 64
+    assert qat["metrics"]["kd_state_from_distill"] is True
+
+    import torch
+    saved = torch.load(runs / "fit" / state["path"], weights_only=True)
+    assert saved["meta"]["loss"] == "fitnets" and saved["meta"]["student_layers"]
+    assert any(k.startswith("adapters.0.") for k in saved["state_dict"])
+
+    kd_file = runs / "fit" / state["path"]
+    kd_file.write_bytes(kd_file.read_bytes()[:-8] + b"\0" * 8)
+    proc = edgekd("run", "-c", str(path), "--out", str(runs), "--stages", "qat", "--force")
+    assert proc.returncode == 2 and "kd_state.pt" in proc.stderr and "sha256" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    after = json.loads((runs / "fit" / "manifest.json").read_text())["stages"]["qat"]
+    assert after["artifacts"] == qat["artifacts"]

@@ -23,7 +23,9 @@ stages and by the tests), each by a class attribute or an override:
 - **learnable parameters** (FitNets adapters, the CTKD temperature): ordinary ``nn.Parameter`` of the
   loss module. The stages hand the loss to the engine as ``aux``: its parameters are optimized with
   the student and its state checkpointed for resume, but it is never part of the student, so never
-  in the saved weights or the exported ONNX file.
+  in the saved weights or the exported ONNX file. With ``carries_to_qat = True`` the distill stage
+  saves that state (at the best epoch, ``kd_state.pt``) and the QAT stage starts from it, so QAT
+  fine-tunes the learned adapters instead of training random ones against an already-trained student.
 - **the student itself** (adversarial KD: ARD, RSLAD; augmented views: AugMix-style KD): define
   ``student_step(student, x, labels, teacher_logits) -> (loss, student_logits)``; the step calls it
   instead of ``student(x)`` + ``forward``. ``teacher_logits`` are always the teacher's logits on the
@@ -58,6 +60,8 @@ class KDLoss(nn.Module):
     teacher_layers: tuple[str, ...] = ()
     #: the loss makes its own teacher from the student (``make_teacher``); no teacher stage output is read
     self_teacher: bool = False
+    #: the QAT stage loads the distill stage's learned state (adapters, temperature) instead of starting afresh
+    carries_to_qat: bool = False
 
     @classmethod
     def from_config(cls, cfg: DistillConfig) -> "KDLoss":

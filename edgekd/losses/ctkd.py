@@ -45,6 +45,8 @@ class _GradientReversal(torch.autograd.Function):
 class CurriculumTemperatureKD(KDLoss):
     """Hinton KD at a learned temperature trained by gradient reversal with a cosine curriculum."""
 
+    carries_to_qat = True  # QAT starts at the temperature distill reached
+
     def __init__(self, temperature: float = 4.0, alpha: float = 0.9, min_temperature: float = 1.0,
                  max_temperature: float = 21.0, lambda_max: float = 1.0, label_smoothing: float = 0.0) -> None:
         super().__init__()

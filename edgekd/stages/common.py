@@ -115,6 +115,8 @@ def train_and_score(
     if train_cfg.divergence_check:  # stop before a diverged model reaches the next stage (or export)
         check_health(stage, train_key, result.history, ctx.dataset().val.labels, train_cfg.lr, train_cfg.grad_clip)
     model.load_state_dict(result.best_state)
+    if aux is not None and result.best_aux_state is not None:
+        aux.load_state_dict(result.best_aux_state)  # the adapters / temperature that went with that student
     val_m = evaluate(model, val, device)
     test_m = evaluate(model, test, device)  # reported, never used to select
     ctx.log(f"[edgekd] {stage}: val {val_m['accuracy']:.4f}  test {test_m['accuracy']:.4f}")

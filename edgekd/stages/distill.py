@@ -11,7 +11,7 @@ from ..models import build_student
 from ..progress import track
 from .base import StageContext, StageResult
 from .common import begin_training_stage, config_meta, save_weights, train_and_score
-from .kd_setup import build_distiller, extra_teacher_records, kd_loss_for, kd_teacher
+from .kd_setup import build_distiller, extra_teacher_records, kd_loss_for, kd_teacher, save_kd_state
 
 
 @torch.inference_mode()
@@ -66,5 +66,7 @@ def run(ctx: StageContext) -> StageResult:
         metrics["extra_teachers"] = extra_teacher_records(ctx)
     metrics.update(loss=cfg.distill.loss, temperature=cfg.distill.temperature, alpha=cfg.distill.alpha,
                    parameters=sum(p.numel() for p in student.parameters()))
-    path = save_weights(student, ctx.stage_dir("distill") / "student_fp32.pt", config_meta(cfg, "distill", ctx))
-    return StageResult(artifacts={"weights": path}, metrics=metrics)
+    meta = config_meta(cfg, "distill", ctx)
+    path = save_weights(student, ctx.stage_dir("distill") / "student_fp32.pt", meta)
+    # the loss's learned state at the best epoch (train_and_score loaded it), for the QAT stage
+    return StageResult(artifacts={"weights": path, **save_kd_state(ctx, distiller.kd_loss, meta)}, metrics=metrics)

@@ -6,6 +6,8 @@
 - A self-distilling loss (``self_distill``) reads no teacher: it makes its own from the student.
 - The loss is bound to the models with a few real training images, so a feature loss can probe
   layer shapes (adapters, default layer pairs).
+- A loss with ``carries_to_qat`` (FitNets adapters, the CTKD temperature) hands what it learned in
+  distill to QAT through the distill stage's ``kd_state`` artifact, with the layers it was bound to.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Optional
 import torch
 
 from ..config import ModelConfig
-from ..errors import ConfigError
+from ..errors import ArtifactError, ConfigError
 from ..losses import KD_LOSSES, Distiller, KDLoss
 from ..losses.multi_teacher import TeacherEnsemble
 from ..manifest import Manifest
@@ -65,6 +67,47 @@ def extra_teacher_records(ctx: StageContext) -> list[dict[str, str]]:
         path = extra_teacher_weights(spec, f"distill.teachers[{i}]")
         out.append({"arch": spec.arch, "weights": str(path), "sha256": sha256_file(path)})
     return out
+
+
+KD_STATE = "kd_state"  # the distill stage's artifact key of the loss's learned state
+
+
+def save_kd_state(ctx: StageContext, kd_loss: KDLoss, meta: dict) -> dict[str, Path]:
+    """``{"kd_state": path}`` for a loss that carries its learned state to QAT, else ``{}``."""
+    from .common import save_weights
+
+    if not kd_loss.carries_to_qat:
+        return {}
+    meta = {**meta, "loss": ctx.cfg.distill.loss, "student_layers": list(kd_loss.student_layers),
+            "teacher_layers": list(kd_loss.teacher_layers)}
+    return {KD_STATE: save_weights(kd_loss, ctx.stage_dir("distill") / "kd_state.pt", meta)}
+
+
+def load_kd_state(ctx: StageContext, kd_loss: KDLoss) -> bool:
+    """Load the distill stage's learned state into the (bound) QAT loss; False when it has none to carry.
+
+    Refused (ArtifactError) when the state was learned for other layers than the QAT student's loss is
+    bound to, or by another loss: adapters of another shape or pairing would load silently wrong.
+    """
+    from ..models import read_weights_file
+
+    if not kd_loss.carries_to_qat:
+        return False
+    entry = ctx.manifest.stage("distill") or {}
+    if KD_STATE not in entry.get("artifacts", {}):
+        raise ArtifactError(f"this run's distill stage saved no {KD_STATE} for '{ctx.cfg.distill.loss}' "
+                            "(a run from before edgekd carried it to QAT)",
+                            "re-run the distill stage: edgekd run --stages distill qat --force")
+    path = ctx.manifest.artifact("distill", KD_STATE)
+    state, meta = read_weights_file(path)
+    bound = {"loss": ctx.cfg.distill.loss, "student_layers": list(kd_loss.student_layers),
+             "teacher_layers": list(kd_loss.teacher_layers)}
+    learned = {k: meta.get(k) for k in bound}
+    if learned != bound:
+        raise ArtifactError(f"{path} was learned for {learned}, but QAT's loss is bound to {bound}",
+                            "re-run the distill stage with this config: edgekd run --stages distill qat --force")
+    kd_loss.load_state_dict(state)
+    return True
 
 
 def sample_images(ctx: StageContext, device: torch.device, n: int = SAMPLE_IMAGES) -> torch.Tensor:

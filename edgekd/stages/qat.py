@@ -11,7 +11,7 @@ from ..quant import freeze_observers, prepare_qat
 from ..sensitivity_file import load_ranking
 from .base import StageContext, StageResult
 from .common import begin_training_stage, config_meta, device_of, load_student, loaders, save_weights, train_and_score
-from .kd_setup import build_distiller, kd_loss_for, kd_teacher
+from .kd_setup import build_distiller, kd_loss_for, kd_teacher, load_kd_state
 
 
 def keep_float_layers(qcfg: QATConfig) -> list[str]:
@@ -46,11 +46,12 @@ def run(ctx: StageContext) -> StageResult:
     cfg = ctx.cfg
     device = begin_training_stage(ctx)
     # the distill stage's KD method (ARD/RSLAD too: their INT8 student is what the check stage measures);
-    # a feature loss's adapters start afresh here (they are not saved by the distill stage)
+    # FitNets adapters and the CTKD temperature continue from what distill learned (kd_state)
     kd_loss = kd_loss_for(ctx)
     teacher = kd_teacher(ctx, device, kd_loss)
     qmodel = build_qat_student(ctx, calibrate=True)
     distiller = build_distiller(ctx, qmodel, teacher, kd_loss, device)
+    carried = load_kd_state(ctx, distiller.kd_loss)
     freeze_at = cfg.qat.freeze_observers_epoch
 
     def observer_schedule(epoch: int, model) -> None:
@@ -67,5 +68,6 @@ def run(ctx: StageContext) -> StageResult:
     metrics.update(distiller.kd_loss.metrics())
     freeze_observers(qmodel)
     metrics["freeze_observers_epoch"] = freeze_at
+    metrics["kd_state_from_distill"] = carried
     path = save_weights(qmodel, ctx.stage_dir("qat") / "student_qat.pt", config_meta(cfg, "qat", ctx))
     return StageResult(artifacts={"weights": path}, metrics=metrics)

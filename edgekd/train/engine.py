@@ -57,6 +57,7 @@ class FitResult:
     best_epoch: int
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    best_aux_state: dict[str, torch.Tensor] | None = None  # ``aux`` as it was at best_epoch (None: no aux)
 
 
 def make_criterion(cfg: TrainConfig) -> torch.nn.Module:
@@ -129,6 +130,7 @@ class _State:
     epoch: int = 0  # next epoch to run
     global_step: int = 0
     best_state: dict[str, torch.Tensor] | None = None
+    best_aux: dict[str, torch.Tensor] | None = None
     best_acc: float = -1.0
     best_epoch: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -154,7 +156,7 @@ def _resume(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     if len(rngs) == world:
         restore_rng(rngs[rank])
     return _State(epoch=int(ckpt["epoch"]) + 1, global_step=int(ckpt["global_step"]), best_state=ckpt["best_state"],
-                  best_acc=float(ckpt["best_val_accuracy"]), best_epoch=int(ckpt["best_epoch"]),
+                  best_aux=ckpt.get("best_aux") or None, best_acc=float(ckpt["best_val_accuracy"]), best_epoch=int(ckpt["best_epoch"]),
                   history=list(ckpt["history"]))
 
 
@@ -205,7 +207,8 @@ def fit(
     - ``on_epoch``: ``callback(record)`` on rank 0 after each epoch, with the record ``metrics.jsonl``
       gets (TensorBoard: :mod:`edgekd.train.logging_hooks`).
     - ``aux``: a module trained beside ``model`` but not part of it (a KD loss's adapters or learned
-      temperature): optimized with it, checkpointed and resumed with it, never in ``best_state``.
+      temperature): optimized with it, checkpointed and resumed with it, never in ``best_state``;
+      ``result.best_aux_state`` is its state at the best epoch (what the adapters were for that student).
     - On return ``model`` holds the last epoch's weights; load ``result.best_state`` for the best.
     - ``deterministic`` (default on; or a switch ``auto`` | ``on`` | ``off``) picks reproducible kernels;
       see :func:`seed_everything` and :func:`~edgekd.train.distributed.resolve_deterministic`.
@@ -271,6 +274,7 @@ def fit(
         state.history.append(record)
         if record["val_accuracy"] > state.best_acc:
             state.best_acc, state.best_epoch, state.best_state = record["val_accuracy"], epoch, cpu_state(model)
+            state.best_aux = cpu_state(aux) if aux is not None else None
         # every checkpoint_every epochs and after the last: a checkpoint costs a full state copy and write
         due = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
         rngs = all_gather_objects(capture_rng()) if due else []  # every rank's RNG: a resumed DDP run continues each stream
@@ -281,6 +285,7 @@ def fit(
                 "scheduler": {"kind": schedule.kind, "step": state.global_step, "total_steps": schedule.total_steps},
                 "scaler": scaler.state_dict() if scaler is not None else {},
                 "epoch": epoch, "global_step": state.global_step, "best_state": state.best_state,
+                "best_aux": state.best_aux or {},
                 "best_val_accuracy": state.best_acc, "best_epoch": state.best_epoch, "history": state.history,
                 "rng": rngs, "meta": full_meta,
             })
@@ -295,8 +300,9 @@ def fit(
     if state.best_state is None:  # nothing trained (epochs == 0): the current weights are the result
         val = eval_fn(model) if eval_fn is not None else evaluate(model, val_loader, device, reduce=True)
         state.best_state, state.best_acc = cpu_state(model), float(val["accuracy"])
+        state.best_aux = cpu_state(aux) if aux is not None else None
     return FitResult(best_state=state.best_state, best_val_accuracy=state.best_acc, best_epoch=state.best_epoch,
-                     history=state.history, seconds=time.perf_counter() - t_start)
+                     history=state.history, seconds=time.perf_counter() - t_start, best_aux_state=state.best_aux)
 
 
 def _train_epoch(model, step_fn, loader, optimizer, schedule, scaler, precision, cfg, device, channels_last,
