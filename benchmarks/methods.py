@@ -20,7 +20,8 @@ get it from ``EXTRAS``; a method whose run fails is a row that says so, never a 
 
 At the default budget a cell (one method, one seed) is ~30 min on 2 idle cores (hinton/ce; augmix_kd ~2x),
 so the table is built over several sittings: ``--resume`` keeps the cells the JSON already holds for the
-same budget, overrides and teacher (sha256), and runs only the missing ones; ``--teacher-run RUN`` reuses
+same budget, overrides, student and teacher (sha256), runs only the missing ones of the requested methods,
+and continues a cell killed mid-way from its last epoch checkpoint; ``--teacher-run RUN`` reuses
 the verified teacher of an earlier run of the same config (the default run's, for example) instead of
 training one (~40 min):
 
@@ -131,13 +132,25 @@ def measure(run: Any) -> dict[str, float]:
     }
 
 
+class BenchInputError(Exception):
+    """A bad argument to the benchmark: printed as one line, exit code 2."""
+
+
 def teacher_from_run(base: dict[str, Any], run_dir: str) -> Any:
     """The verified teacher of an earlier run, refused unless it was trained on this benchmark's data and arch."""
+    from edgekd.errors import ArtifactError
     from edgekd.manifest import Manifest
     from edgekd.tuning.teachers import CachedTeacher
 
-    manifest = Manifest.load(run_dir)
-    entry = manifest.stage("teacher") or {}
+    try:
+        manifest = Manifest.load(run_dir)
+        entry = manifest.stage("teacher")
+        if not entry or entry.get("status") != "done":
+            raise BenchInputError(f"--teacher-run {run_dir}: the run has no finished teacher stage; "
+                                  "pass a run whose teacher stage ran, or drop --teacher-run to train one")
+        weights = manifest.artifact("teacher", "weights")  # sha256-verified
+    except ArtifactError as e:
+        raise BenchInputError(f"--teacher-run {run_dir}: {e.problem}; {e.fix}") from None
     used = entry.get("config", {})
     # what decides the teacher's weights and the split the students are measured on
     keys = {"teacher": ["arch", "width", "stem_stride", "maxpool"],
@@ -147,28 +160,35 @@ def teacher_from_run(base: dict[str, Any], run_dir: str) -> Any:
     if used.get("seed") != base["seed"]:
         diff.append(f"seed: run {used.get('seed')!r} vs benchmark {base['seed']!r}")
     if diff:
-        raise SystemExit(f"--teacher-run {run_dir}: its teacher was trained with another config ({'; '.join(diff)}); "
-                         "pass a run of the benchmark's config, or drop --teacher-run to train one")
+        raise BenchInputError(f"--teacher-run {run_dir}: its teacher was trained with another config "
+                              f"({'; '.join(diff)}); pass a run of the benchmark's config, or drop --teacher-run "
+                              "to train one")
     m = entry.get("metrics", {})
-    return CachedTeacher(arch=base["teacher"]["arch"], weights=manifest.artifact("teacher", "weights"),
-                         val_accuracy=float(m["val_accuracy"]), test_accuracy=float(m["test_accuracy"]),
-                         trained=False)
+    return CachedTeacher(arch=base["teacher"]["arch"], weights=weights, val_accuracy=float(m.get("val_accuracy", "nan")),
+                         test_accuracy=float(m.get("test_accuracy", "nan")), trained=False)
 
 
-def resumed(path: Path, budget: list[str], teacher_sha: str, methods: list[str]
-            ) -> tuple[dict[str, list[dict[str, float]]], float]:
-    """Cells an earlier sitting measured with the same overrides and teacher, and its wall seconds."""
+def resumed(path: Path, budget: list[str], teacher_sha: str, student: str, methods: list[str]
+            ) -> tuple[dict[str, list[dict[str, float]]], list[dict[str, Any]], float]:
+    """Cells an earlier sitting measured with the same overrides, teacher and student; its failures and
+    wall seconds. Methods of earlier sittings stay on the table (after ``methods``)."""
     runs: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     if not path.exists():
-        return runs, 0.0
+        return runs, [], 0.0
     old = json.loads(path.read_text())
     meta = old["meta"]
-    if meta.get("overrides") != budget or meta.get("teacher_sha256") != teacher_sha:
-        raise SystemExit(f"--resume: {path} was measured with other overrides or another teacher; "
-                         "pass another --out, or drop --resume to start the table again")
-    for method, rows in old["runs"].items():  # methods of earlier sittings stay on the table
-        runs[method] = [r for r in rows if "seed" in r]
-    return runs, float(meta.get("seconds", 0.0))
+    if "teacher_sha256" not in meta:
+        raise BenchInputError(f"--resume: {path} was written before --resume existed (it records no teacher "
+                              "sha256); pass another --out, or drop --resume to start the table again")
+    same = {"overrides": (meta.get("overrides"), budget), "teacher sha256": (meta["teacher_sha256"], teacher_sha),
+            "student": (meta.get("student"), student)}
+    differ = [f"{k} ({old_v!r} there, {new_v!r} now)" for k, (old_v, new_v) in same.items() if old_v != new_v]
+    if differ:
+        raise BenchInputError(f"--resume: {path} was measured with another {', '.join(differ)}; "
+                              "pass another --out, or drop --resume to start the table again")
+    for method, rows in old["runs"].items():
+        runs[method] = list(rows)
+    return runs, list(old.get("failures", [])), float(meta.get("seconds", 0.0))
 
 
 def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, list[float]]]:
@@ -239,54 +259,69 @@ def main() -> int:
         atomic_write_text(out / f"{stem}.md", text)
         print(text)
         return 0
+    try:
+        return measure_table(a, out, stem)
+    except BenchInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def measure_table(a: argparse.Namespace, out: Path, stem: str) -> int:
+    """Run the missing (method, seed) cells, writing the JSON and markdown after each."""
     from edgekd.config import load_config
     from edgekd.tuning.teachers import cached_teacher
 
     t0 = time.time()
     budget = BUDGETS[a.budget] + a.overrides
-    base = load_config(a.config, budget).to_dict()
+    cfg = load_config(a.config, budget)
+    base = cfg.to_dict()
+    student = f"{cfg.student.arch} x{cfg.student.width}"
     runs_dir = Path(a.runs) / a.budget
     teacher = (teacher_from_run(base, a.teacher_run) if a.teacher_run
                else cached_teacher(base, base["teacher"]["arch"], runs_dir / "teachers"))
     teacher_sha = sha256_file(teacher.weights)
     common = budget + [f"teacher.weights={teacher.weights}", "teacher_train.epochs=0"]
     per_method = extras(base, lambda: str(cached_teacher(base, SECOND_TEACHER, runs_dir / "teachers").weights))
-    runs, earlier = (resumed(out / f"{stem}.json", budget, teacher_sha, a.methods) if a.resume
-                     else ({m: [] for m in a.methods}, 0.0))
-    a.methods = list(runs)
+    runs, failures, earlier = (resumed(out / f"{stem}.json", budget, teacher_sha, student, a.methods) if a.resume
+                               else ({m: [] for m in a.methods}, [], 0.0))
     t0 -= earlier  # the table's wall time covers every sitting
-    failures: list[dict[str, Any]] = []
+
+    def save(complete: bool) -> str:
+        return write(out, stem, a, budget, teacher, teacher_sha, student, runs, failures, time.time() - t0, complete)
+
     for seed in a.seeds:
-        for method in a.methods:
-            if any(r["seed"] == seed for r in runs[method]):
+        for method in a.methods:  # only the requested ones run; earlier sittings' other methods stay as they were
+            if any(r.get("seed") == seed for r in runs[method]):
                 print(f"[bench] seed {seed} {method}: kept from {stem}.json", flush=True)
                 continue
+            failures[:] = [f for f in failures if (f["method"], f["seed"]) != (method, seed)]  # tried again
             overrides = common + [f"distill.loss={method}", f"seed={seed}", f"name={method}_s{seed}"]
             try:
                 overrides += per_method[method]() if method in per_method else []
-                run = edgekd.run(a.config, overrides=overrides, out=runs_dir)
+                # resume: a cell killed in an earlier sitting continues from its last epoch checkpoint
+                run = edgekd.run(a.config, overrides=overrides, out=runs_dir, resume=a.resume)
                 runs[method].append({**measure(run), "seed": seed})
             except Exception as e:  # recorded in the JSON and the table; the other methods still run
                 failures.append({"method": method, "seed": seed, "error": f"{type(e).__name__}: {getattr(e, 'problem', e)}"})
                 print(f"[bench] seed {seed} {method}: FAILED {failures[-1]['error']}", flush=True)
+                save(complete=False)
                 continue
             print(f"[bench] seed {seed} {method}: {json.dumps(runs[method][-1])}", flush=True)
             # after every run: an interrupted benchmark keeps what it measured (meta.complete says how far)
-            write(out, stem, a, budget, teacher, teacher_sha, runs, failures, time.time() - t0, complete=False)
-    text = write(out, stem, a, budget, teacher, teacher_sha, runs, failures, time.time() - t0, complete=True)
-    print(text)
+            save(complete=False)
+    print(save(complete=True))
     return 0
 
 
 def write(out: Path, stem: str, a: argparse.Namespace, budget: list[str], teacher: Any, teacher_sha: str,
-          runs: dict[str, list[dict[str, float]]], failures: list[dict[str, Any]], seconds: float, complete: bool) -> str:
-    """JSON + markdown of the runs so far; returns the markdown."""
-    from edgekd.config import load_config
+          student: str, runs: dict[str, list[dict[str, float]]], failures: list[dict[str, Any]], seconds: float,
+          complete: bool) -> str:
+    """JSON + markdown of the runs so far (every sitting's); returns the markdown."""
     from edgekd.environment import cpu_info
 
-    cfg = load_config(a.config, budget)
-    meta = {"budget": a.budget, "overrides": budget, "seeds": a.seeds, "methods": a.methods, "complete": complete,
-            "student": f"{cfg.student.arch} x{cfg.student.width}", "teacher": teacher.arch,
+    seeds = sorted({int(r["seed"]) for rows in runs.values() for r in rows if "seed" in r} | set(a.seeds))
+    meta = {"budget": a.budget, "overrides": budget, "seeds": seeds, "methods": list(runs), "complete": complete,
+            "student": student, "teacher": teacher.arch,
             "teacher_val_accuracy": teacher.val_accuracy, "teacher_sha256": teacher_sha, "seconds": seconds, "cpu": cpu_info()["model"]}
     data = {"meta": meta, "runs": runs, "summary": summarize(runs), "failures": failures}
     atomic_write_json(out / f"{stem}.json", data)

@@ -67,6 +67,10 @@ def fingerprint(cfg: Config, spec: StageSpec, manifest: Manifest) -> tuple[str, 
                 f"run the '{stage}' stage first, or 'edgekd run' for the whole chain",
             )
         inputs[f"{stage}.{key}"] = sha
+    for stage, key in spec.optional_inputs:
+        sha = manifest.artifact_sha(stage, key)
+        if sha is not None:
+            inputs[f"{stage}.{key}"] = sha
     d = cfg.to_dict()
     payload = {"config": {k: d[k] for k in spec.sections}, "inputs": inputs}
     return stable_hash(payload), inputs

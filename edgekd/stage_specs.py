@@ -21,6 +21,9 @@ class StageSpec:
     help: str  # one line, for the CLI
     sections: tuple[str, ...]  # config sections the stage reads (its fingerprint)
     inputs: tuple[tuple[str, str], ...] = ()  # (stage, artifact key) it consumes
+    # artifacts it consumes when the producing stage wrote them (the distill stage's kd_state, for a loss
+    # that carries it to QAT): in the fingerprint when present, so a new one re-runs the consumer
+    optional_inputs: tuple[tuple[str, str], ...] = ()
     train_config: Optional[str] = None  # the TrainConfig key ("distill.train") of a stage that trains
     command: bool = True  # has its own `edgekd <name>` subcommand (the gate's is the deploy-side gate)
     always: bool = False  # cheap verdict stages run every time
@@ -40,7 +43,8 @@ STAGES: tuple[StageSpec, ...] = (
               train_config="distill.train"),
     StageSpec("qat", "INT8 quantization-aware fine-tuning with KD",
               ("seed", "deterministic", "data", "student", "distill", "qat"),
-              (("teacher", "weights"), ("distill", "weights")), train_config="qat.train"),
+              (("teacher", "weights"), ("distill", "weights")), train_config="qat.train",
+              optional_inputs=(("distill", "kd_state"),)),
     StageSpec("export", "ONNX export (fp32 + int8 QDQ), onnxsim, parity checks",
               ("data", "teacher", "student", "export", "qat"),
               (("teacher", "weights"), ("distill", "weights"), ("qat", "weights"))),

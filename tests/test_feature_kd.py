@@ -306,6 +306,67 @@ def test_the_engine_returns_the_adapters_of_the_best_epoch_not_the_last(fmnist_s
     assert not torch.equal(kd.adapters[0].weight.detach(), after_epoch0["adapters.0.weight"])  # epoch 1 moved them
 
 
+def _scored_fit(fmnist_small, work: Path, scores: list[float], resume: bool = False, kill_at_step: int | None = None):
+    """FitNets for len(scores) epochs of 4 steps, epoch e scoring scores[e] on validation."""
+    student, teacher = _net(8, 0), _net(16, 1)
+    kd = KD_LOSSES.get("fitnets")(DistillConfig(loss="fitnets", features=FeatureKDConfig(pairs=["2=2"])))
+    sample = torch.from_numpy(fmnist_small.train.images[:2]).float() / 255.0
+    distiller = Distiller(student, teacher, kd, sample=sample)
+    train = BatchLoader(fmnist_small.train, 64, shuffle=True, augment=None, seed=7)
+    cfg = TrainConfig(epochs=len(scores), lr=0.05, amp="off", channels_last="off", max_steps_per_epoch=4,
+                      log_every=1000)
+    steps = 0
+
+    def step(model: nn.Module, b: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal steps
+        steps += 1
+        if steps == kill_at_step:
+            raise _Killed
+        return distiller.step(model, b)
+
+    def score(model: nn.Module) -> dict[str, float]:  # metrics.jsonl holds one line per finished epoch
+        return {"accuracy": scores[_done_epochs(work)], "loss": 0.0}
+
+    return fit(student, step, train, None, cfg, work_dir=work, device="cpu", seed=7, resume=resume,
+               eval_fn=score, meta={"fingerprint": "fitnets"}, aux=kd)
+
+
+def _done_epochs(work: Path) -> int:
+    return len((work / "metrics.jsonl").read_text().splitlines()) if (work / "metrics.jsonl").exists() else 0
+
+
+def test_a_resumed_fit_returns_the_best_epochs_adapters_from_the_checkpoint(fmnist_small, tmp_path) -> None:
+    straight = _scored_fit(fmnist_small, tmp_path / "straight", [0.9, 0.5, 0.4])
+    with pytest.raises(_Killed):  # killed in epoch 2: epochs 0 (best) and 1 are checkpointed
+        _scored_fit(fmnist_small, tmp_path / "resumed", [0.9, 0.5, 0.4], kill_at_step=10)
+    resumed = _scored_fit(fmnist_small, tmp_path / "resumed", [0.9, 0.5, 0.4], resume=True)
+    assert straight.best_epoch == resumed.best_epoch == 0
+    for k, v in straight.best_aux_state.items():
+        assert torch.equal(resumed.best_aux_state[k], v), k
+
+
+@pytest.mark.parametrize("scores, refused", [([0.9, 0.5, 0.4], True), ([0.5, 0.9, 0.4], False)])
+def test_a_checkpoint_without_the_best_epochs_adapters_resumes_only_when_exact(fmnist_small, tmp_path, scores,
+                                                                              refused) -> None:
+    """A checkpoint written before edgekd kept best_aux: its last aux is the best one only when its last
+    epoch was the best; otherwise resuming would pair the best student with other adapters."""
+    from edgekd.errors import CheckpointError
+
+    with pytest.raises(_Killed):
+        _scored_fit(fmnist_small, tmp_path, scores, kill_at_step=10)
+    ckpt_path = tmp_path / "checkpoint.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    del ckpt["best_aux"]
+    torch.save(ckpt, ckpt_path)
+    if refused:
+        with pytest.raises(CheckpointError, match="lacks the KD loss's state at its best epoch"):
+            _scored_fit(fmnist_small, tmp_path, scores, resume=True)
+    else:
+        result = _scored_fit(fmnist_small, tmp_path, scores, resume=True)
+        assert result.best_epoch == 1
+        assert torch.equal(result.best_aux_state["adapters.0.weight"], ckpt["aux"]["adapters.0.weight"])
+
+
 def _kd_state_ctx(tmp_path: Path, loss: str, pairs: list[str]):
     """What save/load_kd_state read of a stage context: the config, a manifest, the stage folders."""
     from types import SimpleNamespace
@@ -357,4 +418,4 @@ def test_qat_loads_the_adapters_distill_saved_onto_the_fake_quant_student(fmnist
     ctx.manifest.record_stage("distill", {})
     with pytest.raises(ArtifactError, match="saved no kd_state") as e:
         load_kd_state(ctx, fresh)
-    assert "--stages distill qat --force" in e.value.fix
+    assert "--stages distill,qat --force" in e.value.fix

@@ -57,6 +57,8 @@ def test_rslad_runs_through_qat_and_its_int8_file_is_measured(rslad_run: Path) -
     stages = manifest["stages"]
     assert stages["distill"]["metrics"]["loss"] == "rslad"
     assert stages["qat"]["metrics"]["epochs"] == 1  # QAT trained (with RSLAD: it reads distill.loss)
+    assert stages["qat"]["metrics"]["kd_state_from_distill"] is False and "kd_state" not in stages["distill"]["artifacts"]
+    assert set(stages["qat"]["inputs"]) == {"teacher.weights", "distill.weights"}
     assert (rslad_run / "model.int8.onnx").is_file()
     int8 = stages["check"]["metrics"]["models"]["student_int8"]
     assert int8["file"] == "model.int8.onnx" and 0.0 <= int8["accuracy"] <= 1.0
@@ -93,6 +95,8 @@ def test_fitnets_adapters_learned_in_distill_are_where_qat_starts(tmp_path: Path
     state = distill["artifacts"]["kd_state"]
     assert state["path"] == "stages/distill/kd_state.pt" and len(state["sha256"]) == 64
     assert qat["metrics"]["kd_state_from_distill"] is True
+    # in QAT's fingerprint: a new kd_state (distill re-run) re-runs QAT
+    assert qat["inputs"]["distill.kd_state"] == state["sha256"]
 
     import torch
     saved = torch.load(runs / "fit" / state["path"], weights_only=True)

@@ -56,7 +56,7 @@ def test_teacher_run_of_the_same_config_is_reused_with_its_accuracy(tmp_path):
     ({"seed": 1}, "seed: run 1"),
 ])
 def test_teacher_run_of_another_config_is_refused_naming_the_difference(tmp_path, change, named):
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(mb.BenchInputError) as e:
         mb.teacher_from_run(BASE, str(teacher_run(tmp_path, **change)))
     assert named in str(e.value) and "drop --teacher-run" in str(e.value)
 
@@ -64,27 +64,39 @@ def test_teacher_run_of_another_config_is_refused_naming_the_difference(tmp_path
 def test_teacher_run_whose_weights_changed_is_refused(tmp_path):
     run = teacher_run(tmp_path)
     (run / "stages" / "teacher" / "teacher.pt").write_bytes(b"other")
-    with pytest.raises(Exception, match="does not match its sha256"):
+    with pytest.raises(mb.BenchInputError, match="does not match its sha256"):
         mb.teacher_from_run(BASE, str(run))
+
+
+def test_a_missing_run_or_one_without_a_teacher_stage_is_named(tmp_path):
+    with pytest.raises(mb.BenchInputError, match="does not exist"):
+        mb.teacher_from_run(BASE, str(tmp_path / "nowhere"))
+    Manifest(tmp_path / "empty").save()
+    with pytest.raises(mb.BenchInputError, match="no finished teacher stage"):
+        mb.teacher_from_run(BASE, str(tmp_path / "empty"))
 
 
 def row(seed: int, clean: float) -> dict:
     return {**{k: 0.5 for k in mb.COLUMNS}, "clean": clean, "seed": seed}
 
 
-def write_table(out: Path, runs: dict, overrides: list[str], sha: str, seconds: float = 100.0) -> None:
-    a = SimpleNamespace(config=str(ROOT / "configs" / "fashion_mnist.yaml"), budget="default", seeds=[0, 1, 2],
+STUDENT = "mobilenet_v2 x0.5"
+
+
+def write_table(out: Path, runs: dict, overrides: list[str], sha: str, seconds: float = 100.0,
+                failures: list | None = None, student: str = STUDENT) -> None:
+    a = SimpleNamespace(config=str(ROOT / "configs" / "fashion_mnist.yaml"), budget="default", seeds=[0],
                         methods=list(runs))
     teacher = SimpleNamespace(arch="resnet18", val_accuracy=0.93)
-    mb.write(out, "methods", a, overrides, teacher, sha, runs, [], seconds, complete=False)
+    mb.write(out, "methods", a, overrides, teacher, sha, student, runs, failures or [], seconds, complete=False)
 
 
 def test_resume_keeps_every_measured_cell_and_the_earlier_wall_time(tmp_path):
     budget = mb.BUDGETS["default"]
     write_table(tmp_path, {"ce": [row(0, 0.91)], "hinton": [row(0, 0.92), row(1, 0.93)], "dkd": [row(0, 0.90)]},
                 budget, "abc", seconds=3600.0)
-    runs, seconds = mb.resumed(tmp_path / "methods.json", budget, "abc", ["ce", "hinton", "augmix_kd"])
-    assert seconds == 3600.0
+    runs, failures, seconds = mb.resumed(tmp_path / "methods.json", budget, "abc", STUDENT, ["ce", "hinton", "augmix_kd"])
+    assert seconds == 3600.0 and failures == []
     # the requested methods first; an earlier sitting's other method stays on the table
     assert list(runs) == ["ce", "hinton", "augmix_kd", "dkd"]
     assert [r["seed"] for r in runs["hinton"]] == [0, 1] and runs["augmix_kd"] == []
@@ -93,24 +105,93 @@ def test_resume_keeps_every_measured_cell_and_the_earlier_wall_time(tmp_path):
     assert "Incomplete" in (tmp_path / "methods.md").read_text()
 
 
-@pytest.mark.parametrize("overrides, sha", [(["data.train_subset=2000"], "abc"), (None, "another-teacher")])
-def test_resume_refuses_cells_of_another_budget_or_teacher(tmp_path, overrides, sha):
+@pytest.mark.parametrize("overrides, sha, student, named", [
+    (["data.train_subset=2000"], "abc", STUDENT, "another overrides"),
+    (None, "another-teacher", STUDENT, "another teacher sha256"),
+    (None, "abc", "mobilenet_v3_small x1.0", "another student"),
+])
+def test_resume_refuses_cells_of_another_budget_teacher_or_student(tmp_path, overrides, sha, student, named):
     budget = mb.BUDGETS["default"]
     write_table(tmp_path, {"ce": [row(0, 0.91)]}, budget, "abc")
-    with pytest.raises(SystemExit, match="other overrides or another teacher"):
-        mb.resumed(tmp_path / "methods.json", overrides or budget, sha, ["ce"])
+    with pytest.raises(mb.BenchInputError, match=named):
+        mb.resumed(tmp_path / "methods.json", overrides or budget, sha, student, ["ce"])
+
+
+def test_resume_refuses_a_table_written_before_resume_existed(tmp_path):
+    write_table(tmp_path, {"ce": [row(0, 0.91)]}, mb.BUDGETS["default"], "abc")
+    data = json.loads((tmp_path / "methods.json").read_text())
+    del data["meta"]["teacher_sha256"]
+    (tmp_path / "methods.json").write_text(json.dumps(data))
+    with pytest.raises(mb.BenchInputError, match="before --resume existed"):
+        mb.resumed(tmp_path / "methods.json", mb.BUDGETS["default"], "abc", STUDENT, ["ce"])
 
 
 def test_resume_without_a_table_starts_empty(tmp_path):
-    runs, seconds = mb.resumed(tmp_path / "methods.json", mb.BUDGETS["default"], "abc", ["ce", "hinton"])
-    assert runs == {"ce": [], "hinton": []} and seconds == 0.0
+    runs, failures, seconds = mb.resumed(tmp_path / "methods.json", mb.BUDGETS["default"], "abc", STUDENT, ["ce", "hinton"])
+    assert runs == {"ce": [], "hinton": []} and failures == [] and seconds == 0.0
+
+
+class FakeRun:
+    """What ``measure`` reads of a finished run: the check, distill and qat metrics."""
+
+    def __init__(self, clean: float) -> None:
+        rob = {"corruption": {"mean_accuracy": 0.7}, "calibration": {"ece": 0.02},
+               "ood": {"uniform": {"auroc_msp": 0.9}, "blobs": {"auroc_msp": 0.8}}}
+        self._m = {"check": {"models": {
+            "student_fp32": {"accuracy": clean, "robustness": {"adversarial": {"pgd": {mb.EPS_KEY: 0.2}}}},
+            "student_int8": {"accuracy": clean - 0.001, "robustness": rob}}},
+            "distill": {"train_seconds": 10.0}, "qat": {"train_seconds": 2.0}}
+
+    def metrics(self, stage: str) -> dict:
+        return self._m[stage]
+
+
+def test_a_second_sitting_runs_only_the_missing_requested_cells(tmp_path, monkeypatch):
+    """Sitting 1 measured ce/hinton seed 0, dkd seed 0, and hinton seed 1 failed. Sitting 2 asks ce and hinton
+    for seeds 0-1: only ce s1 and hinton s1 run (resumed), dkd is kept but not run, the old failure of
+    hinton s1 is replaced by its result, and the table's seeds are every sitting's."""
+    out = tmp_path / "results"
+    run_dir = teacher_run(tmp_path)
+    sha = mb.sha256_file(run_dir / "stages" / "teacher" / "teacher.pt")
+    write_table(out, {"ce": [row(0, 0.91)], "hinton": [row(0, 0.92)], "dkd": [row(0, 0.90)]}, mb.BUDGETS["default"],
+                sha, seconds=600.0, failures=[{"method": "hinton", "seed": 1, "error": "DivergenceError: x"}])
+    calls = []
+
+    def fake_run(config, overrides, out, resume):
+        name = next(o for o in overrides if o.startswith("name="))[5:]
+        calls.append((name, resume))
+        return FakeRun(0.95 if name.startswith("ce") else 0.93)
+
+    monkeypatch.setattr(mb.edgekd, "run", fake_run)
+    a = SimpleNamespace(config=str(ROOT / "configs" / "fashion_mnist.yaml"), budget="default", overrides=[],
+                        methods=["ce", "hinton"], seeds=[0, 1], runs=str(tmp_path / "runs"),
+                        teacher_run=str(run_dir), resume=True)
+    assert mb.measure_table(a, out, "methods") == 0
+    assert calls == [("ce_s1", True), ("hinton_s1", True)]
+    data = json.loads((out / "methods.json").read_text())
+    assert data["meta"]["methods"] == ["ce", "hinton", "dkd"] and data["meta"]["seeds"] == [0, 1]
+    assert data["meta"]["complete"] is True and data["meta"]["seconds"] >= 600.0
+    assert [r["seed"] for r in data["runs"]["hinton"]] == [0, 1] and data["failures"] == []
+    assert data["summary"]["ce"]["clean"][0] == pytest.approx((0.91 + 0.95) / 2)
+
+
+def test_the_cli_exits_2_with_one_line_for_a_bad_teacher_run(tmp_path):
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "methods.py"), "--teacher-run",
+                           str(tmp_path / "nowhere"), "--out", str(tmp_path), "--methods", "ce"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--teacher-run" in proc.stderr and "does not exist" in proc.stderr
 
 
 def test_beats_needs_more_than_the_larger_seed_std():
-    table = mb.summarize({"hinton": [row(0, 0.90), row(1, 0.92)], "dkd": [row(0, 0.93), row(1, 0.95)],
-                          "ce": [row(0, 0.92), row(1, 0.93)]})
-    # dkd: +0.03 mean, stds 0.014 -> beats; ce: +0.015 vs hinton's std 0.0141 -> beats barely
-    assert mb.beats(table, "dkd", "clean")
+    # hinton 0.91 ± 0.0141; ce's std 0.0071 is the smaller one
+    table = mb.summarize({"hinton": [row(0, 0.90), row(1, 0.92)], "ce": [row(0, 0.925), row(1, 0.935)]})
     assert table["hinton"]["clean"][1] == pytest.approx(0.0141421, rel=1e-5)
-    table["ce"]["clean"][0] = 0.9141  # +0.0141 < 0.01414: inside the spread
+    assert table["ce"]["clean"][1] == pytest.approx(0.0070711, rel=1e-5)
+    assert mb.beats(table, "ce", "clean")  # +0.02 > 0.0141
+    table["ce"]["clean"][0] = 0.92  # +0.01: above ce's own std, inside hinton's -> not a win
     assert not mb.beats(table, "ce", "clean")
+    table["ce"]["ece"], table["hinton"]["ece"] = [0.01, 0.001], [0.03, 0.001]  # lower is better for ECE
+    assert mb.beats(table, "ce", "ece") and not mb.beats(table, "hinton", "ece")

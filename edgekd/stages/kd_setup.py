@@ -83,6 +83,16 @@ def save_kd_state(ctx: StageContext, kd_loss: KDLoss, meta: dict) -> dict[str, P
     return {KD_STATE: save_weights(kd_loss, ctx.stage_dir("distill") / "kd_state.pt", meta)}
 
 
+def kd_state_path(ctx: StageContext, kd_loss: KDLoss) -> Path:
+    """The distill stage's verified ``kd_state`` file (a loss with ``carries_to_qat``); ArtifactError if absent."""
+    entry = ctx.manifest.stage("distill") or {}
+    if KD_STATE not in entry.get("artifacts", {}):
+        raise ArtifactError(f"this run's distill stage saved no {KD_STATE} for '{ctx.cfg.distill.loss}' "
+                            "(a run from before edgekd carried it to QAT)",
+                            "re-run the distill stage: edgekd run -c CONFIG --stages distill,qat --force")
+    return ctx.manifest.artifact("distill", KD_STATE)
+
+
 def load_kd_state(ctx: StageContext, kd_loss: KDLoss) -> bool:
     """Load the distill stage's learned state into the (bound) QAT loss; False when it has none to carry.
 
@@ -93,19 +103,14 @@ def load_kd_state(ctx: StageContext, kd_loss: KDLoss) -> bool:
 
     if not kd_loss.carries_to_qat:
         return False
-    entry = ctx.manifest.stage("distill") or {}
-    if KD_STATE not in entry.get("artifacts", {}):
-        raise ArtifactError(f"this run's distill stage saved no {KD_STATE} for '{ctx.cfg.distill.loss}' "
-                            "(a run from before edgekd carried it to QAT)",
-                            "re-run the distill stage: edgekd run --stages distill qat --force")
-    path = ctx.manifest.artifact("distill", KD_STATE)
+    path = kd_state_path(ctx, kd_loss)
     state, meta = read_weights_file(path)
     bound = {"loss": ctx.cfg.distill.loss, "student_layers": list(kd_loss.student_layers),
              "teacher_layers": list(kd_loss.teacher_layers)}
     learned = {k: meta.get(k) for k in bound}
     if learned != bound:
         raise ArtifactError(f"{path} was learned for {learned}, but QAT's loss is bound to {bound}",
-                            "re-run the distill stage with this config: edgekd run --stages distill qat --force")
+                            "re-run the distill stage with this config: edgekd run -c CONFIG --stages distill,qat --force")
     kd_loss.load_state_dict(state)
     return True
 

@@ -11,7 +11,7 @@ from ..quant import freeze_observers, prepare_qat
 from ..sensitivity_file import load_ranking
 from .base import StageContext, StageResult
 from .common import begin_training_stage, config_meta, device_of, load_student, loaders, save_weights, train_and_score
-from .kd_setup import build_distiller, kd_loss_for, kd_teacher, load_kd_state
+from .kd_setup import build_distiller, kd_loss_for, kd_state_path, kd_teacher, load_kd_state
 
 
 def keep_float_layers(qcfg: QATConfig) -> list[str]:
@@ -48,6 +48,8 @@ def run(ctx: StageContext) -> StageResult:
     # the distill stage's KD method (ARD/RSLAD too: their INT8 student is what the check stage measures);
     # FitNets adapters and the CTKD temperature continue from what distill learned (kd_state)
     kd_loss = kd_loss_for(ctx)
+    if kd_loss.carries_to_qat:
+        kd_state_path(ctx, kd_loss)  # missing or changed: refused before calibration, not after
     teacher = kd_teacher(ctx, device, kd_loss)
     qmodel = build_qat_student(ctx, calibrate=True)
     distiller = build_distiller(ctx, qmodel, teacher, kd_loss, device)

@@ -156,8 +156,24 @@ def _resume(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     if len(rngs) == world:
         restore_rng(rngs[rank])
     return _State(epoch=int(ckpt["epoch"]) + 1, global_step=int(ckpt["global_step"]), best_state=ckpt["best_state"],
-                  best_aux=ckpt.get("best_aux") or None, best_acc=float(ckpt["best_val_accuracy"]), best_epoch=int(ckpt["best_epoch"]),
+                  best_aux=_best_aux(path, ckpt, aux), best_acc=float(ckpt["best_val_accuracy"]), best_epoch=int(ckpt["best_epoch"]),
                   history=list(ckpt["history"]))
+
+
+def _best_aux(path: Path, ckpt: dict[str, Any], aux: torch.nn.Module | None) -> dict[str, torch.Tensor] | None:
+    """``aux`` at the checkpoint's best epoch. A checkpoint from before edgekd kept it has only the last
+    epoch's aux: exact when that epoch was the best, else refused (the best student would get other adapters)."""
+    if aux is None or not aux.state_dict():
+        return None
+    if "best_aux" in ckpt:
+        return ckpt["best_aux"] or None
+    if not getattr(aux, "carries_to_qat", True):  # only its last state is ever used (an EMA teacher)
+        return None
+    if int(ckpt["best_epoch"]) == int(ckpt["epoch"]):
+        return ckpt.get("aux") or None
+    raise CheckpointError(f"checkpoint {path} is from an older edgekd: it lacks the KD loss's state at its best "
+                          f"epoch ({ckpt['best_epoch']}), which the best student needs",
+                          resume_fix(path))
 
 
 def _prepare_work_dir(work_dir: Path, resume: bool, history: list[dict[str, Any]]) -> None:
