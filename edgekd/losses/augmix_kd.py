@@ -31,10 +31,16 @@ from .base import KDLoss, register_kd_loss
 
 
 def js_consistency(logits: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``1/V sum_v KL(q_v || M)``, M the mean of the q_v = softmax(logits_v); batch-averaged."""
-    probs = [F.softmax(z.float(), dim=1) for z in logits]
-    log_m = torch.clamp(torch.stack(probs).mean(0), 1e-7, 1.0).log()  # AugMix's clamp keeps log finite
-    return sum(F.kl_div(log_m, p, reduction="batchmean") for p in probs) / len(probs)
+    """``1/V sum_v KL(q_v || M)``, M the mean of the q_v = softmax(logits_v); batch-averaged.
+
+    Each KL takes log q_v from log_softmax (``log_target``): with q_v itself as the target, a class
+    whose probability underflows to 0 (a logit gap over ~100, early in training) gives a NaN gradient
+    (d/dq of q log q is log q + 1 = -inf, times dq/dz = 0), and one NaN step ruins the student.
+    """
+    log_probs = [F.log_softmax(z.float(), dim=1) for z in logits]
+    mean = torch.stack([lp.exp() for lp in log_probs]).mean(0)
+    log_m = torch.clamp(mean, 1e-7, 1.0).log()  # AugMix's clamp keeps log M finite
+    return sum(F.kl_div(log_m, lp, reduction="batchmean", log_target=True) for lp in log_probs) / len(log_probs)
 
 
 def augmix_view(x: torch.Tensor, ops: Sequence[str], width: int, max_severity: int,
