@@ -100,7 +100,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--budget", choices=list(BUDGETS), default="default",
                    help="default: the config's own schedules (~30 min a run on 2 cores); small: minutes a run")
     p.add_argument("--methods", nargs="+", default=KD_LOSSES.names(), choices=KD_LOSSES.names(),
-                   help="KD losses to compare (default: every registered one); ce and hinton are always added")
+                   help="KD losses to compare (default: every registered one), run in this order; ce and hinton "
+                        "are always added")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for every run (repeatable)")
@@ -112,7 +113,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--teacher-run", default=None, metavar="RUN",
                    help="use this run's verified teacher (same data and teacher config) instead of training one")
     a = p.parse_args()
-    a.methods = list(dict.fromkeys(["ce", "hinton", *a.methods]))
+    # the requested methods run first (within each seed), then the two references if not requested
+    a.methods = list(dict.fromkeys([*a.methods, "ce", "hinton"]))
     if len(a.seeds) < 3 and not a.render:
         print("[bench] note: fewer than 3 seeds; the std is not a meaningful spread", file=sys.stderr)
     return a
@@ -220,7 +222,8 @@ def render(data: dict[str, Any]) -> str:
     table, meta, failures = data["summary"], data["meta"], data["failures"]
     head = "| method | seeds | " + " | ".join(COLUMNS.values()) + " |\n|---|---|" + "---|" * len(COLUMNS) + "\n"
     lines = []
-    for method in meta["methods"]:
+    # the references first, then the methods in the order they were benchmarked
+    for method in sorted(meta["methods"], key=lambda m: (m not in ("ce", "hinton"), m != "ce")):
         if method not in table:
             lines.append(f"| {method} | 0 | " + " | ".join("failed" for _ in COLUMNS) + " |")
             continue
