@@ -156,7 +156,7 @@ class DistillConfig:
     loss: str = "hinton"  # KD loss: a name in the KD_LOSSES registry (hinton, ard, rslad, ce, ...)
     temperature: float = 4.0  # softmax temperature T of the soft targets (KD term scaled by T^2)
     alpha: float = 0.9  # weight of the KD term; 1 - alpha weighs the hard-label cross-entropy
-    cache_teacher_logits: bool = False  # only valid when augmentation is off
+    cache_teacher_logits: bool = False  # one teacher pass for all epochs; needs crop_padding 0 and hflip off (noise/corruption: student-only, allowed)
     robust: RobustKDConfig = field(default_factory=RobustKDConfig)
     features: FeatureKDConfig = field(default_factory=FeatureKDConfig)
     dkd: DKDConfig = field(default_factory=DKDConfig)

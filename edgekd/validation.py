@@ -183,10 +183,14 @@ def _validate_models_and_distill(cfg: "Config") -> None:
     at_least("distill.robust.beta", r.beta, 0.0)
     _validate_kd_methods(cfg)
     aug = cfg.data.augment
-    if ds.cache_teacher_logits and (aug.crop_padding or aug.hflip or aug.noise_std or aug.corruption_prob):
+    # the teacher's view must be fixed: crop/flip change it each epoch; noise/corruption (photometric)
+    # go to the student's view only, so the teacher's logits on the clean image still serve
+    if ds.cache_teacher_logits and (aug.crop_padding or aug.hflip):
         raise ConfigError(
-            "distill.cache_teacher_logits needs fixed inputs, but data.augment changes them each epoch",
-            "set data.augment.crop_padding=0, hflip=false, noise_std=0, corruption_prob=0, or turn caching off",
+            "distill.cache_teacher_logits needs the teacher's input fixed, but data.augment.crop_padding / hflip "
+            "change it each epoch",
+            "set data.augment.crop_padding=0 and hflip=false (noise_std and corruption_prob may stay: only the "
+            "student sees them), or turn caching off",
         )
     q = cfg.qat
     at_least("qat.freeze_observers_epoch", q.freeze_observers_epoch, 0)

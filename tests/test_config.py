@@ -51,12 +51,17 @@ def test_bad_values_are_rejected() -> None:
         config_from_dict({"stages": ["teacher", "deploy"]})
 
 
-def test_cached_teacher_logits_refuse_augmentation() -> None:
-    with pytest.raises(ConfigError, match="cache_teacher_logits"):
-        config_from_dict({"distill": {"cache_teacher_logits": True}})
+def test_cached_teacher_logits_refuse_geometric_augmentation_only() -> None:
+    """Crop/flip change the teacher's view (its cached logits would be stale); noise and corruptions go to
+    the student's view only, so they may run beside a cache."""
+    with pytest.raises(ConfigError, match="cache_teacher_logits.*crop_padding / hflip"):
+        config_from_dict({"distill": {"cache_teacher_logits": True}})  # the default augment crops and flips
     cfg = config_from_dict({"distill": {"cache_teacher_logits": True},
                             "data": {"augment": {"crop_padding": 0, "hflip": False}}})
     assert cfg.distill.cache_teacher_logits
+    cfg = config_from_dict({"distill": {"cache_teacher_logits": True}, "data": {"augment": {
+        "crop_padding": 0, "hflip": False, "corruption_prob": 0.5, "noise_std": 0.05}}})
+    assert cfg.distill.cache_teacher_logits and cfg.data.augment.corruption_prob == 0.5
 
 
 def test_overrides_parse_yaml_values_and_fractions() -> None:

@@ -201,3 +201,24 @@ def test_resume_with_the_student_view_is_exact(fmnist_small, tmp_path: Path) -> 
     resumed = _kd_fit(fmnist_small, work, resume=True, init_seed=99)  # other init: the weights come from disk
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_cached_logits_loader_gives_the_student_its_corrupted_view(fmnist_small) -> None:
+    """With cached teacher logits and a photometric augmentation, the distill stage's loader yields the clean
+    image (what the logits were computed on), the logits of exactly those images, and the student's view."""
+    from types import SimpleNamespace
+
+    from edgekd.config import config_from_dict
+    from edgekd.stages.distill import cached_train_loader
+
+    cfg = config_from_dict({"distill": {"cache_teacher_logits": True}, "data": {"batch_size": 32, "augment": {
+        "crop_padding": 0, "hflip": False, "corruption_prob": 1.0, "noise_std": 0.1}}})
+    ctx = SimpleNamespace(cfg=cfg, dataset=lambda: fmnist_small)
+    n = len(fmnist_small.train)
+    cached = torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 10)  # row i holds i: shows which image
+    loader = cached_train_loader(ctx, cached, torch.device("cpu"))
+    x, y, t, xs = next(iter(loader))
+    idx = t[:, 0].long()
+    clean = torch.from_numpy(fmnist_small.train.images[idx.numpy()]).float() / 255.0
+    assert torch.equal(x, clean) and torch.equal(y, torch.from_numpy(fmnist_small.train.labels[idx.numpy()]))
+    assert xs.shape == x.shape and (xs - x).abs().mean() > 0.01  # the student sees noise on top of a corruption

@@ -38,6 +38,20 @@ def cached_teacher_logits(teacher: torch.nn.Module, split: Any, batch_size: int,
     return gather_strided(local.clone(), len(split))  # clone: an inference tensor cannot be all-gathered into
 
 
+def cached_train_loader(ctx: StageContext, cached: torch.Tensor, device: torch.device) -> BatchLoader:
+    """The training loader beside cached teacher logits: ``(x, y, teacher_logits[, x_student])``.
+
+    ``x`` is the clean image the logits were computed on (the config check refuses crop/flip with a
+    cache); a photometric augmentation (noise / corruption, robust KD option (a)) goes to the student's
+    view ``x_student`` only, so it costs no teacher pass.
+    """
+    cfg = ctx.cfg
+    rank, world = rank_and_world()
+    return BatchLoader(ctx.dataset().train, cfg.data.batch_size, shuffle=True, augment=cfg.data.augment,
+                       seed=cfg.seed, rank=rank, world_size=world, extras=[cached], device=device,
+                       photometric="student", workers=cfg.data.workers)  # a streamed image folder decodes in workers
+
+
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.cfg
     device = begin_training_stage(ctx)
@@ -47,14 +61,11 @@ def run(ctx: StageContext) -> StageResult:
     distiller = build_distiller(ctx, student, teacher, kd_loss, device)
     train_loader = None
     if cfg.distill.cache_teacher_logits:
-        # Inputs are fixed (validated: no augmentation), so one teacher pass serves every epoch.
+        # The teacher's inputs are fixed (validated: no crop/flip), so one teacher pass serves every epoch.
         # The logits stay on the training device, next to the images the loader holds there.
-        bundle = ctx.dataset()
-        rank, world = rank_and_world()
-        cached = cached_teacher_logits(distiller.teacher, bundle.train, cfg.data.eval_batch_size, cfg.seed, device)
-        train_loader = BatchLoader(bundle.train, cfg.data.batch_size, shuffle=True, augment=None, seed=cfg.seed,
-                                   rank=rank, world_size=world, extras=[cached], device=device,
-                                   workers=cfg.data.workers)  # a streamed image folder decodes in workers
+        cached = cached_teacher_logits(distiller.teacher, ctx.dataset().train, cfg.data.eval_batch_size, cfg.seed,
+                                       device)
+        train_loader = cached_train_loader(ctx, cached, device)
         ctx.log(f"[edgekd] distill: cached teacher logits for {len(cached)} images")
     metrics = train_and_score(
         ctx, "distill", student, distiller.step, cfg.distill.train,
