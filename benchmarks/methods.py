@@ -9,7 +9,8 @@ export, check), measured by the check stage in onnxruntime on the test split:
 - PGD-20 at ε = 0.03: white-box on the FP32 student (as issue 13 measured it);
 - training time: distill + qat seconds.
 
-The ``ce`` row is the no-KD student. The markdown says which methods beat Hinton KD by more than the
+The ``ce`` row is the no-KD student; ``hinton_corrupt`` (``VARIANTS``) is Hinton KD with the student's input
+corrupted (robust KD option (a), at plain KD's cost: the cached logits are the teacher's on the clean image). The markdown says which methods beat Hinton KD by more than the
 seed std (``beats``: the mean difference, in the better direction, exceeds the larger of the two stds).
 Methods that need more than the base config (a second teacher for multi_teacher, an attack for ard/rslad)
 get it from ``EXTRAS``; a method whose run fails is a row that says so, never a silent gap.
@@ -67,6 +68,12 @@ BUDGETS: dict[str, list[str]] = {
         "check.robustness.images=100", "check.robustness.adversarial_images=50",
         "check.robustness.severities=[1,3,5]"],
 }
+# Rows that are a registered loss plus settings (not a loss of their own): name -> (loss, overrides).
+# hinton_corrupt is robust KD option (a): Hinton KD with the student's input corrupted (a random
+# corruption at severity <= 3 on half the batches; the teacher's cached logits are on the clean image).
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "hinton_corrupt": ("hinton", ["data.augment.corruption_prob=0.5", "data.augment.corruption_max_severity=3"]),
+}
 # Higher is better except ECE and training time.
 COLUMNS = {"clean": "clean acc (FP32)", "int8": "INT8 acc after QAT", "corruption_mean": "corruption mean (INT8)",
            f"pgd_{EPS_KEY}": f"PGD-20 ε={EPS} (FP32)", "ece": "ECE (INT8)", "ood_auroc": "OOD AUROC (INT8)",
@@ -99,7 +106,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--config", default=str(ROOT / "configs" / "fashion_mnist.yaml"))
     p.add_argument("--budget", choices=list(BUDGETS), default="default",
                    help="default: the config's own schedules (~30 min a run on 2 cores); small: minutes a run")
-    p.add_argument("--methods", nargs="+", default=KD_LOSSES.names(), choices=KD_LOSSES.names(),
+    p.add_argument("--methods", nargs="+", default=KD_LOSSES.names(), choices=KD_LOSSES.names() + list(VARIANTS),
                    help="KD losses to compare (default: every registered one), run in this order; ce and hinton "
                         "are always added")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -298,9 +305,10 @@ def measure_table(a: argparse.Namespace, out: Path, stem: str) -> int:
                 print(f"[bench] seed {seed} {method}: kept from {stem}.json", flush=True)
                 continue
             failures[:] = [f for f in failures if (f["method"], f["seed"]) != (method, seed)]  # tried again
-            overrides = common + [f"distill.loss={method}", f"seed={seed}", f"name={method}_s{seed}"]
+            loss, variant = VARIANTS.get(method, (method, []))
+            overrides = common + variant + [f"distill.loss={loss}", f"seed={seed}", f"name={method}_s{seed}"]
             try:
-                overrides += per_method[method]() if method in per_method else []
+                overrides += per_method[loss]() if loss in per_method else []
                 # resume: a cell killed in an earlier sitting continues from its last epoch checkpoint
                 run = edgekd.run(a.config, overrides=overrides, out=runs_dir, resume=a.resume)
                 runs[method].append({**measure(run), "seed": seed})

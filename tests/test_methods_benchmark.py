@@ -195,3 +195,23 @@ def test_beats_needs_more_than_the_larger_seed_std():
     assert not mb.beats(table, "ce", "clean")
     table["ce"]["ece"], table["hinton"]["ece"] = [0.01, 0.001], [0.03, 0.001]  # lower is better for ECE
     assert mb.beats(table, "ce", "ece") and not mb.beats(table, "hinton", "ece")
+
+
+def test_a_variant_row_runs_its_loss_with_its_settings_and_they_validate(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(config, overrides, out, resume):
+        seen[next(o for o in overrides if o.startswith("name="))[5:]] = overrides
+        return FakeRun(0.9)
+
+    monkeypatch.setattr(mb.edgekd, "run", fake_run)
+    a = SimpleNamespace(config=str(ROOT / "configs" / "fashion_mnist.yaml"), budget="default", overrides=[],
+                        methods=["hinton_corrupt"], seeds=[0], runs=str(tmp_path / "runs"),
+                        teacher_run=str(teacher_run(tmp_path)), resume=False)
+    assert mb.measure_table(a, tmp_path / "out", "methods") == 0
+    overrides = seen["hinton_corrupt_s0"]
+    assert "distill.loss=hinton" in overrides and "data.augment.corruption_prob=0.5" in overrides
+    cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", overrides)  # cached logits + student-only corruption
+    assert cfg.distill.cache_teacher_logits and cfg.data.augment.corruption_prob == 0.5
+    data = json.loads((tmp_path / "out" / "methods.json").read_text())
+    assert list(data["runs"]) == ["hinton_corrupt"]
