@@ -222,3 +222,28 @@ def test_cached_logits_loader_gives_the_student_its_corrupted_view(fmnist_small)
     clean = torch.from_numpy(fmnist_small.train.images[idx.numpy()]).float() / 255.0
     assert torch.equal(x, clean) and torch.equal(y, torch.from_numpy(fmnist_small.train.labels[idx.numpy()]))
     assert xs.shape == x.shape and (xs - x).abs().mean() > 0.01  # the student sees noise on top of a corruption
+
+
+def test_the_no_kd_baseline_runs_no_teacher_and_trains_as_before(kd_batch) -> None:
+    """``ce`` ignores the teacher's logits: its step runs no teacher pass (live or cached), and its loss and
+    gradients are plain cross-entropy on the student's view."""
+    from edgekd.losses import KD_LOSSES
+    from edgekd.config import DistillConfig
+
+    x, y, xs = kd_batch
+    student, teacher = _net(8, 0), _net(16, 1)
+    calls = _record_inputs(teacher)
+    ce = KD_LOSSES.get("ce")(DistillConfig(loss="ce"))
+    distiller = Distiller(student, teacher, ce).train()
+    cached = torch.randn(32, 10)
+    for batch in ((x, y, xs), (x, y, cached, xs), (x, y)):
+        student.zero_grad()
+        loss, logits = distiller.step(student, batch)
+        loss.backward()
+        got = [p.grad.clone() for p in student.parameters()]
+        student.zero_grad()
+        expected = torch.nn.functional.cross_entropy(student(batch[-1] if len(batch) > 2 else x), y)
+        expected.backward()
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+        assert all(torch.allclose(a, p.grad, rtol=1e-5, atol=0) for a, p in zip(got, student.parameters()))
+    assert calls == []

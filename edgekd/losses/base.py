@@ -62,6 +62,9 @@ class KDLoss(nn.Module):
     self_teacher: bool = False
     #: the QAT stage loads the distill stage's learned state (adapters, temperature) instead of starting afresh
     carries_to_qat: bool = False
+    #: False: ``forward`` ignores ``teacher_logits`` (the no-KD baseline), so no teacher pass runs for it
+    #: (the step passes an empty [B, 0] tensor, the distill stage caches nothing)
+    reads_teacher: bool = True
 
     @classmethod
     def from_config(cls, cfg: DistillConfig) -> "KDLoss":
@@ -183,7 +186,9 @@ class Distiller(nn.Module):
         assert len(rest) <= 1, f"a KD batch is (x, y[, teacher_logits][, x_student]), got {len(batch)} items"
         loss_fn = self.kd_loss
         loss_fn.before_step(self.student)
-        if rest and not loss_fn.teacher_layers:
+        if not loss_fn.reads_teacher:  # the no-KD baseline: no teacher pass for logits it ignores
+            t, t_feats = x.new_zeros((len(x), 0)), {}
+        elif rest and not loss_fn.teacher_layers:
             t, t_feats = rest[0].detach(), {}
         else:
             t, t_feats = self._teacher(x)

@@ -16,6 +16,8 @@ class CrossEntropyOnly(KDLoss):
     shows what distillation adds.
     """
 
+    reads_teacher = False  # neither the step nor the distill stage's cache runs the teacher for it
+
     def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.label_smoothing = float(label_smoothing)

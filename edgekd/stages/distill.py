@@ -60,7 +60,9 @@ def run(ctx: StageContext) -> StageResult:
     student = build_student(cfg.student, ctx.dataset()).to(device)
     distiller = build_distiller(ctx, student, teacher, kd_loss, device)
     train_loader = None
-    if cfg.distill.cache_teacher_logits:
+    if cfg.distill.cache_teacher_logits and not kd_loss.reads_teacher:
+        ctx.log(f"[edgekd] distill: '{cfg.distill.loss}' reads no teacher logits; none cached")
+    elif cfg.distill.cache_teacher_logits:
         # The teacher's inputs are fixed (validated: no crop/flip), so one teacher pass serves every epoch.
         # The logits stay on the training device, next to the images the loader holds there.
         cached = cached_teacher_logits(distiller.teacher, ctx.dataset().train, cfg.data.eval_batch_size, cfg.seed,
