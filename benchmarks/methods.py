@@ -231,8 +231,9 @@ def render(data: dict[str, Any]) -> str:
     lines = []
     # the references first, then the methods in the order they were benchmarked
     for method in sorted(meta["methods"], key=lambda m: (m not in ("ce", "hinton"), m != "ce")):
-        if method not in table:
-            lines.append(f"| {method} | 0 | " + " | ".join("failed" for _ in COLUMNS) + " |")
+        if method not in table:  # no seed measured: every try failed, or none ran yet
+            state = "failed" if any(f["method"] == method for f in failures) else "not run yet"
+            lines.append(f"| {method} | 0 | " + " | ".join(state for _ in COLUMNS) + " |")
             continue
         n = len(data["runs"][method])
         cells = [_cell(k, *table[method][k]) for k in COLUMNS]

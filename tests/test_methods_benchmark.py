@@ -215,3 +215,10 @@ def test_a_variant_row_runs_its_loss_with_its_settings_and_they_validate(tmp_pat
     assert cfg.distill.cache_teacher_logits and cfg.data.augment.corruption_prob == 0.5
     data = json.loads((tmp_path / "out" / "methods.json").read_text())
     assert list(data["runs"]) == ["hinton_corrupt"]
+
+
+def test_a_method_without_a_measured_seed_says_whether_it_failed_or_has_not_run(tmp_path):
+    write_table(tmp_path, {"ce": [row(0, 0.91)], "hinton": [], "augmix_kd": []}, mb.BUDGETS["default"], "abc",
+                failures=[{"method": "augmix_kd", "seed": 0, "error": "DivergenceError: x"}])
+    md = (tmp_path / "methods.md").read_text()
+    assert "| hinton | 0 | not run yet |" in md and "| augmix_kd | 0 | failed |" in md
