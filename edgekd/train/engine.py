@@ -7,7 +7,6 @@ crash cannot corrupt, exact resume, best-on-validation selection, progress and m
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,8 +16,8 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import (capture_rng, check_fits, check_meta, cpu_state, load_training_checkpoint, restore_rng, resume_fix,
-                         save_checkpoint)
+from .checkpoint import capture_rng, cpu_state, save_checkpoint
+from .loop_state import CHECKPOINT_NAME, METRICS_NAME, LoopState, prepare_work_dir, resume_from
 from ..config import TrainConfig
 from .distributed import (
     Precision,
@@ -34,9 +33,9 @@ from .distributed import (
     seed_everything,
     wrap_ddp,
 )
-from ..errors import CheckpointError, ConfigError, EdgekdError
+from ..errors import ConfigError, EdgekdError
 from ..faults import fault_point
-from ..io import append_jsonl, atomic_write_text
+from ..io import append_jsonl
 from ..progress import enabled as progress_enabled, is_quiet
 from .optim import build_optimizer, build_schedule
 
@@ -45,7 +44,6 @@ __all__ = ["FitResult", "Precision", "evaluate", "fit", "make_criterion", "resol
 
 StepFn = Callable[[torch.nn.Module, tuple], tuple[torch.Tensor, "torch.Tensor | None"]]
 Hook = Callable[[int, torch.nn.Module], None]
-CHECKPOINT_NAME, METRICS_NAME = "checkpoint.pt", "metrics.jsonl"
 
 
 @dataclass
@@ -123,75 +121,6 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-@dataclass
-class _State:
-    """Loop state that a checkpoint carries across processes."""
-
-    epoch: int = 0  # next epoch to run
-    global_step: int = 0
-    best_state: dict[str, torch.Tensor] | None = None
-    best_aux: dict[str, torch.Tensor] | None = None
-    best_acc: float = -1.0
-    best_epoch: int = -1
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _resume(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
-            meta: dict[str, Any], rank: int, world: int, aux: torch.nn.Module | None = None) -> _State:
-    """Load ``path`` into model/optimizer/scaler/RNG; raise CheckpointError when it does not belong here."""
-    ckpt = load_training_checkpoint(path)
-    check_meta(path, ckpt.get("meta", {}), meta)
-    check_fits(model, ckpt["model"], f"checkpoint {path}", resume_fix(path))
-    try:
-        model.load_state_dict(ckpt["model"])
-        if aux is not None:
-            aux.load_state_dict(ckpt.get("aux", {}))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"checkpoint {path} does not fit this model/optimizer ({e})",
-                              f"delete {path} to start this stage over, or run without --resume") from None
-    rngs = ckpt.get("rng", [])
-    if len(rngs) == world:
-        restore_rng(rngs[rank])
-    return _State(epoch=int(ckpt["epoch"]) + 1, global_step=int(ckpt["global_step"]), best_state=ckpt["best_state"],
-                  best_aux=_best_aux(path, ckpt, aux), best_acc=float(ckpt["best_val_accuracy"]), best_epoch=int(ckpt["best_epoch"]),
-                  history=list(ckpt["history"]))
-
-
-def _best_aux(path: Path, ckpt: dict[str, Any], aux: torch.nn.Module | None) -> dict[str, torch.Tensor] | None:
-    """``aux`` at the checkpoint's best epoch. A checkpoint from before edgekd kept it has only the last
-    epoch's aux: exact when that epoch was the best, else refused (the best student would get other adapters)."""
-    if aux is None or not aux.state_dict():
-        return None
-    if "best_aux" in ckpt:
-        return ckpt["best_aux"] or None
-    if not getattr(aux, "carries_to_qat", True):  # only its last state is ever used (an EMA teacher)
-        return None
-    if int(ckpt["best_epoch"]) == int(ckpt["epoch"]):
-        return ckpt.get("aux") or None
-    raise CheckpointError(f"checkpoint {path} is from an older edgekd: it lacks the KD loss's state at its best "
-                          f"epoch ({ckpt['best_epoch']}), which the best student needs",
-                          resume_fix(path))
-
-
-def _prepare_work_dir(work_dir: Path, resume: bool, history: list[dict[str, Any]]) -> None:
-    """Rank 0: drop temp files of a killed save; a fresh run drops the old checkpoint and metrics,
-    a resumed run rewrites metrics.jsonl from the checkpoint (lines past it were never checkpointed)."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    for stale in work_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):
-        stale.unlink()
-    if not resume:
-        (work_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
-    lines = "".join(_json_line(r) for r in history) if resume else ""
-    atomic_write_text(work_dir / METRICS_NAME, lines)
-
-
-def _json_line(record: dict[str, Any]) -> str:
-    return json.dumps(record, sort_keys=True, default=str) + "\n"
-
-
 def fit(
     model: torch.nn.Module,
     step_fn: StepFn,
@@ -258,15 +187,15 @@ def fit(
                  "world_size": dctx.world_size}
 
     ckpt_path = work_dir / CHECKPOINT_NAME
-    state = _State()
+    state = LoopState()
     if resume and ckpt_path.exists():
-        state = _resume(ckpt_path, model, optimizer, scaler, full_meta, dctx.rank, dctx.world_size, aux)
+        state = resume_from(ckpt_path, model, optimizer, scaler, full_meta, dctx.rank, dctx.world_size, aux)
         if dctx.is_main:
             _log(f"[edgekd] {desc}: resumed from {ckpt_path} at epoch {state.epoch}/{cfg.epochs}")
     elif resume and dctx.is_main:
         _log(f"[edgekd] {desc}: no checkpoint in {work_dir}, starting from epoch 0")
     if dctx.is_main:
-        _prepare_work_dir(work_dir, resume, state.history)
+        prepare_work_dir(work_dir, resume, state.history)
     ddp_model = wrap_ddp(model, device)
     if aux is not None and dctx.world_size > 1:
         _sync_over_ranks(aux)  # what DDP does for the model: rank 0's start state, averaged gradients
@@ -322,7 +251,7 @@ def fit(
 
 
 def _train_epoch(model, step_fn, loader, optimizer, schedule, scaler, precision, cfg, device, channels_last,
-                 state: _State, steps: int, epoch: int, desc: str, is_main: bool) -> dict[str, Any]:
+                 state: LoopState, steps: int, epoch: int, desc: str, is_main: bool) -> dict[str, Any]:
     """One epoch of optimizer steps; returns the epoch's train metrics (reduced over ranks)."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
