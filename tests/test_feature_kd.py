@@ -138,14 +138,18 @@ class _Killed(Exception):
     pass
 
 
-def _fitnets_fit(fmnist_small, work: Path, resume: bool, kill_at_step: int | None = None):
+def _fitnets_fit(fmnist_small, work: Path, resume: bool, kill_at_step: int | None = None,
+                 scores: list[float] | None = None):
+    """FitNets through the engine, 4 steps an epoch: 2 epochs scored on validation, or, with ``scores``,
+    len(scores) epochs where epoch e scores scores[e]."""
     student, teacher = _net(8, 0), _net(16, 1)
     kd = KD_LOSSES.get("fitnets")(DistillConfig(loss="fitnets", features=FeatureKDConfig(pairs=["2=2"])))
     sample = torch.from_numpy(fmnist_small.train.images[:2]).float() / 255.0
     distiller = Distiller(student, teacher, kd, sample=sample)
     train = BatchLoader(fmnist_small.train, 64, shuffle=True, augment=None, seed=7)
-    val = BatchLoader(fmnist_small.val, 250, shuffle=False)
-    cfg = TrainConfig(epochs=2, lr=0.05, amp="off", channels_last="off", max_steps_per_epoch=4, log_every=1000)
+    val = None if scores else BatchLoader(fmnist_small.val, 250, shuffle=False)
+    cfg = TrainConfig(epochs=len(scores) if scores else 2, lr=0.05, amp="off", channels_last="off",
+                      max_steps_per_epoch=4, log_every=1000)
     steps = 0
 
     def step(model: nn.Module, b: tuple) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,8 +159,11 @@ def _fitnets_fit(fmnist_small, work: Path, resume: bool, kill_at_step: int | Non
             raise _Killed
         return distiller.step(model, b)
 
+    def score(model: nn.Module) -> dict[str, float]:  # metrics.jsonl holds one line per finished epoch
+        return {"accuracy": scores[_done_epochs(work)], "loss": 0.0}
+
     result = fit(student, step, train, val, cfg, work_dir=work, device="cpu", seed=7, resume=resume,
-                 desc="kd", meta={"fingerprint": "fitnets"}, aux=kd)
+                 desc="kd", meta={"fingerprint": "fitnets"}, aux=kd, eval_fn=score if scores else None)
     return student, kd, result
 
 
@@ -307,28 +314,8 @@ def test_the_engine_returns_the_adapters_of_the_best_epoch_not_the_last(fmnist_s
 
 
 def _scored_fit(fmnist_small, work: Path, scores: list[float], resume: bool = False, kill_at_step: int | None = None):
-    """FitNets for len(scores) epochs of 4 steps, epoch e scoring scores[e] on validation."""
-    student, teacher = _net(8, 0), _net(16, 1)
-    kd = KD_LOSSES.get("fitnets")(DistillConfig(loss="fitnets", features=FeatureKDConfig(pairs=["2=2"])))
-    sample = torch.from_numpy(fmnist_small.train.images[:2]).float() / 255.0
-    distiller = Distiller(student, teacher, kd, sample=sample)
-    train = BatchLoader(fmnist_small.train, 64, shuffle=True, augment=None, seed=7)
-    cfg = TrainConfig(epochs=len(scores), lr=0.05, amp="off", channels_last="off", max_steps_per_epoch=4,
-                      log_every=1000)
-    steps = 0
-
-    def step(model: nn.Module, b: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal steps
-        steps += 1
-        if steps == kill_at_step:
-            raise _Killed
-        return distiller.step(model, b)
-
-    def score(model: nn.Module) -> dict[str, float]:  # metrics.jsonl holds one line per finished epoch
-        return {"accuracy": scores[_done_epochs(work)], "loss": 0.0}
-
-    return fit(student, step, train, None, cfg, work_dir=work, device="cpu", seed=7, resume=resume,
-               eval_fn=score, meta={"fingerprint": "fitnets"}, aux=kd)
+    """The engine's result of :func:`_fitnets_fit` with epoch e scoring scores[e] on validation."""
+    return _fitnets_fit(fmnist_small, work, resume, kill_at_step, scores=scores)[2]
 
 
 def _done_epochs(work: Path) -> int:
