@@ -83,7 +83,7 @@ def save_kd_state(ctx: StageContext, kd_loss: KDLoss, meta: dict) -> dict[str, P
     return {KD_STATE: save_weights(kd_loss, ctx.stage_dir("distill") / "kd_state.pt", meta)}
 
 
-def kd_state_path(ctx: StageContext, kd_loss: KDLoss) -> Path:
+def kd_state_path(ctx: StageContext) -> Path:
     """The distill stage's verified ``kd_state`` file (a loss with ``carries_to_qat``); ArtifactError if absent."""
     entry = ctx.manifest.stage("distill") or {}
     if KD_STATE not in entry.get("artifacts", {}):
@@ -103,7 +103,7 @@ def load_kd_state(ctx: StageContext, kd_loss: KDLoss) -> bool:
 
     if not kd_loss.carries_to_qat:
         return False
-    path = kd_state_path(ctx, kd_loss)
+    path = kd_state_path(ctx)
     state, meta = read_weights_file(path)
     bound = {"loss": ctx.cfg.distill.loss, "student_layers": list(kd_loss.student_layers),
              "teacher_layers": list(kd_loss.teacher_layers)}

@@ -49,7 +49,7 @@ def run(ctx: StageContext) -> StageResult:
     # FitNets adapters and the CTKD temperature continue from what distill learned (kd_state)
     kd_loss = kd_loss_for(ctx)
     if kd_loss.carries_to_qat:
-        kd_state_path(ctx, kd_loss)  # missing or changed: refused before calibration, not after
+        kd_state_path(ctx)  # missing or changed: refused before calibration, not after
     teacher = kd_teacher(ctx, device, kd_loss)
     qmodel = build_qat_student(ctx, calibrate=True)
     distiller = build_distiller(ctx, qmodel, teacher, kd_loss, device)

@@ -48,7 +48,7 @@ def resume_from(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
             scaler.load_state_dict(ckpt["scaler"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"checkpoint {path} does not fit this model/optimizer ({e})",
-                              f"delete {path} to start this stage over, or run without --resume") from None
+                              resume_fix(path)) from None
     rngs = ckpt.get("rng", [])
     if len(rngs) == world:
         restore_rng(rngs[rank])
