@@ -251,3 +251,31 @@ def test_gate_section_shows_this_runs_budgets(run_dir):
     gate = md.split("## Gate", 1)[1].split("\n## ", 1)[0]
     assert "Budgets from this run's config" in gate and "0.75" in gate and "0.42" in gate
     assert "max_latency_ms" not in gate  # unset budgets are not shown
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]  # PNG signature, IHDR length and type, then width and height (big-endian)
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+@pytest.mark.parametrize("k", [10, 100, 1000])
+def test_class_plots_stay_drawable_at_many_classes(tmp_path: Path, k: int) -> None:
+    """A figure sized by the class count with k² printed counts was ~30 s and 1 MB a model at 100 classes
+    (and too large for matplotlib at 1000): past LABELLED_CLASSES the plots keep a fixed size."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from edgekd.deploy.report import plots
+
+    rng = np.random.default_rng(0)
+    cm = np.diag(rng.integers(5, 10, k)) + (rng.random((k, k)) < 0.02)
+    per_class = [None if c == 0 else float(rng.random()) for c in range(k)]  # an absent class has no accuracy
+    labels = [f"class{c}" for c in range(k)]
+    conf = plots.confusion("student_int8", cm.tolist(), labels, tmp_path / "confusion.png")
+    bars = plots.per_class_accuracy({"student_int8": {"per_class_accuracy": per_class}}, labels, tmp_path / "pc.png")
+    for png in (conf, bars):
+        w, h = _png_size(png)
+        assert 0 < w <= 2000 and 0 < h <= 1200, (png.name, w, h)
+    if k <= plots.LABELLED_CLASSES:  # small: one count per cell, so the figure grows with k
+        assert _png_size(conf)[0] > 500

@@ -14,6 +14,8 @@ import numpy as np
 from ...io import atomic_path
 from .doc import latency_entry, ordered_models
 
+# more classes than this: no per-cell counts or class-name ticks (they stop being readable), fixed-size figures
+LABELLED_CLASSES = 30
 NO_MATPLOTLIB = "matplotlib is not installed, so this report has no plots (pip install matplotlib, then edgekd report RUN_DIR)."
 
 
@@ -55,22 +57,45 @@ def per_class_accuracy(models: dict[str, Any], labels: list[str], path: Path) ->
     k = max(len(models[n]["per_class_accuracy"]) for n in names)
     labels = (list(labels) + [str(i) for i in range(len(labels), k)])[:k]
     x, width = np.arange(k), 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * k), 4))
+    # grouped bars up to LABELLED_CLASSES; beyond, one line per model over the class index in a figure of
+    # fixed width (bars 0.7 in a class wide make a 70-inch PNG at 100 classes, too large to draw at 1000)
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * k), 4) if k <= LABELLED_CLASSES else (12, 4))
     for i, n in enumerate(names):
-        acc = np.asarray(models[n]["per_class_accuracy"], dtype=float)
-        ax.bar(x[:len(acc)] + i * width, 100 * acc, width, label=n)
-    ax.set_xticks(x + width * (len(names) - 1) / 2, labels, rotation=45, ha="right")
+        acc = np.asarray(models[n]["per_class_accuracy"], dtype=float)  # None (class absent) -> nan: a gap
+        if k <= LABELLED_CLASSES:
+            ax.bar(x[:len(acc)] + i * width, 100 * acc, width, label=n)
+        else:
+            ax.plot(x[:len(acc)], 100 * acc, marker=".", linewidth=0.8, label=n)
+    if k <= LABELLED_CLASSES:
+        ax.set_xticks(x + width * (len(names) - 1) / 2, labels, rotation=45, ha="right")
+    else:
+        ax.set_xlabel(f"class index (0-{k - 1}; names in the manifest's labels)")
     ax.set_ylabel("accuracy (%)")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
 def confusion(name: str, matrix: list[list[int]], labels: list[str], path: Path) -> Path:
+    """Counts in every cell up to ``LABELLED_CLASSES`` classes; beyond, the row-normalized matrix as a heat map.
+
+    A figure that grows with the class count and writes k² numbers took ~30 s and 1 MB a model at 100
+    classes (unreadable, and far too large to draw at 1000); the counts stay in the manifest.
+    """
     import matplotlib.pyplot as plt
 
     m = np.asarray(matrix, dtype=float)
     k = m.shape[0]
     labels = (list(labels) + [str(i) for i in range(len(labels), k)])[:k]
+    if k > LABELLED_CLASSES:
+        rows = m.sum(axis=1, keepdims=True)
+        share = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)  # a class absent from the test set: 0
+        fig, ax = plt.subplots(figsize=(8, 7))
+        im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+        fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
+        ax.set_xlabel("predicted class index")
+        ax.set_ylabel("true class index")
+        ax.set_title(f"{name} ({k} classes, row-normalized; counts in the manifest)")
+        return _save(fig, path)
     fig, ax = plt.subplots(figsize=(0.6 * k + 2, 0.6 * k + 1.5))
     ax.imshow(m, cmap="Blues")
     for i in range(k):
