@@ -59,14 +59,15 @@ def per_class_accuracy(models: dict[str, Any], labels: list[str], path: Path) ->
     x, width = np.arange(k), 0.8 / len(names)
     # grouped bars up to LABELLED_CLASSES; beyond, one line per model over the class index in a figure of
     # fixed width (bars 0.7 in a class wide make a 70-inch PNG at 100 classes, too large to draw at 1000)
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * k), 4) if k <= LABELLED_CLASSES else (12, 4))
+    labelled = k <= LABELLED_CLASSES
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * k), 4) if labelled else (12, 4))
     for i, n in enumerate(names):
         acc = np.asarray(models[n]["per_class_accuracy"], dtype=float)  # None (class absent) -> nan: a gap
-        if k <= LABELLED_CLASSES:
+        if labelled:
             ax.bar(x[:len(acc)] + i * width, 100 * acc, width, label=n)
         else:
             ax.plot(x[:len(acc)], 100 * acc, marker=".", linewidth=0.8, label=n)
-    if k <= LABELLED_CLASSES:
+    if labelled:
         ax.set_xticks(x + width * (len(names) - 1) / 2, labels, rotation=45, ha="right")
     else:
         ax.set_xlabel(f"class index (0-{k - 1}; names in the manifest's labels)")
