@@ -241,6 +241,9 @@ def test_killed_mid_epoch_then_resumed_is_bitwise_equal_to_straight_run(tmp_path
     assert all(torch.equal(r_str.best_state[k], r_res.best_state[k]) for k in r_str.best_state)
     assert [h["val_accuracy"] for h in r_res.history] == [h["val_accuracy"] for h in r_str.history]
     assert [json.loads(s)["epoch"] for s in (crashed / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    # the training time counts the killed process's epoch too, not only this sitting's
+    assert ckpt["elapsed_seconds"] >= ckpt["history"][0]["seconds"] > 0
+    assert r_res.seconds >= ckpt["elapsed_seconds"] + r_res.history[1]["seconds"]
 
 
 @requires_fmnist

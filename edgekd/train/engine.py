@@ -54,7 +54,7 @@ class FitResult:
     best_val_accuracy: float
     best_epoch: int
     history: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the whole fit, over every sitting a resume continued
     best_aux_state: dict[str, torch.Tensor] | None = None  # ``aux`` as it was at best_epoch (None: no aux)
 
 
@@ -232,7 +232,7 @@ def fit(
                 "epoch": epoch, "global_step": state.global_step, "best_state": state.best_state,
                 "best_aux": state.best_aux or {},
                 "best_val_accuracy": state.best_acc, "best_epoch": state.best_epoch, "history": state.history,
-                "rng": rngs, "meta": full_meta,
+                "elapsed_seconds": state.elapsed + time.perf_counter() - t_start, "rng": rngs, "meta": full_meta,
             })
         if dctx.is_main:
             append_jsonl(work_dir / METRICS_NAME, record)
@@ -247,7 +247,8 @@ def fit(
         state.best_state, state.best_acc = cpu_state(model), float(val["accuracy"])
         state.best_aux = cpu_state(aux) if aux is not None else None
     return FitResult(best_state=state.best_state, best_val_accuracy=state.best_acc, best_epoch=state.best_epoch,
-                     history=state.history, seconds=time.perf_counter() - t_start, best_aux_state=state.best_aux)
+                     history=state.history, seconds=state.elapsed + time.perf_counter() - t_start,
+                     best_aux_state=state.best_aux)
 
 
 def _train_epoch(model, step_fn, loader, optimizer, schedule, scaler, precision, cfg, device, channels_last,

@@ -31,6 +31,9 @@ class LoopState:
     best_acc: float = -1.0
     best_epoch: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
+    # wall seconds that earlier processes spent in this fit up to the checkpoint: a resumed stage's
+    # train_seconds is the whole training time, not only the last sitting's
+    elapsed: float = 0.0
 
 
 def resume_from(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
@@ -54,7 +57,14 @@ def resume_from(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
         restore_rng(rngs[rank])
     return LoopState(epoch=int(ckpt["epoch"]) + 1, global_step=int(ckpt["global_step"]), best_state=ckpt["best_state"],
                      best_aux=best_aux_from(path, ckpt, aux), best_acc=float(ckpt["best_val_accuracy"]),
-                     best_epoch=int(ckpt["best_epoch"]), history=list(ckpt["history"]))
+                     best_epoch=int(ckpt["best_epoch"]), history=list(ckpt["history"]),
+                     elapsed=float(ckpt.get("elapsed_seconds", _epoch_seconds(ckpt["history"]))))
+
+
+def _epoch_seconds(history: list[dict[str, Any]]) -> float:
+    """A checkpoint from before edgekd kept the elapsed time: the restored epochs' training seconds
+    (their validation passes uncounted), still far closer than counting none of them."""
+    return float(sum(h.get("seconds", 0.0) for h in history))
 
 
 def best_aux_from(path: Path, ckpt: dict[str, Any], aux: torch.nn.Module | None) -> dict[str, torch.Tensor] | None:
