@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 EDGEKD := $(VENV)/bin/edgekd
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 CONFIG ?= configs/fashion_mnist.yaml
+JOBS   ?= logical  # pytest-xdist workers: one per CPU (make test JOBS=1 runs in one process)
 ARGS   ?=
 
 .PHONY: setup data run test bench smoke clean help
@@ -38,7 +39,7 @@ smoke: setup
 	$(EDGEKD) run --config configs/smoke.yaml $(ARGS)
 
 test: setup
-	$(PY) -m pytest -q --durations=25 $(ARGS)  # the slowest tests listed: keeps the 20-minute budget in sight
+	$(PY) -m pytest -q -n $(JOBS) --dist loadfile --durations=25 $(ARGS)  # 25 slowest listed: the 20-minute budget in sight
 
 bench: setup
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,dev,bench]'

@@ -7,11 +7,19 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-import pytest
+# `make test` runs one pytest-xdist worker per CPU. Each worker, and every run it starts in a subprocess
+# (they inherit the environment), then gets one OpenMP thread: two workers with a full thread pool each
+# oversubscribe the cores, and spinning OpenMP threads make small batches several times slower. Set here,
+# before numpy or torch is imported. A thread count the caller sets wins; `.ci/run`'s second pass (no xdist)
+# keeps the multi-threaded kernels covered.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from edgekd.config import DataConfig
-from edgekd.data import DatasetBundle, build_dataset
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from edgekd.config import DataConfig  # noqa: E402  (after the thread setting above)
+from edgekd.data import DatasetBundle, build_dataset  # noqa: E402
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
