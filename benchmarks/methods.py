@@ -240,8 +240,8 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"| {method}{' (no KD)' if method == 'ce' else ''} | {n} | " + " | ".join(cells) + " |")
     out = [head + "\n".join(lines) + "\n"]
     if not meta.get("complete", True):
-        out.append("**Incomplete: the benchmark stopped before every run finished; the seeds column says how many "
-                   "ran per method.**\n")
+        out.append("**Incomplete: not every method has run every seed yet; the seeds column says how many ran "
+                   "per method.**\n")
     out.append(f"Budget: **{meta['budget']}**{' (REDUCED: not the default budget)' if meta['budget'] != 'default' else ''}; "
                f"overrides {meta['overrides']}. Mean ± std over seeds {meta['seeds']} (sample std). Same teacher "
                f"({meta['teacher']}, trained once, val {100 * meta['teacher_val_accuracy']:.2f} %), student "
@@ -331,10 +331,20 @@ def write(out: Path, stem: str, a: argparse.Namespace, budget: list[str], teache
     """JSON + markdown of the runs so far (every sitting's); returns the markdown."""
     from edgekd.environment import cpu_info
 
-    seeds = sorted({int(r["seed"]) for rows in runs.values() for r in rows if "seed" in r} | set(a.seeds))
+    seeds = sorted({int(r["seed"]) for rows in runs.values() for r in rows if "seed" in r} | set(a.seeds)
+                   | {int(f["seed"]) for f in failures})
+    # complete = every method of the table has a result (or a recorded failure) for every seed of the table,
+    # not only "this sitting finished": a sitting that ran two methods must not mark a third one's empty row done
+    done = {(m, int(r["seed"])) for m, rows in runs.items() for r in rows} | {(f["method"], f["seed"]) for f in failures}
+    complete = complete and all((m, s) in done for m in runs for s in seeds)
     meta = {"budget": a.budget, "overrides": budget, "seeds": seeds, "methods": list(runs), "complete": complete,
             "student": student, "teacher": teacher.arch,
             "teacher_val_accuracy": teacher.val_accuracy, "teacher_sha256": teacher_sha, "seconds": seconds, "cpu": cpu_info()["model"]}
+    earlier = out / f"{stem}.json"
+    if earlier.exists():  # hand-made corrections of measured cells (with why) stay with the table
+        corrections = json.loads(earlier.read_text()).get("meta", {}).get("corrections")
+        if corrections:
+            meta["corrections"] = corrections
     data = {"meta": meta, "runs": runs, "summary": summarize(runs), "failures": failures}
     atomic_write_json(out / f"{stem}.json", data)
     text = render(data)

@@ -170,7 +170,9 @@ def test_a_second_sitting_runs_only_the_missing_requested_cells(tmp_path, monkey
     assert calls == [("ce_s1", True), ("hinton_s1", True)]
     data = json.loads((out / "methods.json").read_text())
     assert data["meta"]["methods"] == ["ce", "hinton", "dkd"] and data["meta"]["seeds"] == [0, 1]
-    assert data["meta"]["complete"] is True and data["meta"]["seconds"] >= 600.0
+    assert data["meta"]["seconds"] >= 600.0
+    # this sitting finished, but dkd has no seed 1: the table is not complete, and its markdown says so
+    assert data["meta"]["complete"] is False and "Incomplete" in (out / "methods.md").read_text()
     assert [r["seed"] for r in data["runs"]["hinton"]] == [0, 1] and data["failures"] == []
     assert data["summary"]["ce"]["clean"][0] == pytest.approx((0.91 + 0.95) / 2)
 
@@ -222,3 +224,29 @@ def test_a_method_without_a_measured_seed_says_whether_it_failed_or_has_not_run(
                 failures=[{"method": "augmix_kd", "seed": 0, "error": "DivergenceError: x"}])
     md = (tmp_path / "methods.md").read_text()
     assert "| hinton | 0 | not run yet |" in md and "| augmix_kd | 0 | failed |" in md
+
+
+def test_a_table_is_complete_only_with_every_seed_of_every_method(tmp_path, monkeypatch):
+    """A sitting that fills the last missing cell marks the table complete; a failed cell counts as tried.
+    A correction recorded by hand in the JSON's meta survives the next sitting."""
+    out = tmp_path / "results"
+    run_dir = teacher_run(tmp_path)
+    sha = mb.sha256_file(run_dir / "stages" / "teacher" / "teacher.pt")
+    write_table(out, {"ce": [row(0, 0.91), row(1, 0.9)], "hinton": [row(0, 0.92)]}, mb.BUDGETS["default"], sha,
+                failures=[{"method": "hinton", "seed": 2, "error": "DivergenceError: x"}])
+    data = json.loads((out / "methods.json").read_text())
+    data["meta"]["corrections"] = ["ce seed 1: a note"]
+    (out / "methods.json").write_text(json.dumps(data))
+    monkeypatch.setattr(mb.edgekd, "run", lambda config, overrides, out, resume: FakeRun(0.93))
+    a = SimpleNamespace(config=str(ROOT / "configs" / "fashion_mnist.yaml"), budget="default", overrides=[],
+                        methods=["hinton"], seeds=[1], runs=str(tmp_path / "runs"), teacher_run=str(run_dir),
+                        resume=True)
+    assert mb.measure_table(a, out, "methods") == 0
+    data = json.loads((out / "methods.json").read_text())
+    assert data["meta"]["seeds"] == [0, 1, 2]
+    assert data["meta"]["complete"] is False  # ce has no seed 2
+    assert data["meta"]["corrections"] == ["ce seed 1: a note"]
+    a.methods, a.seeds = ["ce"], [2]
+    assert mb.measure_table(a, out, "methods") == 0
+    data = json.loads((out / "methods.json").read_text())
+    assert data["meta"]["complete"] is True and "Incomplete" not in (out / "methods.md").read_text()
