@@ -341,7 +341,9 @@ def write(out: Path, stem: str, a: argparse.Namespace, budget: list[str], teache
             "student": student, "teacher": teacher.arch,
             "teacher_val_accuracy": teacher.val_accuracy, "teacher_sha256": teacher_sha, "seconds": seconds, "cpu": cpu_info()["model"]}
     earlier = out / f"{stem}.json"
-    if earlier.exists():  # hand-made corrections of measured cells (with why) stay with the table
+    # hand-made corrections of measured cells (with why) stay with the cells: only a resumed table keeps them
+    # (resumed() has already read that file; a fresh table re-measures every cell)
+    if getattr(a, "resume", False) and earlier.exists():
         corrections = json.loads(earlier.read_text()).get("meta", {}).get("corrections")
         if corrections:
             meta["corrections"] = corrections
