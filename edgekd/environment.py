@@ -49,7 +49,9 @@ def training_precision(cfg: Any) -> dict[str, Any]:
     """Per training stage: its ``amp`` setting, the device and the precision ``resolve_amp`` picks there, and why.
 
     Needs torch (imported here, not at module level). The same function the engine calls decides,
-    so the record cannot drift from what training does.
+    so the record cannot drift from what training does, with one exception the engine alone can see:
+    bf16 on a CPU falls back to fp32 for a model with a conv oneDNN's bf16 backward gets wrong
+    (edgekd.train.bf16_guard); each training stage's metrics record ``precision`` as it ran.
     """
     try:
         import torch  # noqa: F401  (a deploy-only install has no torch and no training to describe)

@@ -95,6 +95,14 @@ class BatchLoader:
         self.epoch = int(epoch)
 
     @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the float batches ``x`` (augmentation keeps the size)."""
+        if isinstance(self.split, FileSplit):
+            return (self.split.channels, *self.split.size)
+        c, h, w = self.split.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    @property
     def num_samples(self) -> int:
         """Samples this rank sees per epoch, before batching."""
         n = len(self.split)

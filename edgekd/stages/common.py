@@ -126,6 +126,7 @@ def train_and_score(
         "best_epoch": result.best_epoch,
         "epochs": train_cfg.epochs,
         "train_seconds": round(result.seconds, 1),
+        "precision": result.precision,  # what training ran in (the environment block: what the config picks)
         "history": result.history,
     }
 

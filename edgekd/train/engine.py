@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .bf16_guard import guard_cpu_bf16, loader_input_shape
 from .checkpoint import capture_rng, cpu_state, save_checkpoint
 from .loop_state import CHECKPOINT_NAME, METRICS_NAME, LoopState, prepare_work_dir, resume_from
 from ..config import TrainConfig
@@ -56,6 +57,7 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0  # wall time of the whole fit, over every sitting a resume continued
     best_aux_state: dict[str, torch.Tensor] | None = None  # ``aux`` as it was at best_epoch (None: no aux)
+    precision: dict[str, Any] = field(default_factory=dict)  # what training ran in: Precision.to_dict()
 
 
 def make_criterion(cfg: TrainConfig) -> torch.nn.Module:
@@ -182,6 +184,11 @@ def fit(
     optimizer = build_optimizer(model if aux is None else torch.nn.ModuleList([model, aux]), cfg, device)
     schedule = build_schedule(cfg, steps_per_epoch)
     precision = resolve_amp(cfg.amp, device)
+    if precision.dtype is torch.bfloat16 and device.type == "cpu":
+        guarded = guard_cpu_bf16(precision, model, loader_input_shape(train_loader), device)
+        if guarded != precision and dctx.is_main:
+            _log(f"[edgekd] {desc}: {guarded.reason}")
+        precision = guarded
     scaler = torch.amp.GradScaler(device.type) if precision.scaler else None
     full_meta = {**(meta or {}), "train_config": dataclasses.asdict(cfg), "steps_per_epoch": steps_per_epoch,
                  "world_size": dctx.world_size}
@@ -248,7 +255,7 @@ def fit(
         state.best_aux = cpu_state(aux) if aux is not None else None
     return FitResult(best_state=state.best_state, best_val_accuracy=state.best_acc, best_epoch=state.best_epoch,
                      history=state.history, seconds=state.elapsed + time.perf_counter() - t_start,
-                     best_aux_state=state.best_aux)
+                     best_aux_state=state.best_aux, precision=precision.to_dict())
 
 
 def _train_epoch(model, step_fn, loader, optimizer, schedule, scaler, precision, cfg, device, channels_last,
