@@ -72,7 +72,7 @@ class TrainConfig:
     warmup_fraction: float = 0.15  # onecycle: fraction of steps rising; cosine: linear warm-up
     label_smoothing: float = 0.0  # label smoothing of the hard-label cross-entropy
     grad_clip: Optional[float] = None  # clip the gradient norm to this value (None: no clipping)
-    amp: str = "auto"  # auto (cuda: fp16/bf16, cpu: bf16 where AMX) | on | off
+    amp: str = "auto"  # auto (cuda: fp16/bf16, cpu: bf16 where AMX or AVX512-BF16) | on | off
     channels_last: str = "auto"  # auto | on | off
     # torch.compile of the training model; auto = on for CUDA only (launch-bound steps; compiling takes
     # tens of seconds), not on CPU, where a short schedule does not pay the inductor's C++ build back.
