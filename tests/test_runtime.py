@@ -15,6 +15,7 @@ import pytest
 from edgekd.config import LatencyConfig
 from onnx_helpers import BANDS, FAST_LATENCY, LABELS, band_images, conv_model, gemm_model
 from edgekd.errors import ArtifactError, ConfigError
+from edgekd.deploy.runtime.latency import COST_GROUP_FACTOR, cost_groups, measure_latency_interleaved
 from edgekd.deploy.runtime import (accuracy_report, check_models, make_session, measure_latency, onnx_logits,
                             profile_top_ops)
 
@@ -100,6 +101,30 @@ def test_measure_latency_schema_and_ordering(tmp_path: Path) -> None:
     assert lat["min_ms"] <= lat["mean_ms"]
     with pytest.raises(ConfigError):
         measure_latency(tmp_path / "conv.onnx", batch=0)
+
+
+def test_cost_groups_split_where_a_file_is_much_slower() -> None:
+    # the default run on an AMD EPYC, batch 1: the teacher is ~20x the students
+    assert cost_groups({"teacher": 4.4, "student_fp32": 0.23, "student_int8": 0.19}) == [
+        ["student_fp32", "student_int8"], ["teacher"]]
+    # up to the factor times the group's fastest stays in, beyond starts a new group; callers' order kept
+    assert cost_groups({"b": 4.0, "a": 1.0, "c": 4.01}, factor=4.0) == [["b", "a"], ["c"]]
+    assert cost_groups({"x": 1.0, "y": 3.0, "z": 11.0, "w": 12.5}, factor=4.0) == [["x", "y"], ["z", "w"]]
+    assert cost_groups({"only": 2.0}) == [["only"]] and cost_groups({}) == []
+
+
+def test_interleaved_latency_keeps_a_much_slower_file_apart(tmp_path: Path) -> None:
+    # a 64 -> 3 Gemm and a 4096 -> 2048 Gemm (8M multiply-adds): far more than COST_GROUP_FACTOR apart
+    rng = np.random.default_rng(0)
+    small_a = gemm_model(tmp_path / "a.onnx")
+    small_b = gemm_model(tmp_path / "b.onnx", weight=rng.standard_normal((64, 3)))
+    big = gemm_model(tmp_path / "big.onnx", weight=rng.standard_normal((4096, 2048)) / 64, in_shape=(1, 64, 64))
+    rows = measure_latency_interleaved({"a": small_a, "big": big, "b": small_b}, batch=1, threads=1, warmup=3,
+                                       runs=12, block=4)
+    assert rows["big"]["median_ms"] > COST_GROUP_FACTOR * max(rows["a"]["median_ms"], rows["b"]["median_ms"])
+    assert (rows["a"]["interleaved_with"], rows["b"]["interleaved_with"], rows["big"]["interleaved_with"]) == (
+        ["b"], ["a"], [])
+    assert all(r["runs"] == 12 for r in rows.values())
 
 
 def test_profile_top_ops_matches_optimized_graph(tmp_path: Path) -> None:

@@ -108,7 +108,30 @@ def measure_latency(
 # without any file changing. Timing the files in alternating blocks spreads such load over all of
 # them. Blocks, not single runs: a run right after another model's starts with that model's weights in
 # the cache, so each block begins with one untimed run.
+#
+# Only files of similar cost share the alternation. A file many times slower leaves the CPU's caches
+# and memory state to the next file's block for longer than one untimed run: measured on an AMD EPYC
+# (default run, batch 1, 1 thread, 3 sittings each), the FP32 student timed right after the ResNet-18
+# teacher (~18x slower) had a median of 0.29-0.32 ms, against 0.23 ms interleaved with the INT8 file
+# only, which moved INT8/FP32 from x0.81 to x0.62-0.64; three untimed runs per block still gave
+# x0.68-0.71. Files whose warm-up medians lie within COST_GROUP_FACTOR of the group's fastest are timed
+# together; groups are timed one after another.
 INTERLEAVE_BLOCK = 10
+COST_GROUP_FACTOR = 4.0
+
+
+def cost_groups(warm_ms: Mapping[str, float], factor: float = COST_GROUP_FACTOR) -> list[list[str]]:
+    """Names grouped by cost: sorted by ``warm_ms``, a new group starts where a file is over ``factor``
+    times the current group's fastest. Each group keeps the callers' order of its names."""
+    order = list(warm_ms)
+    groups: list[list[str]] = []
+    base = 0.0
+    for name in sorted(order, key=lambda n: warm_ms[n]):
+        if not groups or warm_ms[name] > factor * base:
+            groups.append([])
+            base = warm_ms[name]
+        groups[-1].append(name)
+    return [sorted(g, key=order.index) for g in groups]
 
 
 def measure_latency_interleaved(
@@ -124,7 +147,9 @@ def measure_latency_interleaved(
     """:func:`measure_latency` of several files at one setting, timed in alternating blocks of ``block`` runs.
 
     Each file gets exactly ``runs`` timed runs and ``warmup`` untimed ones first;
-    each block starts with one untimed run. Returns name -> the same row as :func:`measure_latency`.
+    each block starts with one untimed run. Files alternate only with files of similar cost
+    (:func:`cost_groups` of the warm-up medians; see the note above). Returns name -> the same row as
+    :func:`measure_latency`, plus ``interleaved_with``: the other files of its group.
     """
     if batch < 1 or runs < 1 or warmup < 0 or block < 1:
         raise ConfigError(f"latency needs batch >= 1, runs >= 1, warmup >= 0; got {batch}, {runs}, {warmup}",
@@ -134,13 +159,23 @@ def measure_latency_interleaved(
     outs = {name: [s.get_outputs()[0].name] for name, s in sessions.items()}
     times: dict[str, list[float]] = {name: [] for name in paths}
     try:
-        for name, s in sessions.items():
-            _timed_runs(s, outs[name], feeds[name], warmup, 0)
-        while min(len(t) for t in times.values()) < runs:
-            for name, s in sessions.items():
-                times[name] += _timed_runs(s, outs[name], feeds[name], 1, min(block, runs - len(times[name])))
+        warm_ms = {name: _warm_median(s, outs[name], feeds[name], warmup) for name, s in sessions.items()}
+        groups = cost_groups(warm_ms)
+        for group in groups:
+            while min(len(times[name]) for name in group) < runs:
+                for name in group:
+                    times[name] += _timed_runs(sessions[name], outs[name], feeds[name], 1,
+                                               min(block, runs - len(times[name])))
     except _ORT_LOAD_ERRORS as e:  # the model loads but cannot run: name it instead of an onnxruntime traceback
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ArtifactError(f"onnxruntime cannot run one of {', '.join(map(str, paths.values()))} on a batch of "
                             f"{batch}: {first}", "check that the model takes one NCHW image batch, or re-export it") from e
-    return {name: {"batch": batch, "threads": threads, **summarize_ms(t), "runs": len(t)} for name, t in times.items()}
+    peers = {name: [n for n in g if n != name] for g in groups for name in g}
+    return {name: {"batch": batch, "threads": threads, **summarize_ms(t), "runs": len(t), "interleaved_with": peers[name]}
+            for name, t in times.items()}
+
+
+def _warm_median(sess: Any, out_names: list[str], feed: dict[str, np.ndarray], warmup: int) -> float:
+    """The ``warmup`` untimed runs, timed after all to rank the files by cost (at least one run)."""
+    times = _timed_runs(sess, out_names, feed, 0, max(warmup, 1))
+    return float(np.median(times))
