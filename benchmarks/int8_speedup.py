@@ -12,7 +12,8 @@ Two ways to get files:
 
 Every (batch, threads) setting times all files of a student in the same process, *interleaved* as the
 check stage does (``edgekd.deploy.runtime.latency.measure_latency_interleaved``: alternating blocks of
-10 runs, each block after one untimed run), so a background load slows every file alike. The ratios, not the
+10 runs, each block after one untimed run, among files within x4 of each other's cost), so a background
+load slows every file alike. The ratios, not the
 absolute times, are the result. Writes ``benchmarks/results/int8_speedup.{json,md}``.
 """
 from __future__ import annotations
