@@ -16,6 +16,7 @@ with a kernel wider than one and an output one column wide, which covers every f
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Sequence
 
 import torch
@@ -28,11 +29,12 @@ def degenerate_strided_convs(model: nn.Module, input_shape: Sequence[int]) -> li
     """Names of the ``Conv2d`` modules of ``model`` that, on one ``[1, *input_shape]`` input, are strided
     along a width whose output is one column, with a kernel wider than one column (see module doc).
 
-    Runs one fp32 forward pass in eval mode without gradients (BatchNorm statistics untouched); the
-    model's train/eval mode is restored.
+    Runs one fp32 forward pass without gradients on a copy of ``model`` in eval mode, so nothing that
+    updates on a forward pass (BatchNorm statistics, QAT observers, a step counter) sees the probe.
     """
     found: list[str] = []
     handles = []
+    model = copy.deepcopy(model)
 
     def watch(name: str, conv: nn.Conv2d) -> Any:
         def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
@@ -43,17 +45,11 @@ def degenerate_strided_convs(model: nn.Module, input_shape: Sequence[int]) -> li
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
             handles.append(module.register_forward_hook(watch(name, module)))
-    was_training = model.training
-    try:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=device))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *input_shape, device=device))
     return found
 
 
