@@ -6,13 +6,14 @@ under bf16 autocast, oneDNN's ``jit_bf16`` backward-weights kernel returns unini
 strided along the width of a map that is one column wide at its output. 16-26 of 30 trials were
 wrong for ``Conv2d(64, 128, 3, stride=2, padding=1)`` on a 1x1 map; 0 of 30 for the same conv on a
 3x3 map, with stride along the height only, with a 3x1 kernel, or depthwise; the AVX2 path (no
-AVX-512) and fp32 are exact. A ResNet's last stage meets this on images of 8x8 pixels (8 -> 4 -> 2
+AVX-512) and fp32 are exact (``benchmarks/bf16_conv_probe.py`` measures every shape on any machine). A ResNet's last stage meets this on images of 8x8 pixels (8 -> 4 -> 2
 -> 1 -> stride 2). The forward pass is correct, so evaluation under bf16 is unaffected; training is
 not: the first such step writes NaN or huge weights.
 
 edgekd does not try to pin down oneDNN's exact condition; it flags every conv strided along a width
 with a kernel wider than one and an output one column wide, which covers every failing case measured
-(and one that passed: stride 2 on a 2-wide map), and trains the stage in fp32 where one exists.
+(and some that passed: stride 2 on a 2-wide map, depthwise, 8 channels), and trains the stage in fp32
+where one exists. A false positive costs speed, never correctness.
 """
 from __future__ import annotations
 
