@@ -7,7 +7,7 @@ the products stays far below that). Prints, per shape, the wrong trials and whet
 
     .venv/bin/python benchmarks/bf16_conv_probe.py [--trials 30] [--threads 1]
 
-Measured on an AMD EPYC (AVX512-BF16), torch 2.14.1: 26/30 wrong for a stride-2 3x3 conv on a 1x1 map;
+Measured on an AMD EPYC (AVX512-BF16), torch 2.14.1: 18-26/30 wrong for a stride-2 3x3 conv on a 1x1 map;
 the AVX2 kernels (``ONEDNN_MAX_CPU_ISA=AVX2``) and fp32 are exact.
 """
 from __future__ import annotations

@@ -3,12 +3,13 @@
 Measured (torch 2.14.1, AMD EPYC with AVX512-BF16, and with ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI``):
 under bf16 autocast, oneDNN's ``jit_bf16`` backward-weights kernel returns uninitialized values
 (NaN, or finite garbage up to 1e38) for the kernel taps that fall on padding, when a 3x3 conv is
-strided along the width of a map that is one column wide at its output. 16-26 of 30 trials were
+strided along the width of a map that is one column wide at its output. 18-26 of 30 trials were
 wrong for ``Conv2d(64, 128, 3, stride=2, padding=1)`` on a 1x1 map; 0 of 30 for the same conv on a
 3x3 map, with stride along the height only, with a 3x1 kernel, or depthwise; the AVX2 path (no
-AVX-512) and fp32 are exact (``benchmarks/bf16_conv_probe.py`` measures every shape on any machine). A ResNet's last stage meets this on images of 8x8 pixels (8 -> 4 -> 2
--> 1 -> stride 2). The forward pass is correct, so evaluation under bf16 is unaffected; training is
-not: the first such step writes NaN or huge weights.
+AVX-512) and fp32 are exact (``benchmarks/bf16_conv_probe.py`` measures every shape on any machine).
+A ResNet's last stage meets this on images of 8x8 pixels (8 -> 4 -> 2 -> 1 -> stride 2). The forward
+pass is correct, so evaluation under bf16 is unaffected; training is not: the first such step writes
+NaN or huge weights.
 
 edgekd does not try to pin down oneDNN's exact condition; it flags every conv strided along a width
 with a kernel wider than one and an output one column wide, which covers every failing case measured
@@ -34,18 +35,17 @@ def degenerate_strided_convs(model: nn.Module, input_shape: Sequence[int]) -> li
     updates on a forward pass (BatchNorm statistics, QAT observers, a step counter) sees the probe.
     """
     found: list[str] = []
-    handles = []
-    model = copy.deepcopy(model)
+    model = copy.deepcopy(model)  # the hooks die with the copy
 
-    def watch(name: str, conv: nn.Conv2d) -> Any:
-        def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+    def watch(name: str) -> Any:
+        def hook(conv: nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
             if conv.stride[1] > 1 and conv.kernel_size[1] > 1 and out.shape[-1] == 1:
                 found.append(name)
         return hook
 
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
-            handles.append(module.register_forward_hook(watch(name, module)))
+            module.register_forward_hook(watch(name))
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     model.eval()
