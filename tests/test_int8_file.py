@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import requires_fashion_mnist
@@ -29,6 +30,7 @@ from edgekd.exporting.qdq import postprocess_qdq
 from edgekd.exporting.slim import remove_redundant_clips, slim_int8
 from edgekd.manifest import Manifest
 from edgekd.quant import freeze_observers, prepare_qat
+from edgekd.quant.observers import round_up_significant_bits
 
 pytestmark = requires_fashion_mnist
 REPO = Path(__file__).resolve().parents[1]
@@ -84,9 +86,92 @@ def test_no_all_zero_conv_zero_points_and_conv_still_fuses(files: dict, tmp_path
     before = files["before"].stat().st_size / files["fp32"].stat().st_size
     record_property("int8_fp32_size_ratio", ratio)
     record_property("int8_fp32_size_ratio_before_slim", before)
-    # measured 0.2800 (before: 0.3002); the floor with int8 weights, float32 per-channel scales and int32
-    # biases is ~0.270 (docs/quantization.md), so 0.285 fails on any regression of the rewrites
-    assert ratio <= 0.285 and before - ratio >= 0.015
+    # measured 0.2687 on this trained student (before: 0.3002; 0.2800 before biases and scales were
+    # narrowed); 0.27 is the issue's target, and a rewrite that stops applying costs more than 0.003
+    assert ratio <= 0.27 and before - ratio >= 0.025
+
+
+def test_biases_int16_and_weight_scales_float16_where_exact(files: dict) -> None:
+    """Narrow storage: int16 biases behind Cast(int32), float16 weight scales behind Mul(Cast(float), 2**-k)."""
+    model = onnx.load(str(files["int8"]))
+    consts, prod = constants(model), producers(model)
+    stored = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    narrow_biases = narrow_scales = 0
+    for layer in (n for n in model.graph.node if n.op_type in ("Conv", "Gemm")):
+        bias_q = prod[layer.input[2]].input[0]  # the bias DequantizeLinear's data input
+        if bias_q in stored:
+            assert stored[bias_q].dtype == np.int32
+            assert (stored[bias_q].size < 32 or np.abs(stored[bias_q]).max() > 32767)  # else it would be narrowed
+        else:
+            cast = prod[bias_q]
+            assert cast.op_type == "Cast" and stored[cast.input[0]].dtype == np.int16 and consts[bias_q].dtype == np.int32
+            narrow_biases += 1
+        scale = prod[layer.input[1]].input[1]  # the weight DequantizeLinear's scale
+        if scale in prod:
+            mul = prod[scale]
+            cast = prod[mul.input[0]]
+            assert mul.op_type == "Mul" and cast.op_type == "Cast" and stored[cast.input[0]].dtype == np.float16
+            k = -np.log2(stored[mul.input[1]])
+            assert k == int(k) and consts[scale].dtype == np.float32
+            np.testing.assert_array_equal(consts[scale], stored[cast.input[0]].astype(np.float32) * np.float32(2.0 ** -k))
+            narrow_scales += 1
+        else:
+            assert stored[scale].size < 64  # the rewrite would cost more than it saves
+    # each branch above enforced the rule per layer; this student: 41 of 53 biases, 35 of 53 scales
+    assert narrow_biases > 0 and narrow_scales > 0
+
+
+def _qdq_conv_graph(w_scale: np.ndarray, bias: np.ndarray) -> onnx.ModelProto:
+    """x -> Q/DQ -> Conv(64 out channels, int8 weights, int32 bias on input_scale * w_scale) -> y, slimmed."""
+    f32, c = np.float32, len(w_scale)
+    w = np.random.default_rng(0).integers(-127, 128, (c, 1, 3, 3)).astype(np.int8)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(w_scale.astype(f32), "ws"),
+             numpy_helper.from_array(bias.astype(np.int32), "b"), numpy_helper.from_array(np.array(0.02, f32), "xs"),
+             numpy_helper.from_array(np.array(128, np.uint8), "xz"), numpy_helper.from_array(np.array(0.05, f32), "ys")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "ws"], ["wd"], axis=0),
+             helper.make_node("Mul", ["xs", "ws"], ["bs"]),
+             helper.make_node("DequantizeLinear", ["b", "bs"], ["bd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd", "bd"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("QuantizeLinear", ["c", "ys", "xz"], ["cq"]),
+             helper.make_node("DequantizeLinear", ["cq", "ys", "xz"], ["y"])]
+    graph = helper.make_graph(nodes, "qconv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 6, 6])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("case", ["narrow", "scale_not_11_bit", "bias_beyond_int16", "too_short"])
+def test_narrowing_is_exact_and_only_where_it_may(case: str, tmp_path: Path) -> None:
+    """Hand-built QDQ conv: int16 / float16 storage only where it is exact (and pays), same fused int8 kernel."""
+    rng = np.random.default_rng(1)
+    c = 16 if case == "too_short" else 64
+    scale = round_up_significant_bits(torch.from_numpy(rng.uniform(1e-4, 3e-2, c).astype(np.float32))).numpy()
+    if case == "scale_not_11_bit":
+        scale[5] = np.nextafter(scale[5], np.float32(1))  # 12+ significant bits: float16 cannot hold it
+    bias = rng.integers(-30000, 30000, c)
+    if case == "bias_beyond_int16":
+        bias[7] = 32768
+    model = _qdq_conv_graph(scale, bias)
+    x = np.linspace(-2, 2, 36, dtype=np.float32).reshape(1, 1, 6, 6)
+    ref = make_session(model.SerializeToString(), threads=1, graph_optimization="all").run(None, {"x": x})[0]
+    onnx.save(model, str(tmp_path / "before.onnx"))
+    result = slim_int8(model)
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    assert result["biases_narrowed"] == (case in ("narrow", "scale_not_11_bit"))
+    assert result["weight_scales_narrowed"] == (case in ("narrow", "bias_beyond_int16"))
+    assert (types.get("b") == TensorProto.INT32) == (not result["biases_narrowed"])
+    assert (types.get("ws") == TensorProto.FLOAT) == (not result["weight_scales_narrowed"])
+    np.testing.assert_array_equal(constants(model)["ws"], scale)  # what the readers see is unchanged
+    np.testing.assert_array_equal(constants(model)["b"], bias.astype(np.int32))
+    path = tmp_path / "slim.onnx"
+    onnx.save(model, str(path))
+    check_onnx_model(path)
+    for level in ("none", "all"):
+        got = make_session(path, threads=1, graph_optimization=level).run(None, {"x": x})[0]
+        np.testing.assert_array_equal(got, ref)
+    ops = _runtime_ops(path, tmp_path)
+    assert ops == _runtime_ops(tmp_path / "before.onnx", tmp_path) and ops.count("QLinearConv") == 1 and "Cast" not in ops
 
 
 @pytest.mark.parametrize("level", ["none", "all"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -11,6 +12,7 @@ from torch import nn
 from conftest import requires_fashion_mnist
 from helpers import Normalized, activation_quantizers, fmnist_images, qat_state_dict, trained_student
 from edgekd.quant import ActFakeQuant, QConv2d, QLinear, fold_bn, freeze_observers, prepare_qat
+from edgekd.quant.observers import round_up_significant_bits
 
 pytestmark = requires_fashion_mnist
 
@@ -51,12 +53,29 @@ def test_prepare_copies_folds_and_replaces(student: Normalized, qat) -> None:
 def test_weight_fake_quant_is_per_channel_symmetric_int8(qat) -> None:
     conv = next(m for m in qat.modules() if isinstance(m, QConv2d) and m.groups == 1 and m.out_channels > 8)
     w = conv.weight.detach()
-    scale = w.abs().amax(dim=(1, 2, 3)) / 127
+    exact = w.abs().amax(dim=(1, 2, 3)) / 127
     wq = conv.quantized_weight().detach()
-    torch.testing.assert_close(conv.w_scale, scale)
+    scale = conv.w_scale
+    # max|w|/127 rounded *up* to 11 significant bits: never below it (no weight clipped), at most 2**-10 above
+    assert torch.all(scale >= exact) and torch.all(scale <= exact * (1 + 2.0 ** -10))
+    assert not torch.equal(scale, exact)  # the rounding happened (a random scale is rarely 11-bit already)
+    mantissa, _ = torch.frexp(scale)
+    torch.testing.assert_close(mantissa * 2 ** 11, (mantissa * 2 ** 11).round(), atol=0, rtol=0)
     levels = wq / scale.view(-1, 1, 1, 1)
     torch.testing.assert_close(levels, levels.round(), atol=1e-3, rtol=0)  # on the int8 grid
     assert levels.abs().max() <= 127.001 and (wq - w).abs().max() <= scale.max() / 2 + 1e-7
+
+
+@pytest.mark.parametrize("x, expected", [
+    (1.0, 1.0), (0.5, 0.5),                       # already 11 bits: unchanged
+    (1 + 2.0 ** -23, 1 + 2.0 ** -10),              # one ulp above 1 rounds up to the next 11-bit value
+    (2 - 2.0 ** -23, 2.0),                         # carry out of the mantissa: the next power of two
+    (0.3, 0.300048828125),                         # ceil(0.3 / 2**-12) * 2**-12: 0.3 lies in [2**-2, 2**-1)
+    (1e-8, 1.000444171950221e-08),                 # SCALE_EPS, a normal float32: same rule (exact fractions)
+])
+def test_round_up_significant_bits_golden(x: float, expected: float) -> None:
+    got = round_up_significant_bits(torch.tensor([x], dtype=torch.float32))
+    assert got.item() == np.float32(expected)
 
 
 def test_activation_ranges_suit_onnxruntime_fusion(qat) -> None:

@@ -58,10 +58,11 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Every initializer and ``Constant`` node output, by tensor name, and every ``Mul`` of two of them.
+    """Every initializer and ``Constant`` node output, by tensor name, and every ``Mul`` or ``Cast`` of them.
 
-    The INT8 exporter stores an int32 bias's scale as ``Mul(input_scale, weight_scale)``
-    (``edgekd.exporting.slim``); numpy's float32 product is the one onnxruntime folds at load time.
+    The INT8 exporter stores an int32 bias's scale as ``Mul(input_scale, weight_scale)``, narrow biases
+    as ``Cast(int16 -> int32)`` and weight scales as ``Mul(Cast(float16 -> float), 2**-k)``
+    (``edgekd.exporting.slim``); numpy's float32 results are the ones onnxruntime folds at load time.
     """
     out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for node in model.graph.node:
@@ -71,6 +72,9 @@ def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
                     out[node.output[0]] = numpy_helper.to_array(attr.t)
         elif node.op_type == "Mul" and len(node.input) == 2 and all(i in out for i in node.input):
             out[node.output[0]] = np.multiply(out[node.input[0]], out[node.input[1]])
+        elif node.op_type == "Cast" and node.input and node.input[0] in out:
+            to = next(a.i for a in node.attribute if a.name == "to")
+            out[node.output[0]] = out[node.input[0]].astype(onnx.helper.tensor_dtype_to_np_dtype(to))
     return out
 
 

@@ -13,19 +13,33 @@ checked to leave the graph onnxruntime runs unchanged (52 QLinearConv + QGemm, s
   float32 product at load time, before its QDQ fusions;
 - a ``Clip`` (ReLU6) whose only consumer is a ``QuantizeLinear`` that maps the clip's min and max
   to its own minimum and maximum changes nothing (the quantizer saturates there anyway), so it is
-  removed with its min/max constants; onnxruntime's ClipQuantFusion drops it at load time alike.
+  removed with its min/max constants; onnxruntime's ClipQuantFusion drops it at load time alike;
+- an int32 bias whose values all fit in int16 is stored as int16 and read through ``Cast(to=int32)``
+  (most do: the largest of the default student's 53 biases is 55 484, six hold a value above 32 767);
+- a per-channel float32 weight scale with at most 11 significant bits (QAT rounds weight scales so,
+  ``edgekd.quant.observers.weight_scale``) is stored as float16 times a power of two and read through
+  ``Mul(Cast(to=float), 2**-k)``: both exact in float32.
+
+onnxruntime constant-folds the Casts and Muls at load time, before its QDQ fusions (measured: the
+same QLinearConv/QGemm graph, bit-identical outputs at every optimization level). Together the last
+two take the default student's file from 0.280x to 0.269x of the FP32 file.
 """
 from __future__ import annotations
 
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ..deploy.onnx_io import constants, consumers as _consumers, fresh_name, producers, tensor_names
 
 # weight consumers whose int8 fusion accepts a DequantizeLinear without zero point (measured, see above)
 ZP_OPTIONAL_CONSUMERS = frozenset({"Conv"})
+# A narrowed tensor costs a Cast node (~25 bytes), a scale also a Mul and a shared scalar (~45 more); it
+# saves 2 bytes an element, so shorter tensors stay as they are.
+NARROW_MIN_BIAS_ELEMENTS = 32
+NARROW_MIN_SCALE_ELEMENTS = 64
+FP16_TOP_EXPONENT = 14  # the largest scale of a tensor maps into [2**14, 2**15): far from float16's 65504
 
 
 def drop_zero_weight_zero_points(model: onnx.ModelProto) -> int:
@@ -136,12 +150,90 @@ def remove_unused(model: onnx.ModelProto) -> None:
     model.graph.initializer.extend(keep)
 
 
+def _only_read_as(model: onnx.ModelProto, name: str, allowed: dict[str, set[int]]) -> bool:
+    """True when every node reading ``name`` is of an op in ``allowed`` and reads it at one of its input slots."""
+    users = [(n, i) for n in model.graph.node for i, inp in enumerate(n.input) if inp == name]
+    return bool(users) and all(i in allowed.get(n.op_type, set()) for n, i in users)
+
+
+def _narrow(model: onnx.ModelProto, rewrites: list[tuple[onnx.TensorProto, np.ndarray, list[onnx.NodeProto]]]) -> int:
+    """Store each initializer as its narrow array under a new name; the given nodes rebuild the old one first."""
+    front: list[onnx.NodeProto] = []
+    for init, narrow, nodes in rewrites:
+        init.CopyFrom(numpy_helper.from_array(narrow, nodes[0].input[0]))
+        front += nodes
+    if rewrites:  # the rebuilt tensors are read anywhere below: their nodes go first (they read only constants)
+        rest = list(model.graph.node)
+        del model.graph.node[:]
+        model.graph.node.extend(front + rest)
+    return len(rewrites)
+
+
+def narrow_biases(model: onnx.ModelProto) -> int:
+    """Store int32 biases whose values all fit in int16 as int16 + ``Cast(to=int32)``; returns how many."""
+    taken = tensor_names(model)
+    info = np.iinfo(np.int16)
+    rewrites = []
+    for init in model.graph.initializer:
+        if init.data_type != TensorProto.INT32:
+            continue
+        value = numpy_helper.to_array(init)
+        if (value.size < NARROW_MIN_BIAS_ELEMENTS or value.min() < info.min or value.max() > info.max
+                or not _only_read_as(model, init.name, {"DequantizeLinear": {0}})):
+            continue
+        stored = fresh_name(f"{init.name}_int16", taken)
+        cast = helper.make_node("Cast", [stored], [init.name], to=TensorProto.INT32)
+        rewrites.append((init, value.astype(np.int16), [cast]))
+    return _narrow(model, rewrites)
+
+
+def _as_float16_times_power_of_two(value: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """(h, k) with ``float32(h) * 2**-k == value`` bit for bit, h float16 and normal; None if there is none."""
+    if value.dtype != np.float32 or not np.all(np.isfinite(value)) or not np.all(value > 0):
+        return None
+    k = FP16_TOP_EXPONENT - int(np.floor(np.log2(float(value.max()))))
+    with np.errstate(over="ignore", under="ignore"):
+        half = (value * np.float32(2.0 ** k)).astype(np.float16)
+        back = half.astype(np.float32) * np.float32(2.0 ** -k)
+    normal = np.abs(half) >= np.finfo(np.float16).tiny
+    return (half, k) if np.all(normal) and np.array_equal(back, value) else None
+
+
+def narrow_weight_scales(model: onnx.ModelProto) -> int:
+    """Store per-channel weight scales that float16 holds exactly (up to a power of two) as float16; returns how many.
+
+    A scale read as a DequantizeLinear scale, or by the bias-scale Mul of :func:`derive_bias_scales`, becomes
+    ``Mul(Cast(h, to=float), 2**-k)``; values float16 cannot hold exactly stay float32.
+    """
+    taken = tensor_names(model)
+    powers: dict[int, str] = {}
+    rewrites = []
+    for init in list(model.graph.initializer):
+        if init.data_type != TensorProto.FLOAT or len(init.dims) != 1 or init.dims[0] < NARROW_MIN_SCALE_ELEMENTS:
+            continue
+        if not _only_read_as(model, init.name, {"DequantizeLinear": {1}, "Mul": {0, 1}}):
+            continue
+        found = _as_float16_times_power_of_two(numpy_helper.to_array(init))
+        if found is None:
+            continue
+        half, k = found
+        if k not in powers:  # tensors with the same exponent share one scalar
+            powers[k] = fresh_name(f"pow2_minus_{k}", taken)
+            model.graph.initializer.append(numpy_helper.from_array(np.array(2.0 ** -k, np.float32), powers[k]))
+        stored, cast_out = fresh_name(f"{init.name}_fp16", taken), fresh_name(f"{init.name}_fp32", taken)
+        rewrites.append((init, half, [helper.make_node("Cast", [stored], [cast_out], to=TensorProto.FLOAT),
+                                      helper.make_node("Mul", [cast_out, powers[k]], [init.name])]))
+    return _narrow(model, rewrites)
+
+
 def slim_int8(model: onnx.ModelProto) -> dict[str, int]:
     """All exact storage rewrites of this module, in place; returns what each did and the bytes saved."""
     before = model.ByteSize()
     result = {"weight_zero_points_dropped": drop_zero_weight_zero_points(model),
-              "bias_scales_derived": derive_bias_scales(model),
-              "clips_removed": remove_redundant_clips(model)}
+              "bias_scales_derived": derive_bias_scales(model),  # reads the weight scales as initializers
+              "clips_removed": remove_redundant_clips(model),
+              "biases_narrowed": narrow_biases(model),
+              "weight_scales_narrowed": narrow_weight_scales(model)}
     remove_unused(model)
     result["bytes_saved"] = before - model.ByteSize()
     return result
