@@ -12,7 +12,7 @@ from torch import nn
 from conftest import requires_fashion_mnist
 from helpers import Normalized, activation_quantizers, fmnist_images, qat_state_dict, trained_student
 from edgekd.quant import ActFakeQuant, QConv2d, QLinear, fold_bn, freeze_observers, prepare_qat
-from edgekd.quant.observers import round_up_significant_bits
+from edgekd.quant.observers import round_up_significant_bits, weight_scale
 
 pytestmark = requires_fashion_mnist
 
@@ -166,3 +166,10 @@ def test_activation_quantizer_reads_no_device_scalar_per_forward(monkeypatch: py
     fresh.train()
     fresh(10 * torch.rand(8, 4))  # frozen after the load: the range must not move
     assert torch.equal(fresh.scale, before)
+
+
+def test_weight_scale_compiles_without_graph_break() -> None:
+    """QAT compiles on CUDA (``compile: auto``): the scale's bit-level rounding must trace in one graph."""
+    weights = torch.randn(8, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    compiled = torch.compile(weight_scale, fullgraph=True)  # fullgraph: a graph break raises instead
+    torch.testing.assert_close(compiled(weights), weight_scale(weights), atol=0, rtol=0)
