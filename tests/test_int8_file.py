@@ -30,7 +30,7 @@ from edgekd.exporting.qdq import postprocess_qdq
 from edgekd.exporting.slim import remove_redundant_clips, slim_int8
 from edgekd.manifest import Manifest
 from edgekd.quant import freeze_observers, prepare_qat
-from edgekd.quant.observers import round_up_significant_bits
+from edgekd.quant.observers import weight_scale
 
 pytestmark = requires_fashion_mnist
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_no_all_zero_conv_zero_points_and_conv_still_fuses(files: dict, tmp_path
 
 
 def test_biases_int16_and_weight_scales_float16_where_exact(files: dict) -> None:
-    """Narrow storage: int16 biases behind Cast(int32), float16 weight scales behind Mul(Cast(float), 2**-k)."""
+    """Narrow storage: int16 biases behind Cast(int32), float16 weight scales behind Mul(Cast(float), factor)."""
     model = onnx.load(str(files["int8"]))
     consts, prod = constants(model), producers(model)
     stored = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -101,7 +101,8 @@ def test_biases_int16_and_weight_scales_float16_where_exact(files: dict) -> None
         bias_q = prod[layer.input[2]].input[0]  # the bias DequantizeLinear's data input
         if bias_q in stored:
             assert stored[bias_q].dtype == np.int32
-            assert (stored[bias_q].size < 32 or np.abs(stored[bias_q]).max() > 32767)  # else it would be narrowed
+            value = stored[bias_q]
+            assert value.size < 32 or value.min() < -32768 or value.max() > 32767  # else it would be narrowed
         else:
             cast = prod[bias_q]
             assert cast.op_type == "Cast" and stored[cast.input[0]].dtype == np.int16 and consts[bias_q].dtype == np.int32
@@ -111,9 +112,10 @@ def test_biases_int16_and_weight_scales_float16_where_exact(files: dict) -> None
             mul = prod[scale]
             cast = prod[mul.input[0]]
             assert mul.op_type == "Mul" and cast.op_type == "Cast" and stored[cast.input[0]].dtype == np.float16
-            k = -np.log2(stored[mul.input[1]])
-            assert k == int(k) and consts[scale].dtype == np.float32
-            np.testing.assert_array_equal(consts[scale], stored[cast.input[0]].astype(np.float32) * np.float32(2.0 ** -k))
+            factor = stored[mul.input[1]]
+            assert factor.dtype == np.float32 and factor.size == 1 and consts[scale].dtype == np.float32
+            np.testing.assert_array_equal(consts[scale], stored[cast.input[0]].astype(np.float32) * factor)
+            assert consts[scale].max() == factor * np.float32(2.0 ** 14)  # the largest channel maps to 2**14
             narrow_scales += 1
         else:
             assert stored[scale].size < 64  # the rewrite would cost more than it saves
@@ -141,25 +143,38 @@ def _qdq_conv_graph(w_scale: np.ndarray, bias: np.ndarray) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("case", ["narrow", "scale_not_11_bit", "bias_beyond_int16", "too_short"])
+@pytest.mark.parametrize("case", ["narrow", "scale_off_the_float16_grid", "bias_beyond_int16", "bias_int16_min", "too_short",
+                                  "read_elsewhere", "graph_input"])
 def test_narrowing_is_exact_and_only_where_it_may(case: str, tmp_path: Path) -> None:
     """Hand-built QDQ conv: int16 / float16 storage only where it is exact (and pays), same fused int8 kernel."""
     rng = np.random.default_rng(1)
     c = 16 if case == "too_short" else 64
-    scale = round_up_significant_bits(torch.from_numpy(rng.uniform(1e-4, 3e-2, c).astype(np.float32))).numpy()
-    if case == "scale_not_11_bit":
-        scale[5] = np.nextafter(scale[5], np.float32(1))  # 12+ significant bits: float16 cannot hold it
+    # scales as QAT makes them (float16 values times one float32 factor), from weights of very different sizes
+    weights = torch.from_numpy(rng.normal(size=(c, 1, 3, 3)) * rng.uniform(1e-3, 3, (c, 1, 1, 1))).float()
+    scale = weight_scale(weights).numpy()
+    if case == "scale_off_the_float16_grid":
+        scale[5] = np.nextafter(scale[5], np.float32(1))  # one ulp off: scale / factor is no float16 any more
     bias = rng.integers(-30000, 30000, c)
     if case == "bias_beyond_int16":
-        bias[7] = 32768
+        bias[7], bias[8] = 32768, -32769
+    if case == "bias_int16_min":
+        bias[7], bias[8] = -32768, 32767  # int16's own limits: still narrowed
     model = _qdq_conv_graph(scale, bias)
+    if case == "read_elsewhere":  # another op reads the scale and the bias too: both stay as they are
+        model.graph.node.extend([helper.make_node("ReduceMax", ["ws"], ["ws_max"], keepdims=0),
+                                 helper.make_node("ReduceMax", ["b"], ["b_max"], keepdims=0)])
+        model.graph.output.extend([helper.make_tensor_value_info("ws_max", TensorProto.FLOAT, []),
+                                   helper.make_tensor_value_info("b_max", TensorProto.INT32, [])])
+    if case == "graph_input":  # overridable initializers (listed as inputs too): renaming them would break the file
+        model.graph.input.extend([helper.make_tensor_value_info("ws", TensorProto.FLOAT, [c]),
+                                  helper.make_tensor_value_info("b", TensorProto.INT32, [c])])
     x = np.linspace(-2, 2, 36, dtype=np.float32).reshape(1, 1, 6, 6)
     ref = make_session(model.SerializeToString(), threads=1, graph_optimization="all").run(None, {"x": x})[0]
     onnx.save(model, str(tmp_path / "before.onnx"))
     result = slim_int8(model)
     types = {t.name: t.data_type for t in model.graph.initializer}
-    assert result["biases_narrowed"] == (case in ("narrow", "scale_not_11_bit"))
-    assert result["weight_scales_narrowed"] == (case in ("narrow", "bias_beyond_int16"))
+    assert result["biases_narrowed"] == (case in ("narrow", "scale_off_the_float16_grid", "bias_int16_min"))
+    assert result["weight_scales_narrowed"] == (case in ("narrow", "bias_beyond_int16", "bias_int16_min"))
     assert (types.get("b") == TensorProto.INT32) == (not result["biases_narrowed"])
     assert (types.get("ws") == TensorProto.FLOAT) == (not result["weight_scales_narrowed"])
     np.testing.assert_array_equal(constants(model)["ws"], scale)  # what the readers see is unchanged
@@ -171,7 +186,9 @@ def test_narrowing_is_exact_and_only_where_it_may(case: str, tmp_path: Path) -> 
         got = make_session(path, threads=1, graph_optimization=level).run(None, {"x": x})[0]
         np.testing.assert_array_equal(got, ref)
     ops = _runtime_ops(path, tmp_path)
-    assert ops == _runtime_ops(tmp_path / "before.onnx", tmp_path) and ops.count("QLinearConv") == 1 and "Cast" not in ops
+    assert ops == _runtime_ops(tmp_path / "before.onnx", tmp_path) and "Cast" not in ops
+    # onnxruntime never folds an overridable initializer, so that file runs unfused before and after
+    assert ops.count("QLinearConv") == (case != "graph_input")
 
 
 @pytest.mark.parametrize("level", ["none", "all"])

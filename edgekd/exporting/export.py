@@ -110,7 +110,8 @@ def export_int8(qat_model: torch.nn.Module, path: str | os.PathLike[str],
                             f"but {len(kept_float)} layers are kept float (qat.keep_float)",
                             "every other Conv/Linear of the QAT model must be a QConv2d/QLinear; re-run prepare_qat")
     shield_float_layers(onx, kept_float)  # else onnxruntime re-quantizes their weights per tensor at load time
-    slimmed = slim_int8(onx)  # exact rewrites (zero points, derived bias scales, redundant Clips): see .slim
+    slimmed = slim_int8(onx)  # exact rewrites (zero points, derived bias scales, redundant Clips, narrow storage): see .slim
+    verify_scales(onx, act, weights)  # again: the narrow storage must give back exactly the scales QAT used
     set_metadata(onx, {**default_metadata(shape), "precision": "int8-qdq",
                        "quantization": json.dumps({"weights": "int8 per-channel symmetric",
                                                    "activations": "uint8 per-tensor affine (QAT, frozen)",

@@ -16,9 +16,9 @@ checked to leave the graph onnxruntime runs unchanged (52 QLinearConv + QGemm, s
   removed with its min/max constants; onnxruntime's ClipQuantFusion drops it at load time alike;
 - an int32 bias whose values all fit in int16 is stored as int16 and read through ``Cast(to=int32)``
   (most do: the largest of the default student's 53 biases is 55 484, six hold a value above 32 767);
-- a per-channel float32 weight scale with at most 11 significant bits (QAT rounds weight scales so,
-  ``edgekd.quant.observers.weight_scale``) is stored as float16 times a power of two and read through
-  ``Mul(Cast(to=float), 2**-k)``: both exact in float32.
+- a per-channel float32 weight scale of the form ``h * c``, h float16 and c one float32 factor per
+  layer (QAT snaps weight scales so, ``edgekd.quant.observers.weight_scale``), is stored as float16 and
+  read through ``Mul(Cast(to=float), c)``: exact in float32.
 
 onnxruntime constant-folds the Casts and Muls at load time, before its QDQ fusions (measured: the
 same QLinearConv/QGemm graph, bit-identical outputs at every optimization level). Together the last
@@ -35,11 +35,11 @@ from ..deploy.onnx_io import constants, consumers as _consumers, fresh_name, pro
 
 # weight consumers whose int8 fusion accepts a DequantizeLinear without zero point (measured, see above)
 ZP_OPTIONAL_CONSUMERS = frozenset({"Conv"})
-# A narrowed tensor costs a Cast node (~25 bytes), a scale also a Mul and a shared scalar (~45 more); it
+# A narrowed tensor costs a Cast node (~25 bytes), a scale also a Mul and its factor (~50 more); it
 # saves 2 bytes an element, so shorter tensors stay as they are.
 NARROW_MIN_BIAS_ELEMENTS = 32
 NARROW_MIN_SCALE_ELEMENTS = 64
-FP16_TOP_EXPONENT = 14  # the largest scale of a tensor maps into [2**14, 2**15): far from float16's 65504
+FP16_TOP_EXPONENT = 14  # a layer's largest weight scale maps to 2**14 (edgekd.quant.observers.WEIGHT_SCALE_TOP)
 
 
 def drop_zero_weight_zero_points(model: onnx.ModelProto) -> int:
@@ -151,7 +151,12 @@ def remove_unused(model: onnx.ModelProto) -> None:
 
 
 def _only_read_as(model: onnx.ModelProto, name: str, allowed: dict[str, set[int]]) -> bool:
-    """True when every node reading ``name`` is of an op in ``allowed`` and reads it at one of its input slots."""
+    """True when every node reading ``name`` is of an op in ``allowed`` and reads it at one of its input slots.
+
+    A name that is also a graph input or output is never rewritten: it would become a node's output.
+    """
+    if name in {v.name for v in model.graph.input} | {v.name for v in model.graph.output}:
+        return False
     users = [(n, i) for n in model.graph.node for i, inp in enumerate(n.input) if inp == name]
     return bool(users) and all(i in allowed.get(n.op_type, set()) for n, i in users)
 
@@ -187,42 +192,42 @@ def narrow_biases(model: onnx.ModelProto) -> int:
     return _narrow(model, rewrites)
 
 
-def _as_float16_times_power_of_two(value: np.ndarray) -> tuple[np.ndarray, int] | None:
-    """(h, k) with ``float32(h) * 2**-k == value`` bit for bit, h float16 and normal; None if there is none."""
-    if value.dtype != np.float32 or not np.all(np.isfinite(value)) or not np.all(value > 0):
+def _as_float16_times_factor(value: np.ndarray) -> tuple[np.ndarray, np.float32] | None:
+    """(h, c) with ``float32(h) * c == value`` bit for bit, h normal float16, c float32; None if there is none.
+
+    ``c = max(value) * 2**-14`` (exact), the form :func:`edgekd.quant.observers.weight_scale` gives.
+    """
+    if value.dtype != np.float32 or value.size == 0 or not np.all(np.isfinite(value)) or not np.all(value > 0):
         return None
-    k = FP16_TOP_EXPONENT - int(np.floor(np.log2(float(value.max()))))
+    factor = np.float32(value.max()) * np.float32(2.0 ** -FP16_TOP_EXPONENT)
     with np.errstate(over="ignore", under="ignore"):
-        half = (value * np.float32(2.0 ** k)).astype(np.float16)
-        back = half.astype(np.float32) * np.float32(2.0 ** -k)
-    normal = np.abs(half) >= np.finfo(np.float16).tiny
-    return (half, k) if np.all(normal) and np.array_equal(back, value) else None
+        half = (value / factor).astype(np.float16)
+        back = half.astype(np.float32) * factor
+    normal = np.isfinite(half) & (half >= np.finfo(np.float16).tiny)
+    return (half, factor) if np.all(normal) and back.dtype == np.float32 and np.array_equal(back, value) else None
 
 
 def narrow_weight_scales(model: onnx.ModelProto) -> int:
-    """Store per-channel weight scales that float16 holds exactly (up to a power of two) as float16; returns how many.
+    """Store per-channel weight scales that float16 holds exactly (times one factor) as float16; returns how many.
 
     A scale read as a DequantizeLinear scale, or by the bias-scale Mul of :func:`derive_bias_scales`, becomes
-    ``Mul(Cast(h, to=float), 2**-k)``; values float16 cannot hold exactly stay float32.
+    ``Mul(Cast(h, to=float), c)``, c a float32 scalar; values float16 cannot hold so stay float32.
     """
     taken = tensor_names(model)
-    powers: dict[int, str] = {}
     rewrites = []
     for init in list(model.graph.initializer):
         if init.data_type != TensorProto.FLOAT or len(init.dims) != 1 or init.dims[0] < NARROW_MIN_SCALE_ELEMENTS:
             continue
         if not _only_read_as(model, init.name, {"DequantizeLinear": {1}, "Mul": {0, 1}}):
             continue
-        found = _as_float16_times_power_of_two(numpy_helper.to_array(init))
+        found = _as_float16_times_factor(numpy_helper.to_array(init))
         if found is None:
             continue
-        half, k = found
-        if k not in powers:  # tensors with the same exponent share one scalar
-            powers[k] = fresh_name(f"pow2_minus_{k}", taken)
-            model.graph.initializer.append(numpy_helper.from_array(np.array(2.0 ** -k, np.float32), powers[k]))
-        stored, cast_out = fresh_name(f"{init.name}_fp16", taken), fresh_name(f"{init.name}_fp32", taken)
+        half, factor = found
+        stored, cast_out, factor_name = (fresh_name(f"{init.name}_{suffix}", taken) for suffix in ("fp16", "fp32", "factor"))
+        model.graph.initializer.append(numpy_helper.from_array(np.array(factor, np.float32), factor_name))
         rewrites.append((init, half, [helper.make_node("Cast", [stored], [cast_out], to=TensorProto.FLOAT),
-                                      helper.make_node("Mul", [cast_out, powers[k]], [init.name])]))
+                                      helper.make_node("Mul", [cast_out, factor_name], [init.name])]))
     return _narrow(model, rewrites)
 
 
