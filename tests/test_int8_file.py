@@ -28,6 +28,7 @@ from edgekd.deploy.runtime import make_session
 from edgekd.deploy.runtime.latency import measure_latency_interleaved
 from edgekd.exporting.qdq import postprocess_qdq
 from edgekd.exporting.slim import remove_redundant_clips, slim_int8
+from edgekd.errors import ArtifactError
 from edgekd.manifest import Manifest
 from edgekd.quant import freeze_observers, prepare_qat
 from edgekd.quant.observers import weight_scale
@@ -38,12 +39,18 @@ SHAPE = (1, 1, 28, 28)
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
+def qat():
+    """The trained test student's QAT twin, calibrated on real images and frozen."""
+    model = prepare_qat(trained_student(), [(b,) for b in fmnist_images(256).split(64)], num_batches=4)
+    freeze_observers(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, qat) -> dict[str, Path]:
     """FP32, INT8 as exported, and INT8 exported with the slim pass switched off (the file before it)."""
     d = tmp_path_factory.mktemp("int8file")
     student = trained_student()
-    qat = prepare_qat(student, [(b,) for b in fmnist_images(256).split(64)], num_batches=4)
-    freeze_observers(qat)
     out = {"fp32": d / "model.fp32.onnx", "int8": d / "model.int8.onnx", "before": d / "before.int8.onnx"}
     export_mod.export_fp32(student, out["fp32"], SHAPE)
     export_mod.export_int8(qat, out["int8"], SHAPE)
@@ -121,6 +128,23 @@ def test_biases_int16_and_weight_scales_float16_where_exact(files: dict) -> None
             assert stored[scale].size < 64  # the rewrite would cost more than it saves
     # each branch above enforced the rule per layer; this student: 41 of 53 biases, 35 of 53 scales
     assert narrow_biases > 0 and narrow_scales > 0
+
+
+def test_export_refuses_a_storage_rewrite_that_changes_a_scale(qat, tmp_path: Path, monkeypatch) -> None:
+    """The exporter checks the scales again after the storage rewrites: one factor off by an ulp is refused."""
+    real_slim = export_mod.slim_int8
+
+    def inexact_slim(model: onnx.ModelProto) -> dict[str, int]:
+        result = real_slim(model)
+        factor = next(t for t in model.graph.initializer if t.name.endswith("_factor"))
+        value = numpy_helper.to_array(factor)
+        factor.CopyFrom(numpy_helper.from_array(np.nextafter(value, np.float32(1)).astype(np.float32), factor.name))
+        return result
+
+    monkeypatch.setattr(export_mod, "slim_int8", inexact_slim)
+    with pytest.raises(ArtifactError, match="does not carry the QAT scales"):
+        export_mod.export_int8(qat, tmp_path / "model.int8.onnx", SHAPE)
+    assert not (tmp_path / "model.int8.onnx").exists()  # nothing written
 
 
 def _qdq_conv_graph(w_scale: np.ndarray, bias: np.ndarray) -> onnx.ModelProto:
