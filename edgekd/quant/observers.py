@@ -44,7 +44,7 @@ def weight_scale(weight: torch.Tensor) -> torch.Tensor:
     (a power-of-two ``c``): with few significant bits, the int8 kernels' requantization meets exact rounding
     ties, which onnxruntime and torch's fake quant break differently: on the test student, 3 of 256 images
     fell beyond the export parity check's 3-step logit bound in 5 of 9 calibrations × image sets (1 of 9
-    with unsnapped scales; none in this form, 99.78 % within on average).
+    with unsnapped scales; none in this form, 99.78 % within on average; benchmarks/scale_ties_probe.py).
     """
     w = weight.detach().float()
     exact = (w.abs().reshape(w.shape[0], -1).amax(dim=1) / W_QMAX).clamp_min(SCALE_EPS)
