@@ -26,6 +26,7 @@ two take the default run's INT8 file from 0.280x to 0.2686x of the FP32 file.
 """
 from __future__ import annotations
 
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -150,15 +151,17 @@ def remove_unused(model: onnx.ModelProto) -> None:
     model.graph.initializer.extend(keep)
 
 
-def _only_read_as(model: onnx.ModelProto, name: str, allowed: dict[str, set[int]]) -> bool:
-    """True when every node reading ``name`` is of an op in ``allowed`` and reads it at one of its input slots.
-
-    A name that is also a graph input or output is never rewritten: it would become a node's output.
+def _readers_check(model: onnx.ModelProto) -> Callable[[str, dict[str, set[int]]], bool]:
+    """``ok(name, allowed)``: every node reading ``name`` is of an op in ``allowed`` and reads it at one of
+    its input slots. A name that is also a graph input or output never passes: it would become a node's output.
     """
-    if name in {v.name for v in model.graph.input} | {v.name for v in model.graph.output}:
-        return False
-    users = [(n, i) for n in model.graph.node for i, inp in enumerate(n.input) if inp == name]
-    return bool(users) and all(i in allowed.get(n.op_type, set()) for n, i in users)
+    boundary = {v.name for v in model.graph.input} | {v.name for v in model.graph.output}
+    readers = _consumers(model)
+
+    def ok(name: str, allowed: dict[str, set[int]]) -> bool:
+        slots = [(n.op_type, i) for n in readers[name] for i, inp in enumerate(n.input) if inp == name]
+        return name not in boundary and bool(slots) and all(i in allowed.get(op, set()) for op, i in slots)
+    return ok
 
 
 def _narrow(model: onnx.ModelProto, rewrites: list[tuple[onnx.TensorProto, np.ndarray, list[onnx.NodeProto]]]) -> int:
@@ -177,6 +180,7 @@ def _narrow(model: onnx.ModelProto, rewrites: list[tuple[onnx.TensorProto, np.nd
 def narrow_biases(model: onnx.ModelProto) -> int:
     """Store int32 biases whose values all fit in int16 as int16 + ``Cast(to=int32)``; returns how many."""
     taken = tensor_names(model)
+    only_read_as = _readers_check(model)
     info = np.iinfo(np.int16)
     rewrites = []
     for init in model.graph.initializer:
@@ -184,7 +188,7 @@ def narrow_biases(model: onnx.ModelProto) -> int:
             continue
         value = numpy_helper.to_array(init)
         if (value.size < NARROW_MIN_BIAS_ELEMENTS or value.min() < info.min or value.max() > info.max
-                or not _only_read_as(model, init.name, {"DequantizeLinear": {0}})):
+                or not only_read_as(init.name, {"DequantizeLinear": {0}})):
             continue
         stored = fresh_name(f"{init.name}_int16", taken)
         cast = helper.make_node("Cast", [stored], [init.name], to=TensorProto.INT32)
@@ -214,11 +218,12 @@ def narrow_weight_scales(model: onnx.ModelProto) -> int:
     ``Mul(Cast(h, to=float), c)``, c a float32 scalar; values float16 cannot hold so stay float32.
     """
     taken = tensor_names(model)
+    only_read_as = _readers_check(model)
     rewrites = []
     for init in list(model.graph.initializer):
         if init.data_type != TensorProto.FLOAT or len(init.dims) != 1 or init.dims[0] < NARROW_MIN_SCALE_ELEMENTS:
             continue
-        if not _only_read_as(model, init.name, {"DequantizeLinear": {1}, "Mul": {0, 1}}):
+        if not only_read_as(init.name, {"DequantizeLinear": {1}, "Mul": {0, 1}}):
             continue
         found = _as_float16_times_factor(numpy_helper.to_array(init))
         if found is None:
