@@ -27,6 +27,10 @@ the verified teacher of an earlier run of the same config (the default run's, fo
 training one (~40 min):
 
     python benchmarks/methods.py --methods ce hinton augmix_kd --teacher-run export/fashion_mnist --resume
+
+After a change to the quantization or check code, ``--rerun-from qat`` (with ``--resume``) re-runs the
+requested cells the table holds from that stage on, reusing their trained students; each row records the
+commit it ran (``code``), and the markdown lists which cells ran which code.
 """
 from __future__ import annotations
 
@@ -79,6 +83,8 @@ COLUMNS = {"clean": "clean acc (FP32)", "int8": "INT8 acc after QAT", "corruptio
            f"pgd_{EPS_KEY}": f"PGD-20 ε={EPS} (FP32)", "ece": "ECE (INT8)", "ood_auroc": "OOD AUROC (INT8)",
            "train_seconds": "training time (s)"}
 LOWER_IS_BETTER = {"ece", "train_seconds"}
+# the stages a cell can be re-run from without retraining the student (--rerun-from)
+STAGES_AFTER_DISTILL = ("qat", "export", "check")
 FRACTIONS = {"clean", "int8", "corruption_mean", f"pgd_{EPS_KEY}"}
 
 
@@ -117,11 +123,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--render", action="store_true", help="only re-render the markdown from the JSON")
     p.add_argument("--resume", action="store_true",
                    help="keep the (method, seed) cells the JSON already measured with the same budget and teacher")
+    p.add_argument("--rerun-from", default=None, choices=list(STAGES_AFTER_DISTILL), metavar="STAGE",
+                   help="with --resume: re-run the requested cells the table already holds from this stage on "
+                        f"({', '.join(STAGES_AFTER_DISTILL)}), reusing their verified earlier stages, and replace "
+                        "their rows (after a change to the quantization or check code; no retraining of distill)")
     p.add_argument("--teacher-run", default=None, metavar="RUN",
                    help="use this run's verified teacher (same data and teacher config) instead of training one")
     a = p.parse_args()
-    # the requested methods run first (within each seed), then the two references if not requested
-    a.methods = list(dict.fromkeys([*a.methods, "ce", "hinton"]))
+    if a.rerun_from and not a.resume:
+        p.error("--rerun-from re-measures cells an earlier sitting wrote: pass it with --resume")
+    # the requested methods run first (within each seed), then the two references if not requested (a re-run
+    # touches only the requested cells: the references are already on the table)
+    a.methods = list(dict.fromkeys([*a.methods, *([] if a.rerun_from else ["ce", "hinton"])]))
     if len(a.seeds) < 3 and not a.render:
         print("[bench] note: fewer than 3 seeds; the std is not a meaningful spread", file=sys.stderr)
     return a
@@ -139,6 +152,20 @@ def measure(run: Any) -> dict[str, float]:
         "ece": rob["calibration"]["ece"], "ood_auroc": statistics.mean(ood),
         "train_seconds": float(run.metrics("distill")["train_seconds"]) + float(run.metrics("qat")["train_seconds"]),
     }
+
+
+def code_version() -> str:
+    """The commit the benchmark process loaded its code from (``-dirty`` with uncommitted changes), so a table
+    built over several sittings says which cells ran which code."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:
+        return "unknown (not a git checkout)"
+    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no", "--", "edgekd") else "")
 
 
 class BenchInputError(Exception):
@@ -255,6 +282,15 @@ def render(data: dict[str, Any]) -> str:
             won = [COLUMNS[k] for k in COLUMNS if k != "train_seconds" and beats(table, method, k)]
             verdict.append(f"| {method} | {', '.join(won) if won else 'nothing'} |")
         out.append("\n".join(verdict) + "\n")
+    codes: dict[str, list[str]] = {}
+    for method, rows in data["runs"].items():
+        for r in rows:
+            label = r.get("code", "not recorded (before cells recorded it)")
+            codes.setdefault(label, []).append(f"{method} s{r['seed']}" + (f" (re-run from {r['rerun_from']})"
+                                                                           if r.get("rerun_from") else ""))
+    if codes:
+        out.append("Code each cell ran (commit): " + "; ".join(f"{c}: {', '.join(cells)}" for c, cells in codes.items())
+                   + ".\n")
     if failures:
         out.append("Failed runs (each kept as a row above when all its seeds failed):\n\n"
                    + "\n".join(f"- {f['method']} seed {f['seed']}: {f['error']}" for f in failures) + "\n")
@@ -300,10 +336,18 @@ def measure_table(a: argparse.Namespace, out: Path, stem: str) -> int:
     def save(complete: bool) -> str:
         return write(out, stem, a, budget, teacher, teacher_sha, student, runs, failures, time.time() - t0, complete)
 
+    code = code_version()
+    rerun_from = getattr(a, "rerun_from", None)
+    rerun = {"stages": list(STAGES_AFTER_DISTILL[STAGES_AFTER_DISTILL.index(rerun_from):]), "force": True} \
+        if rerun_from else {}
     for seed in a.seeds:
         for method in a.methods:  # only the requested ones run; earlier sittings' other methods stay as they were
-            if any(r.get("seed") == seed for r in runs[method]):
+            measured = [r for r in runs[method] if r.get("seed") == seed]
+            if measured and not rerun:
                 print(f"[bench] seed {seed} {method}: kept from {stem}.json", flush=True)
+                continue
+            if not measured and rerun:
+                print(f"[bench] seed {seed} {method}: not in {stem}.json, nothing to re-run", flush=True)
                 continue
             failures[:] = [f for f in failures if (f["method"], f["seed"]) != (method, seed)]  # tried again
             loss, variant = VARIANTS.get(method, (method, []))
@@ -311,14 +355,17 @@ def measure_table(a: argparse.Namespace, out: Path, stem: str) -> int:
             try:
                 overrides += per_method[loss]() if loss in per_method else []
                 # resume: a cell killed in an earlier sitting continues from its last epoch checkpoint
-                run = edgekd.run(a.config, overrides=overrides, out=runs_dir, resume=a.resume)
-                runs[method].append({**measure(run), "seed": seed})
+                run = edgekd.run(a.config, overrides=overrides, out=runs_dir, resume=a.resume, **rerun)
+                row = {**measure(run), "seed": seed, "code": code, **({"rerun_from": rerun_from} if rerun else {})}
+                # a re-run replaces the cell's row only once it measured (a failed one keeps the earlier row)
+                runs[method] = sorted([r for r in runs[method] if r.get("seed") != seed] + [row], key=lambda r: r["seed"])
             except Exception as e:  # recorded in the JSON and the table; the other methods still run
-                failures.append({"method": method, "seed": seed, "error": f"{type(e).__name__}: {getattr(e, 'problem', e)}"})
+                failures.append({"method": method, "seed": seed, "error": f"{type(e).__name__}: {getattr(e, 'problem', e)}"
+                                 + (f" (re-run from {rerun_from}; the earlier row is kept)" if rerun else "")})
                 print(f"[bench] seed {seed} {method}: FAILED {failures[-1]['error']}", flush=True)
                 save(complete=False)
                 continue
-            print(f"[bench] seed {seed} {method}: {json.dumps(runs[method][-1])}", flush=True)
+            print(f"[bench] seed {seed} {method}: {json.dumps(row)}", flush=True)
             # after every run: an interrupted benchmark keeps what it measured (meta.complete says how far)
             save(complete=False)
     print(save(complete=True))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -250,3 +251,47 @@ def test_a_table_is_complete_only_with_every_seed_of_every_method(tmp_path, monk
     assert mb.measure_table(a, out, "methods") == 0
     data = json.loads((out / "methods.json").read_text())
     assert data["meta"]["complete"] is True and "Incomplete" not in (out / "methods.md").read_text()
+
+
+def test_rerun_from_qat_re_measures_only_the_tables_cells_and_keeps_a_failed_ones_row(tmp_path, monkeypatch):
+    """After a change to the quantization code, ``--rerun-from qat`` re-runs qat, export and check (forced) of
+    the cells the table holds, replacing their rows with the code they ran; a cell not in the table is not
+    trained, and a re-run that fails keeps the earlier row and says so."""
+    out = tmp_path / "results"
+    run_dir = teacher_run(tmp_path)
+    sha = mb.sha256_file(run_dir / "stages" / "teacher" / "teacher.pt")
+    write_table(out, {"ce": [row(0, 0.91)], "hinton": [row(0, 0.92), row(1, 0.93)]}, mb.BUDGETS["default"], sha)
+    calls = []
+
+    def fake_run(config, overrides, out, resume, stages=None, force=False):
+        name = next(o for o in overrides if o.startswith("name="))[5:]
+        calls.append((name, resume, stages, force))
+        if name == "hinton_s1":
+            raise RuntimeError("export refused")
+        return FakeRun(0.80)
+
+    monkeypatch.setattr(mb.edgekd, "run", fake_run)
+    monkeypatch.setattr(mb, "code_version", lambda: "abc1234")
+    a = SimpleNamespace(config=str(ROOT / "configs" / "fashion_mnist.yaml"), budget="default", overrides=[],
+                        methods=["ce", "hinton"], seeds=[0, 1], runs=str(tmp_path / "runs"),
+                        teacher_run=str(run_dir), resume=True, rerun_from="qat")
+    assert mb.measure_table(a, out, "methods") == 0
+    stages = ["qat", "export", "check"]
+    assert calls == [("ce_s0", True, stages, True), ("hinton_s0", True, stages, True), ("hinton_s1", True, stages, True)]
+    data = json.loads((out / "methods.json").read_text())
+    assert [(r["seed"], r["clean"], r.get("code"), r.get("rerun_from")) for r in data["runs"]["hinton"]] == [
+        (0, 0.80, "abc1234", "qat"), (1, 0.93, None, None)]
+    assert data["runs"]["ce"][0]["clean"] == 0.80 and [r["seed"] for r in data["runs"]["ce"]] == [0]
+    assert data["failures"] == [{"method": "hinton", "seed": 1,
+                                 "error": "RuntimeError: export refused (re-run from qat; the earlier row is kept)"}]
+    md = (out / "methods.md").read_text()
+    assert "abc1234: ce s0 (re-run from qat), hinton s0 (re-run from qat)" in md
+    assert "not recorded (before cells recorded it): hinton s1" in md
+
+
+def test_rerun_from_needs_resume_and_a_stage_after_distill():
+    for argv, named in ([["--rerun-from", "qat"], "pass it with --resume"],
+                        [["--rerun-from", "distill", "--resume"], "invalid choice: 'distill'"]):
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "methods.py"), *argv],
+                              capture_output=True, text=True)
+        assert proc.returncode == 2 and named in proc.stderr, proc.stderr
