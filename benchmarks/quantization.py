@@ -7,6 +7,8 @@ the benchmark builds INT8 files in every way a user could, and measures them all
 - ``qat_ce``: the same QAT stage with ``distill.alpha=0`` (labels only), one run per seed;
 - ``qat_kd_run``: the run's own INT8 file (QAT+KD at the run's seed; no re-training, for a quick table);
 - ``qat_kd_float_stem``: QAT with KD and the stem conv kept in float (``qat.keep_float``), per seed;
+- ``qat_kd_epoch``: QAT with KD over a whole training epoch instead of the config's step cap
+  (``qat.train.max_steps_per_epoch``), per seed: does a longer fine-tune with the teacher buy accuracy?
 - ``ptq_minmax`` / ``ptq_entropy`` / ``ptq_percentile``: onnxruntime static PTQ of the run's own
   FP32 file (``quant_pre_process``, then QDQ, per-channel int8 weights, uint8 activations), calibrated
   on exactly the training images edgekd's QAT calibrates on (the first ``qat.calibration_batches``
@@ -359,7 +361,8 @@ def main() -> int:
     print("fp32", json.dumps({k: fp32[k] for k in ("accuracy", "size_bytes", "latency_ms")}), flush=True)
     rows: dict[str, list[dict[str, Any]]] = {}
     # qat_kd_float_stem: mixed precision, the 1-input-channel stem conv kept in float (see docs/quantization.md)
-    seed_sets = {"qat_kd": [], "qat_ce": ["distill.alpha=0.0"], "qat_kd_float_stem": [f"qat.keep_float=[{a.stem}]"]}
+    seed_sets = {"qat_kd": [], "qat_ce": ["distill.alpha=0.0"], "qat_kd_float_stem": [f"qat.keep_float=[{a.stem}]"],
+                 "qat_kd_epoch": ["qat.train.max_steps_per_epoch=null"]}
     for method in a.methods:
         rows[method] = []
         jobs: list[tuple[str, Callable[[], Path]]]
