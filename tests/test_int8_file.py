@@ -128,6 +128,13 @@ def test_biases_int16_and_weight_scales_float16_where_exact(files: dict) -> None
             assert stored[scale].size < 64  # the rewrite would cost more than it saves
     # each branch above enforced the rule per layer; this student: 41 of 53 biases, 35 of 53 scales
     assert narrow_biases > 0 and narrow_scales > 0
+    # the doctor states the same storage, and still the dtype the kernels read (int32 biases)
+    types = diagnose(files["int8"])["types"]
+    assert types["bias"] == {"int32": 53}
+    assert types["narrowed_storage"] == {"int16 biases": narrow_biases,
+                                         "float16 weight scales (times one float32 factor)": narrow_scales}
+    before = diagnose(files["before"])["types"]
+    assert before["narrowed_storage"] == {} and before["bias"] == {"int32": 53}
 
 
 def test_export_refuses_a_storage_rewrite_that_changes_a_scale(qat, tmp_path: Path, monkeypatch) -> None:

@@ -73,7 +73,8 @@ def _numel(t: onnx.TensorProto) -> int:
 def _quant_types(model: onnx.ModelProto) -> dict[str, Any]:
     """Activation and weight int8 types from the Q/DQ nodes of the original file."""
     consts = constants(model)
-    act, weights, bias = Counter(), Counter(), Counter()
+    made_by = producers(model)
+    act, weights, bias, narrowed = Counter(), Counter(), Counter(), Counter()
     granularity, stored_float = Counter(), 0
     for n in model.graph.node:
         if n.op_type not in QDQ_OPS:
@@ -86,9 +87,14 @@ def _quant_types(model: onnx.ModelProto) -> dict[str, Any]:
             kind = str(src.dtype)
             if kind == "int32":
                 bias[kind] += 1
+                stored = _stored_dtype(n.input[0], made_by, consts)
+                if stored != kind:
+                    narrowed[f"{stored} biases"] += 1
             else:
                 weights[kind] += 1
                 granularity[per] += 1
+                if per == "per-channel" and _stored_dtype(n.input[1], made_by, consts) == "float16":
+                    narrowed["float16 weight scales (times one float32 factor)"] += 1
         elif n.op_type == "QuantizeLinear" and src is not None:  # float weight quantized at load time
             weights[str(zp.dtype) if zp is not None else "uint8"] += 1
             granularity[per] += 1
@@ -96,7 +102,19 @@ def _quant_types(model: onnx.ModelProto) -> dict[str, Any]:
         elif n.op_type == "QuantizeLinear":
             act[str(zp.dtype) if zp is not None else "uint8"] += 1
     return {"activations": dict(act), "weights": dict(weights), "bias": dict(bias),
-            "weight_granularity": dict(granularity), "weights_stored_float": stored_float}
+            "weight_granularity": dict(granularity), "weights_stored_float": stored_float,
+            "narrowed_storage": dict(narrowed)}
+
+
+def _stored_dtype(name: str, made_by: dict[str, onnx.NodeProto], consts: dict[str, Any]) -> str:
+    """The dtype a constant is stored in: behind ``Cast(x)`` or ``Mul(Cast(x), factor)`` (the exporter's
+    narrowed storage, ``edgekd.exporting.slim``) it is ``x``'s, otherwise the constant's own."""
+    node = made_by.get(name)
+    if node is not None and node.op_type == "Mul":
+        node = next((made_by[i] for i in node.input if i in made_by and made_by[i].op_type == "Cast"), None)
+    if node is not None and node.op_type == "Cast" and node.input[0] in consts:
+        return str(consts[node.input[0]].dtype)
+    return str(consts[name].dtype) if name in consts else "unknown"
 
 
 def _float_compute(opt: onnx.ModelProto) -> list[dict[str, str]]:
@@ -375,7 +393,8 @@ def format_diagnosis(d: dict[str, Any]) -> str:
     t = d["types"]
     if t["activations"] or t["weights"]:
         lines.append(f"types: activations {_counts(t['activations'])}; weights {_counts(t['weights'])} "
-                     f"({_counts(t['weight_granularity'])}); bias {_counts(t['bias'])}")
+                     f"({_counts(t['weight_granularity'])}); bias {_counts(t['bias'])}"
+                     + (f"; narrowed storage: {_counts(t['narrowed_storage'])}" if t.get("narrowed_storage") else ""))
     isa = [k for k, v in d["cpu"]["isa"].items() if v]
     lines.append(f"CPU: {d['cpu']['model']} ({', '.join(isa) or 'no listed ISA extensions'})")
     lines.append("runtime kernels (ORT_ENABLE_ALL): "
