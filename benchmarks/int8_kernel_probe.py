@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edgekd.deploy.runtime import make_session, measure_latency  # noqa: E402
 from edgekd.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 # (kind, channels, height = width) as they occur in MobileNetV2 x0.5 on 28x28 inputs (stem stride 1)
@@ -75,23 +75,13 @@ def chain(n: int, kind: str, c: int, hw: int, quantized: bool, seed: int = 0) ->
 
 
 def session(model: onnx.ModelProto, optimized: Path | None = None) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    if optimized is not None:
-        so.optimized_model_filepath = str(optimized)
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    """The chain in onnxruntime on 1 thread, as the check stage opens files (``make_session``)."""
+    return make_session(model.SerializeToString(), threads=1, optimized_model_path=optimized)
 
 
-def median_us(sess: ort.InferenceSession, x: np.ndarray, runs: int) -> float:
-    for _ in range(max(20, runs // 10)):
-        sess.run(None, {"x": x})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, {"x": x})
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)) * 1e6
+def median_us(model: onnx.ModelProto, runs: int) -> float:
+    """Median batch-1 latency on 1 thread, timed as the check stage times files (``measure_latency``)."""
+    return measure_latency(model.SerializeToString(), threads=1, warmup=max(20, runs // 10), runs=runs)["median_ms"] * 1e3
 
 
 def fused_ops(kind: str, c: int, hw: int, work: Path) -> Counter:
@@ -115,11 +105,10 @@ def main() -> int:
         ops = fused_ops(kind, c, hw, out)
         if ops.get("QLinearConv") != 3:
             raise SystemExit(f"onnxruntime did not fuse the {kind} QDQ chain into QLinearConv: {dict(ops)}")
-        x = np.random.default_rng(1).random((1, c, hw, hw), dtype=np.float32)
         per = {}
         for q in (False, True):
-            short, long = session(chain(1, kind, c, hw, q)), session(chain(a.layers + 1, kind, c, hw, q))
-            per[q] = (median_us(long, x, a.runs) - median_us(short, x, a.runs)) / a.layers
+            long, short = chain(a.layers + 1, kind, c, hw, q), chain(1, kind, c, hw, q)
+            per[q] = (median_us(long, a.runs) - median_us(short, a.runs)) / a.layers
         rows.append({"kind": kind, "channels": c, "size": hw, "fp32_us": per[False], "int8_us": per[True],
                      "ratio": per[True] / per[False]})
         print(json.dumps(rows[-1]), flush=True)

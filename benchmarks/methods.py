@@ -342,7 +342,7 @@ def measure_table(a: argparse.Namespace, out: Path, stem: str) -> int:
         if rerun_from else {}
     for seed in a.seeds:
         for method in a.methods:  # only the requested ones run; earlier sittings' other methods stay as they were
-            measured = [r for r in runs[method] if r.get("seed") == seed]
+            measured = any(r.get("seed") == seed for r in runs[method])
             if measured and not rerun:
                 print(f"[bench] seed {seed} {method}: kept from {stem}.json", flush=True)
                 continue
