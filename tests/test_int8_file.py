@@ -372,3 +372,25 @@ def test_doctor_without_a_slower_setting_says_faster_everywhere(files: dict, tmp
     assert d["verdict"].startswith("INT8 is faster than FP32 at every setting the check stage measured")
     assert "Graph: every compute op is an int8 kernel" in d["verdict"]
     assert json.dumps(d)  # JSON-ready
+
+
+def test_constants_folds_what_onnxruntime_folds_at_load_and_nothing_fed_by_an_input() -> None:
+    """Initializers, Constant nodes, and Mul / Cast / Identity over them are constants; a graph input's Identity is not."""
+    w = numpy_helper.from_array(np.array([0.5, 0.25], np.float32), "w")
+    f = numpy_helper.from_array(np.array(4.0, np.float32), "f")
+    h = numpy_helper.from_array(np.array([3, -2], np.float16), "h")
+    nodes = [helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.array([2.0, 8.0], np.float32))),
+             helper.make_node("Mul", ["w", "f"], ["wf"]),
+             helper.make_node("Cast", ["h"], ["h32"], to=TensorProto.FLOAT),
+             helper.make_node("Identity", ["wf"], ["wf_id"]),
+             helper.make_node("Mul", ["wf_id", "k"], ["wfk"]),
+             helper.make_node("Identity", ["x"], ["x_id"]),
+             helper.make_node("Mul", ["x_id", "wfk"], ["y0"]),
+             helper.make_node("Add", ["y0", "h32"], ["y"])]
+    graph = helper.make_graph(nodes, "consts", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [w, f, h])
+    consts = constants(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    np.testing.assert_array_equal(consts["wf_id"], np.array([2.0, 1.0], np.float32))
+    np.testing.assert_array_equal(consts["wfk"], np.array([4.0, 8.0], np.float32))
+    assert consts["h32"].dtype == np.float32 and consts["h32"].tolist() == [3.0, -2.0]
+    assert not {"x_id", "y0", "y"} & set(consts)

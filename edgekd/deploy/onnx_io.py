@@ -63,7 +63,7 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Every initializer and ``Constant`` node output, by tensor name, and every ``Mul`` or ``Cast`` of them.
+    """Every initializer and ``Constant`` node output, by tensor name, and every ``Mul``, ``Cast`` or ``Identity`` of them.
 
     The INT8 exporter stores an int32 bias's scale as ``Mul(input_scale, weight_scale)``, narrow biases
     as ``Cast(int16 -> int32)`` and weight scales as ``Mul(Cast(float16 -> float), factor)``
@@ -81,6 +81,8 @@ def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
             to = next((a.i for a in node.attribute if a.name == "to"), None)
             if to in NUMPY_CASTS:  # bfloat16 / float8 have no exact numpy twin: not folded, so not a constant here
                 out[node.output[0]] = out[node.input[0]].astype(NUMPY_CASTS[to])
+        elif node.op_type == "Identity" and node.input and node.input[0] in out:
+            out[node.output[0]] = out[node.input[0]]
     return out
 
 

@@ -92,20 +92,6 @@ def resolve_names(model: onnx.ModelProto, names: Iterable[str]) -> set[str]:
     return wanted
 
 
-def folded_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """:func:`constants` plus the outputs of Mul/Identity nodes over constants (in graph order).
-
-    The INT8 file may store a bias scale as ``Mul(input_scale, weight_scale)`` (edgekd.exporting.slim);
-    onnxruntime folds it at load time, and so does this.
-    """
-    consts = constants(model)
-    for node in model.graph.node:
-        if node.op_type in ("Mul", "Identity") and node.input and all(i in consts for i in node.input):
-            vals = [consts[i] for i in node.input]
-            consts[node.output[0]] = vals[0] * vals[1] if node.op_type == "Mul" else vals[0]
-    return consts
-
-
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -169,7 +155,7 @@ def shield_float_layers(model: onnx.ModelProto, names: Iterable[str]) -> int:
     the layer's input no longer comes from a DequantizeLinear. The layer before keeps its fused int8 kernel.
     """
     wanted = set(names)
-    consts = folded_constants(model)
+    consts = constants(model)
     prod = producers(model)
     nodes: list[onnx.NodeProto] = []
     count = 0
@@ -206,7 +192,7 @@ def with_layers_quantized(fp32: onnx.ModelProto, int8: onnx.ModelProto, names: I
     """
     wanted = resolve_names(int8, names)
     out = _copy(fp32)
-    c8 = folded_constants(int8)
+    c8 = constants(int8)
     prod8 = producers(int8)
     int8_layers = [n8 for n8, _ in _pairs(int8, out)]
     nodes: list[onnx.NodeProto] = []
