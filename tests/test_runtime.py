@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.config import LatencyConfig
 from onnx_helpers import BANDS, FAST_LATENCY, LABELS, band_images, conv_model, gemm_model
 from edgekd.errors import ArtifactError, ConfigError
 from edgekd.deploy.runtime.latency import COST_GROUP_FACTOR, cost_groups, measure_latency_interleaved
+from edgekd.deploy.runtime.profile import aggregate_node_events, depthwise_convs
 from edgekd.deploy.runtime import (accuracy_report, check_models, make_session, measure_latency, onnx_logits,
                             profile_top_ops)
 
@@ -139,6 +141,59 @@ def test_profile_top_ops_matches_optimized_graph(tmp_path: Path) -> None:
     assert [o["total_ms"] for o in ops] == sorted((o["total_ms"] for o in ops), reverse=True)
     assert len(profile_top_ops(path, batch=1, runs=1, top=1)) == 1
     assert not list(tmp_path.glob("*.json")) and not list(Path.cwd().glob("ort_profile*.json"))
+
+
+def depthwise_block(path: Path, channels: int = 8) -> Path:
+    """Pointwise Conv(1 -> C) + depthwise Conv(C, 3x3, group C) + grouped Conv(C, group 2) + GAP + Flatten."""
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.normal(size=(channels, 1, 1, 1)).astype(np.float32), "PW"),
+             numpy_helper.from_array(rng.normal(size=(channels, 1, 3, 3)).astype(np.float32), "DW"),
+             numpy_helper.from_array(rng.normal(size=(channels, channels // 2, 3, 3)).astype(np.float32), "GW")]
+    nodes = [helper.make_node("Conv", ["images", "PW"], ["p"], name="pointwise"),
+             helper.make_node("Conv", ["p", "DW"], ["d"], name="depthwise", group=channels, pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["d", "GW"], ["g"], name="grouped", group=2, pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["g"], ["a"]),
+             helper.make_node("Flatten", ["a"], ["logits"], axis=1)]
+    graph = helper.make_graph(nodes, "dw", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 1, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", channels])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_depthwise_convs_are_told_from_dense_and_grouped_ones_in_the_runtime_graph(tmp_path: Path) -> None:
+    """Only group > 1 with one input channel per group is depthwise, float and int8 (QLinearConv) alike."""
+    path = depthwise_block(tmp_path / "dw.onnx")
+    assert depthwise_convs(onnx.load(str(path))) == {"depthwise"}
+    q = [numpy_helper.from_array(np.zeros((8, 1, 3, 3), np.int8), "QW"),
+         numpy_helper.from_array(np.zeros((8, 4, 3, 3), np.int8), "QG")]
+    io = ["x", "xs", "xz"]
+    nodes = [helper.make_node("QLinearConv", io + ["QW", "ws", "wz", "ys", "yz"], ["y1"], name="q_dw", group=8),
+             helper.make_node("QLinearConv", io + ["QG", "ws", "wz", "ys", "yz"], ["y2"], name="q_grouped", group=2),
+             helper.make_node("QLinearConv", io + ["missing", "ws", "wz", "ys", "yz"], ["y3"], name="q_unknown", group=8)]
+    graph = helper.make_graph(nodes, "q", [], [], q)
+    assert depthwise_convs(helper.make_model(graph)) == {"q_dw"}  # a weight it cannot see is not guessed
+
+
+def test_profile_splits_conv_time_into_depthwise_and_the_rest(tmp_path: Path) -> None:
+    path = depthwise_block(tmp_path / "dw.onnx")
+    rows = {r["op_type"]: r for r in profile_top_ops(path, batch=2, runs=5)}
+    conv = rows["Conv"]
+    assert conv["count"] == 3 and conv["depthwise_count"] == 1
+    assert 0 < conv["depthwise_ms"] < conv["total_ms"]
+    assert all("depthwise_ms" not in r for op, r in rows.items() if op != "Conv")
+
+
+def test_aggregate_node_events_golden() -> None:
+    """Two runs of three nodes: per-inference sums, shares and the depthwise part, by hand."""
+    def ev(name: str, op: str, dur: float) -> dict:
+        return {"cat": "Node", "name": f"{name}_kernel_time", "dur": dur, "args": {"op_name": op}}
+    events = [ev("a", "QLinearConv", 30), ev("b", "QLinearConv", 50), ev("c", "QLinearAdd", 20),
+              ev("a", "QLinearConv", 10), ev("b", "QLinearConv", 70), ev("c", "QLinearAdd", 20),
+              {"cat": "Node", "name": "a_fence_before", "dur": 999, "args": {"op_name": "QLinearConv"}}]
+    rows = aggregate_node_events(events, runs=2, depthwise={"b"})
+    assert rows == [{"op_type": "QLinearConv", "total_ms": 0.08, "share": 0.8, "count": 2,
+                     "depthwise_ms": 0.06, "depthwise_count": 1},
+                    {"op_type": "QLinearAdd", "total_ms": 0.02, "share": 0.2, "count": 1}]
 
 
 # ------------------------------------------------------------------ check_models

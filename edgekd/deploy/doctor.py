@@ -20,7 +20,8 @@ import onnx
 from ..environment import cpu_info
 from ..errors import report_error
 from ..hardware import detect_cpu_features, int8_support
-from .doctor_latency import (float_ops, float_ops_text, latency_table, measured_verdict, profile_overhead,
+from .doctor_latency import (DEPTHWISE_ACTION, conv_split, conv_split_text, depthwise_cause, depthwise_slower,
+                             float_ops, float_ops_text, latency_table, measured_verdict, profile_overhead,
                              runtime_float_nodes, setting_text)
 from .mixed_precision import kept_float_layers, mixed_precision_text
 from .onnx_io import TEMPERATURE_NODE, constants, load_model, logits_tensors, producers
@@ -287,6 +288,17 @@ def rule_latency_table(d: dict[str, Any]) -> Finding | None:
     return {"level": "warn" if slow else "ok", "text": f"INT8/FP32 median latency in the check stage: {rows}."}
 
 
+def rule_conv_split(d: dict[str, Any]) -> Finding | None:
+    split = d.get("conv_split")
+    if not split:
+        return None
+    text = conv_split_text(split)
+    if depthwise_slower(split):  # even where INT8 wins overall, this is what holds its speed-up back
+        text += f" {depthwise_cause(split)}; {DEPTHWISE_ACTION}."
+        return {"level": "warn", "text": text}
+    return {"level": "info", "text": text}
+
+
 def rule_mixed_precision(d: dict[str, Any]) -> Finding | None:
     """Layers kept float on purpose (qat.keep_float), with their measured cost when the check stage has it."""
     mp = d.get("mixed_precision") or ({"float_layers": d["kept_float"]} if d.get("kept_float") else None)
@@ -298,7 +310,8 @@ def rule_float_ops(d: dict[str, Any]) -> Finding | None:
 
 
 RULES: list[Rule] = [rule_float_compute, rule_float_elementwise, rule_leftover_qdq, rule_weights_stored_float,
-                     rule_isa, rule_tiny, rule_measured, rule_latency_table, rule_float_ops, rule_mixed_precision]
+                     rule_isa, rule_tiny, rule_measured, rule_latency_table, rule_conv_split, rule_float_ops,
+                     rule_mixed_precision]
 
 
 def _family_phrase(d: dict[str, Any]) -> str:
@@ -354,6 +367,7 @@ def diagnose(onnx_path: str | Path, provider: str = "CPUExecutionProvider",
                         "fp32_ms": _median_ms(fp32, provider), "fp32_model": str(fp32)}
     d["latency_table"] = latency_table(check) if check else []
     d["profile_overhead"] = profile_overhead(check) if check else {}
+    d["conv_split"] = conv_split(check) if check else {}
     source = "the check stage"
     if not d["latency_table"] and d.get("latency"):
         lat = d["latency"]

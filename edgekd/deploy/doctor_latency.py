@@ -5,7 +5,8 @@ by (batch, threads); ``slower_settings`` keeps those where INT8 took longer. ``c
 names, for those settings, the causes visible in the measurement and in the graph onnxruntime runs:
 thread-pool overhead on a tiny graph, fixed per-inference costs at a small batch, float ops
 between the int8 kernels (the in-graph normalization, layout transposes) with their profiled share,
-and says what to do. ``float_ops`` states what stays float in the INT8 graph and why.
+int8 depthwise convs slower than the float ones (``conv_split`` of both files' profiles), and says
+what to do. ``float_ops`` states what stays float in the INT8 graph and why.
 
 Imports no torch: it runs in the torch-free CI job.
 """
@@ -54,6 +55,56 @@ def profile_overhead(check: Mapping[str, Any], int8: str = "student_int8") -> di
     """Share of the INT8 file's profiled kernel time per non-int8-kernel op type (normalization, Q/DQ, layout)."""
     rows = ((check.get("models") or {}).get(int8) or {}).get("profile_top_ops") or []
     return {r["op_type"]: float(r.get("share", 0.0)) for r in rows if r.get("op_type") in OVERHEAD_OPS}
+
+
+def conv_split(check: Mapping[str, Any], int8: str = "student_int8",
+               fp32: str = "student_fp32") -> dict[str, dict[str, float]]:
+    """Conv kernel time per inference, depthwise vs the other convs, of both files' check-stage profiles.
+
+    ``{"int8": {...}, "fp32": {...}}``, each ``{"depthwise_ms", "depthwise_count", "other_ms", "other_count"}``;
+    {} unless both profiles split their convs (``edgekd.deploy.runtime.profile``).
+    """
+    out: dict[str, dict[str, float]] = {}
+    for key, model in (("int8", int8), ("fp32", fp32)):
+        rows = ((check.get("models") or {}).get(model) or {}).get("profile_top_ops") or []
+        convs = [r for r in rows if "depthwise_ms" in r]
+        if not convs:
+            return {}
+        dw_ms = sum(float(r["depthwise_ms"]) for r in convs)
+        dw_n = sum(int(r["depthwise_count"]) for r in convs)
+        out[key] = {"depthwise_ms": dw_ms, "depthwise_count": dw_n,
+                    "other_ms": sum(float(r["total_ms"]) for r in convs) - dw_ms,
+                    "other_count": sum(int(r["count"]) for r in convs) - dw_n}
+    return out
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"x{a / b:.2f}" if b > 0 else "-"
+
+
+def conv_split_text(split: Mapping[str, Mapping[str, float]]) -> str:
+    """One sentence: INT8 against FP32 conv time, depthwise and the rest, from the check stage's profiles."""
+    i, f = split["int8"], split["fp32"]
+    return (f"Conv kernel time per inference in the check stage's profile: depthwise "
+            f"x{int(i['depthwise_count'])} INT8 {i['depthwise_ms']:.3f} ms vs FP32 {f['depthwise_ms']:.3f} ms "
+            f"({_ratio(i['depthwise_ms'], f['depthwise_ms'])}); other convs x{int(i['other_count'])} "
+            f"{i['other_ms']:.3f} vs {f['other_ms']:.3f} ms ({_ratio(i['other_ms'], f['other_ms'])}).")
+
+
+def depthwise_slower(split: Mapping[str, Mapping[str, float]]) -> bool:
+    """True when the INT8 file's depthwise convs took longer than the FP32 file's in the profiles."""
+    return bool(split) and split["int8"]["depthwise_ms"] > split["fp32"]["depthwise_ms"] > 0
+
+
+def depthwise_cause(split: Mapping[str, Mapping[str, float]]) -> str:
+    """Why the INT8 file's depthwise convs hold its speed-up back, with the two measured ratios."""
+    i, f = split["int8"], split["fp32"]
+    return ("onnxruntime's int8 depthwise conv kernel is slower than its float one on this CPU: the int8 depthwise "
+            f"convs took {_ratio(i['depthwise_ms'], f['depthwise_ms'])} of the FP32 file's depthwise time while the "
+            f"other convs took {_ratio(i['other_ms'], f['other_ms'])}")
+DEPTHWISE_ACTION = ("this is the runtime's kernel, not the file: keeping depthwise convs float (qat.keep_float) adds "
+                    "a quantize/dequantize pair around each, so measure it (edgekd sensitivity lists the layers); a "
+                    "student with fewer depthwise layers, or a runtime with a faster int8 depthwise kernel, gains more")
 
 
 def _normalization_ops(d: Mapping[str, Any]) -> dict[str, int]:
@@ -113,6 +164,10 @@ def causes_and_actions(d: Mapping[str, Any], table: list[dict[str, Any]],
                       + ", ".join(f"{op} x{c}" for op, c in sorted(other.items())) + "), each behind a dequantize "
                       "and before a quantize")
         actions.append("choose a student whose activations have int8 kernels (ReLU/ReLU6 rather than HardSwish/SE)")
+    split = d.get("conv_split") or {}
+    if depthwise_slower(split):
+        causes.append(depthwise_cause(split))
+        actions.append(DEPTHWISE_ACTION)
     if d.get("float_compute"):
         causes.append(f"{len(d['float_compute'])} compute op(s) stayed float between int8 kernels (see below)")
         actions.append("quantize the inputs of the float compute ops so onnxruntime can fuse them")

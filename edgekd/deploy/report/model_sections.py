@@ -87,9 +87,11 @@ def ops_section(check: dict[str, Any]) -> Section | None:
     for n in ordered_models(check["models"]):
         ops = check["models"][n].get("profile_top_ops")
         if ops:
-            sec.blocks.append(Table(["op type", "total ms", "share", "count"],
+            sec.blocks.append(Table(["op type", "total ms", "share", "count", "of which depthwise: ms (count)"],
                                     [[str(o.get("op_type", MISSING)), num(o.get("total_ms")), pct(o.get("share")),
-                                      str(o.get("count", MISSING))] for o in ops], caption=n))
+                                      str(o.get("count", MISSING)),
+                                      f"{num(o['depthwise_ms'])} ({o.get('depthwise_count', MISSING)})"
+                                      if "depthwise_ms" in o else MISSING] for o in ops], caption=n))
     return sec if sec.blocks else None
 
 
