@@ -37,6 +37,7 @@ class AugmentConfig:
     noise_std: float = 0.0  # robust KD (a): Gaussian noise on the student's input
     corruption_prob: float = 0.0  # robust KD (a): probability of a random corruption per batch
     corruption_max_severity: int = 3  # robust KD (a): highest severity (1-5) of those corruptions
+    corruptions: list[str] = field(default_factory=list)  # robust KD (a): the corruptions drawn from; empty = all registered
 
 
 @dataclass

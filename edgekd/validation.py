@@ -429,6 +429,8 @@ def validate_registry_names(cfg: "Config") -> None:
             raise err
     for i, name in enumerate(cfg.distill.augmix.ops):
         reg["corruption"].check(name, f"distill.augmix.ops[{i}]")
+    for i, name in enumerate(cfg.data.augment.corruptions):
+        reg["corruption"].check(name, f"data.augment.corruptions[{i}]")
     for i, teacher in enumerate(cfg.distill.teachers):
         key = f"distill.teachers[{i}].arch"
         if split_arch(teacher.arch)[0] is not None:

@@ -136,6 +136,7 @@ def test_registry_miss_lists_valid_names() -> None:
     ("student.arch=mobilenet_v4", "student.arch", "mobilenet_v2"),
     ("data.dataset=mnist", "data.dataset", "fashion_mnist"),
     ("check.robustness.corruptions=[gaussian_noise, fog]", "check.robustness.corruptions[1]", "gaussian_noise"),
+    ("data.augment.corruptions=[rotate, fog]", "data.augment.corruptions[1]", "jpeg"),
     ("check.robustness.ood=[uniform, svhn]", "check.robustness.ood[1]", "blobs"),
     ("distill.robust.attack=cw", "distill.robust.attack", "fgsm_rs"),
     ("distill.train.optimizer=lbfgs", "distill.train.optimizer", "adamw"),

@@ -106,6 +106,28 @@ def test_corruption_severity_is_capped(monkeypatch, fmnist_small) -> None:
     assert len(used) == 40 and set(used) == {1, 2}
 
 
+def test_corruptions_are_drawn_only_from_the_configured_list(monkeypatch, fmnist_small) -> None:
+    """``data.augment.corruptions`` limits the draw (a benchmark keeps some corruptions for testing only);
+    empty draws from every registered one."""
+    import edgekd.robustness.corruptions as corruptions
+
+    names: list[str] = []
+    real = corruptions.apply_corruption
+
+    def spy(name, images, severity, rng):
+        names.append(name)
+        return real(name, images, severity, rng)
+
+    monkeypatch.setattr(corruptions, "apply_corruption", spy)
+    x = torch.from_numpy(fmnist_small.train.images[:8]).float() / 255.0
+    for allowed, expected in ((["rotate", "jpeg"], {"rotate", "jpeg"}), ([], set(corruptions.CORRUPTIONS.names()))):
+        names.clear()
+        aug = Augmenter(replace(GEO, corruption_prob=1.0, corruptions=allowed), seed=0)
+        for b in range(120):
+            aug.views(x, 0, b)
+        assert set(names) == expected  # 120 draws reach each of 14 names (miss chance ~14 * (13/14)^120 < 1e-3)
+
+
 # ------------------------------------------------------------------ Distiller.step
 
 

@@ -132,11 +132,18 @@ def test_resume_without_a_table_starts_empty(tmp_path):
     assert runs == {"ce": [], "hinton": []} and failures == [] and seconds == 0.0
 
 
+def by_corruption(held_out: float = 0.6, other: float = 0.9) -> dict[str, list[float]]:
+    """The check stage's per-corruption, per-severity accuracies: ``held_out`` on the held-out ones."""
+    from edgekd.robustness.corruptions import CORRUPTIONS
+
+    return {c: [held_out if c in mb.HELD_OUT_CORRUPTIONS else other] * 5 for c in CORRUPTIONS.names()}
+
+
 class FakeRun:
     """What ``measure`` reads of a finished run: the check, distill and qat metrics."""
 
     def __init__(self, clean: float) -> None:
-        rob = {"corruption": {"mean_accuracy": 0.7}, "calibration": {"ece": 0.02},
+        rob = {"corruption": {"mean_accuracy": 0.7, "by_corruption": by_corruption()}, "calibration": {"ece": 0.02},
                "ood": {"uniform": {"auroc_msp": 0.9}, "blobs": {"auroc_msp": 0.8}}}
         self._m = {"check": {"models": {
             "student_fp32": {"accuracy": clean, "robustness": {"adversarial": {"pgd": {mb.EPS_KEY: 0.2}}}},
@@ -295,3 +302,61 @@ def test_rerun_from_needs_resume_and_a_stage_after_distill():
         proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "methods.py"), *argv],
                               capture_output=True, text=True)
         assert proc.returncode == 2 and named in proc.stderr, proc.stderr
+
+
+def test_heldout_mean_is_the_mean_over_the_held_out_corruptions_only():
+    by = by_corruption(held_out=0.6, other=0.9)
+    by["rotate"] = [0.9, 0.8, 0.7, 0.6, 0.5]  # severity mean 0.7: (5 * 0.6 + 0.7) / 6
+    assert mb.heldout_mean({"by_corruption": by}) == pytest.approx((5 * 0.6 + 0.7) / 6, rel=1e-12)
+    del by["contrast"]
+    with pytest.raises(mb.BenchInputError, match="measured no contrast"):
+        mb.heldout_mean({"by_corruption": by})
+
+
+def test_corruption_trained_rows_never_train_on_the_held_out_corruptions(tmp_path, monkeypatch):
+    """augmix_kd's views and hinton_corrupt's inputs draw from the registered corruptions minus the held-out
+    ones, and the overrides validate as a config."""
+    from edgekd.robustness.corruptions import CORRUPTIONS
+
+    seen = {}
+
+    def fake_run(config, overrides, out, resume):
+        seen[next(o for o in overrides if o.startswith("name="))[5:]] = overrides
+        return FakeRun(0.9)
+
+    monkeypatch.setattr(mb.edgekd, "run", fake_run)
+    a = SimpleNamespace(config=str(ROOT / "configs" / "fashion_mnist.yaml"), budget="default", overrides=[],
+                        methods=["augmix_kd", "hinton_corrupt"], seeds=[0], runs=str(tmp_path / "runs"),
+                        teacher_run=str(teacher_run(tmp_path)), resume=False)
+    assert mb.measure_table(a, tmp_path / "out", "methods") == 0
+    trained = set(CORRUPTIONS.names()) - set(mb.HELD_OUT_CORRUPTIONS)
+    assert len(trained) == len(CORRUPTIONS.names()) - 6 and set(mb.HELD_OUT_CORRUPTIONS) <= set(CORRUPTIONS.names())
+    augmix = load_config(ROOT / "configs" / "fashion_mnist.yaml", seen["augmix_kd_s0"])
+    corrupt = load_config(ROOT / "configs" / "fashion_mnist.yaml", seen["hinton_corrupt_s0"])
+    assert set(augmix.distill.augmix.ops) == trained and set(corrupt.data.augment.corruptions) == trained
+    data = json.loads((tmp_path / "out" / "methods.json").read_text())
+    assert data["runs"]["augmix_kd"][0]["corruption_heldout"] == pytest.approx(0.6)
+
+
+def test_rows_measured_before_the_held_out_column_gain_it_from_their_run_folder(tmp_path):
+    """A row whose run folder is here gets the column from its check stage; one whose folder is not stays
+    without it, and its method's cell says "not measured" (never a mean over fewer seeds)."""
+    runs_dir = tmp_path / "runs" / "default"
+    folder = runs_dir / "ce_s0"
+    folder.mkdir(parents=True)
+    m = Manifest(folder)
+    m.record_stage("check", {}, {"models": {"student_int8": {"robustness": {"corruption": {
+        "by_corruption": by_corruption(held_out=0.55)}}}}})
+    old = {k: v for k, v in row(0, 0.91).items() if k != "corruption_heldout"}
+    runs = {"ce": [dict(old)], "hinton": [dict(old, seed=0), dict(old, seed=1)]}
+    assert mb.backfill(runs, runs_dir) == 1
+    assert runs["ce"][0]["corruption_heldout"] == pytest.approx(0.55)
+    assert all("corruption_heldout" not in r for r in runs["hinton"])
+    out = tmp_path / "results"
+    write_table(out, runs, mb.BUDGETS["default"], "abc")
+    data = json.loads((out / "methods.json").read_text())
+    assert data["summary"]["ce"]["corruption_heldout"] == [pytest.approx(0.55), 0.0]
+    assert data["summary"]["hinton"]["corruption_heldout"] is None
+    assert not mb.beats(data["summary"], "ce", "corruption_heldout")
+    md = (out / "methods.md").read_text()
+    assert "| hinton | 2 | 91.00 ± 0.00 | 50.00 ± 0.00 | 50.00 ± 0.00 | not measured |" in md

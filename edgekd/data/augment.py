@@ -16,6 +16,8 @@ student's view in a KD stage is exactly the image a single model would get from 
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -82,15 +84,16 @@ def gaussian_noise(x: torch.Tensor, std: float, gen: torch.Generator) -> torch.T
     return (x + std * noise).clamp_(0.0, 1.0)
 
 
-def random_corruption(x: torch.Tensor, prob: float, max_severity: int, rng: np.random.Generator) -> torch.Tensor:
-    """With probability ``prob`` per batch, apply one random registered corruption at a random
-    severity 1..``max_severity`` to the whole batch (numpy, ``edgekd.robustness.corruptions``)."""
+def random_corruption(x: torch.Tensor, prob: float, max_severity: int, rng: np.random.Generator,
+                      names: Sequence[str] = ()) -> torch.Tensor:
+    """With probability ``prob`` per batch, apply one random corruption of ``names`` (empty: every registered
+    one) at a random severity 1..``max_severity`` to the whole batch (numpy, ``edgekd.robustness.corruptions``)."""
     assert 1 <= max_severity <= 5, f"corruption severities run from 1 to 5, got {max_severity}"
     if prob <= 0 or rng.random() >= prob:
         return x
     from ..robustness.corruptions import CORRUPTIONS, apply_corruption  # only needed when enabled
 
-    names = CORRUPTIONS.names()
+    names = list(names) or CORRUPTIONS.names()
     name = names[int(rng.integers(len(names)))]
     severity = int(rng.integers(1, max_severity + 1))
     out = apply_corruption(name, x.detach().cpu().numpy(), severity, rng)
@@ -125,7 +128,8 @@ class Augmenter:
 
     def photometric(self, x: torch.Tensor, gen: torch.Generator, rng: np.random.Generator) -> torch.Tensor:
         """A random corruption (severity capped by ``corruption_max_severity``), then Gaussian noise; ``x`` is not modified."""
-        x = random_corruption(x, self.cfg.corruption_prob, self.cfg.corruption_max_severity, rng)
+        x = random_corruption(x, self.cfg.corruption_prob, self.cfg.corruption_max_severity, rng,
+                              self.cfg.corruptions)
         return gaussian_noise(x, self.cfg.noise_std, gen)
 
     def views(self, x: torch.Tensor, epoch: int, batch: int, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
