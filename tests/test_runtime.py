@@ -194,6 +194,10 @@ def test_aggregate_node_events_golden() -> None:
     assert rows == [{"op_type": "QLinearConv", "total_ms": 0.08, "share": 0.8, "count": 2,
                      "depthwise_ms": 0.06, "depthwise_count": 1},
                     {"op_type": "QLinearAdd", "total_ms": 0.02, "share": 0.2, "count": 1}]
+    # a runtime graph without depthwise convs still marks the conv rows as split (0 of them); no graph, no split
+    assert aggregate_node_events(events, runs=2, depthwise=set())[0] | {} == {
+        "op_type": "QLinearConv", "total_ms": 0.08, "share": 0.8, "count": 2, "depthwise_ms": 0.0, "depthwise_count": 0}
+    assert "depthwise_ms" not in aggregate_node_events(events, runs=2)[0]
 
 
 # ------------------------------------------------------------------ check_models

@@ -22,7 +22,7 @@ from ..errors import report_error
 from ..hardware import detect_cpu_features, int8_support
 from .doctor_latency import (DEPTHWISE_ACTION, conv_split, conv_split_text, depthwise_cause, depthwise_slower,
                              float_ops, float_ops_text, latency_table, measured_verdict, profile_overhead,
-                             runtime_float_nodes, setting_text)
+                             runtime_float_nodes, setting_text, slower_settings)
 from .mixed_precision import kept_float_layers, mixed_precision_text
 from .onnx_io import TEMPERATURE_NODE, constants, load_model, logits_tensors, producers
 from .runtime import make_session, measure_latency
@@ -37,7 +37,8 @@ INT8_KERNELS = frozenset({
 })
 # The heavy compute ops, by family, so "17 of 52 Conv" counts float and int8 forms together.
 FAMILY = {
-    "Conv": "Conv", "FusedConv": "Conv", "QLinearConv": "Conv", "NhwcQLinearConv": "Conv", "ConvInteger": "Conv",
+    "Conv": "Conv", "FusedConv": "Conv", "NhwcFusedConv": "Conv", "QLinearConv": "Conv", "NhwcQLinearConv": "Conv",
+    "ConvInteger": "Conv",
     "ConvTranspose": "ConvTranspose", "QLinearConvTranspose": "ConvTranspose",
     "Gemm": "Gemm/MatMul", "FusedGemm": "Gemm/MatMul", "MatMul": "Gemm/MatMul", "FusedMatMul": "Gemm/MatMul",
     "QGemm": "Gemm/MatMul", "QLinearMatMul": "Gemm/MatMul", "MatMulInteger": "Gemm/MatMul",
@@ -293,10 +294,13 @@ def rule_conv_split(d: dict[str, Any]) -> Finding | None:
     if not split:
         return None
     text = conv_split_text(split)
-    if depthwise_slower(split):  # even where INT8 wins overall, this is what holds its speed-up back
+    if not depthwise_slower(split):
+        return {"level": "info", "text": text}
+    # even where INT8 wins overall, this is what holds its speed-up back; where it lost somewhere the
+    # verdict already gives the cause and the action
+    if not slower_settings(d.get("latency_table") or []):
         text += f" {depthwise_cause(split)}; {DEPTHWISE_ACTION}."
-        return {"level": "warn", "text": text}
-    return {"level": "info", "text": text}
+    return {"level": "warn", "text": text}
 
 
 def rule_mixed_precision(d: dict[str, Any]) -> Finding | None:

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import onnx
 
+from ..onnx_io import load_model
 from .latency import fixed_feed
 from .session import PathLike, check_provider, make_session
 
@@ -42,13 +43,14 @@ def depthwise_convs(model: onnx.ModelProto) -> set[str]:
 
 
 def aggregate_node_events(events: list[dict[str, Any]], runs: int,
-                          depthwise: set[str] | frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+                          depthwise: set[str] | None = None) -> list[dict[str, Any]]:
     """Sum the kernel time of profiler "Node" events per ``args.op_name``.
 
     ``total_ms`` is per inference (summed over ``runs`` and divided by it), ``count`` the number
     of distinct graph nodes of that type, ``share`` the fraction of all kernel time. Sorted by time.
-    An op type with nodes named in ``depthwise`` also gets ``depthwise_ms`` and ``depthwise_count``:
-    the part of its time and nodes that are depthwise convs.
+    With ``depthwise`` (the depthwise conv nodes of the runtime graph, possibly none) every conv op
+    type's row also gets ``depthwise_ms`` and ``depthwise_count``, 0 where it has none, so the convs
+    that are not depthwise are all the rest of the conv rows.
     """
     total_us: dict[str, float] = defaultdict(float)
     dw_us: dict[str, float] = defaultdict(float)
@@ -63,16 +65,15 @@ def aggregate_node_events(events: list[dict[str, Any]], runs: int,
         node = str(ev["name"])[: -len("_kernel_time")]
         total_us[op] += float(ev.get("dur", 0))
         nodes[op].add(node)
-        if node in depthwise:
+        if depthwise and node in depthwise:
             dw_us[op] += float(ev.get("dur", 0))
     grand = sum(total_us.values())
     rows = []
     for op, us in total_us.items():
         row = {"op_type": op, "total_ms": us / 1000.0 / runs, "share": (us / grand) if grand else 0.0,
                "count": len(nodes[op])}
-        dw = nodes[op] & set(depthwise)
-        if dw:
-            row.update(depthwise_ms=dw_us[op] / 1000.0 / runs, depthwise_count=len(dw))
+        if depthwise is not None and op in CONV_WEIGHT_INPUT:
+            row.update(depthwise_ms=dw_us[op] / 1000.0 / runs, depthwise_count=len(nodes[op] & depthwise))
         rows.append(row)
     return sorted(rows, key=lambda r: (-r["total_ms"], r["op_type"]))
 
@@ -89,8 +90,9 @@ def profile_top_ops(
     """The ``top`` operator types by kernel time: ``[{"op_type", "total_ms", "share", "count"}]``.
 
     Runs ``runs`` inferences (after one untimed warm-up) under onnxruntime's profiler and deletes
-    the profile file after reading it. Conv rows add ``depthwise_ms`` / ``depthwise_count``, read
-    from the graph the session ran (saved by the same session, so node names match the events).
+    the profile file after reading it. With the CPU provider, conv rows add ``depthwise_ms`` /
+    ``depthwise_count``, read from the graph the session ran (saved by the same session, so node
+    names match the events).
     """
     with tempfile.TemporaryDirectory(prefix="edgekd-profile-") as tmp:
         # onnxruntime cannot save a graph with nodes another provider compiled (XNNPACK, ...): the split
@@ -102,7 +104,7 @@ def profile_top_ops(
         for _ in range(runs + 1):
             sess.run(None, feed)
         events = _read_events(sess.end_profiling())
-        depthwise = depthwise_convs(onnx.load(str(runtime_graph))) if runtime_graph is not None else set()
+        depthwise = depthwise_convs(load_model(runtime_graph)) if runtime_graph is not None else None
     return aggregate_node_events(_drop_first_run(events), runs, depthwise)[:top]
 
 
