@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -147,11 +146,8 @@ def test_registry_miss_lists_valid_names() -> None:
 ])
 def test_every_registry_name_and_switch_is_checked_at_load(override: str, key: str, valid: str) -> None:
     """A typo fails at load, naming the key, the bad value and the valid choices."""
-    config_from_dict({})  # the numpy-side registries are imported once; the check itself is then fast
-    start = time.perf_counter()
     with pytest.raises(ConfigError) as e:
         config_from_dict({}, [override])
-    assert time.perf_counter() - start < 1.0
     msg = str(e.value)
     bad = override.split("=", 1)[1].strip("[]").split(", ")[-1]
     assert f"'{key}'" in msg and repr(bad) in msg and "valid:" in msg and valid in msg and "fix:" in msg
@@ -193,20 +189,18 @@ def test_source_declared_names_equal_the_live_registries() -> None:
 
 
 def test_a_typo_fails_fast_without_importing_torch(tmp_path: Path) -> None:
-    """In a fresh process a registry typo fails without the multi-second torch import."""
-    code = ("import sys, time\n"
+    """In a fresh process a registry typo fails without the multi-second torch import (checked by what is
+    imported, not by a clock: timing on a shared CPU is no test)."""
+    code = ("import sys\n"
             "from edgekd.config import load_config\n"
             "from edgekd.errors import ConfigError\n"
-            "start = time.perf_counter()\n"
             "try:\n"
             "    load_config('smoke', ['distill.loss=dkd9'])\n"
             "except ConfigError as e:\n"
-            "    print(round(time.perf_counter() - start, 3), 'torch' in sys.modules, 'hinton' in str(e))\n")
+            "    print('torch' in sys.modules, 'hinton' in str(e))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    seconds, torch_loaded, named = out.stdout.split()
-    assert (torch_loaded, named) == ("False", "True")
-    assert float(seconds) < 1.0  # measured 0.05-0.3 s on the 2-core machine, busy; a torch import is 2-15 s
+    assert out.stdout.split() == ["False", "True"]
 
 
 def test_a_name_registered_at_run_time_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
