@@ -181,16 +181,26 @@ def parse_args() -> argparse.Namespace:
 
 def measure(run: Any) -> dict[str, float]:
     """The table's numbers from the run's check stage (onnxruntime on the test split) and its training stages."""
-    models = run.metrics("check")["models"]
+    check = run.metrics("check")
+    models = check["models"]
     rob = models["student_int8"]["robustness"]
     ood = [v["auroc_msp"] for v in rob["ood"].values()]
     return {
         "clean": models["student_fp32"]["accuracy"], "int8": models["student_int8"]["accuracy"],
-        "corruption_mean": rob["corruption"]["mean_accuracy"], "corruption_heldout": heldout_mean(rob["corruption"]),
+        "corruption_mean": rob["corruption"]["mean_accuracy"],
         f"pgd_{EPS_KEY}": models["student_fp32"]["robustness"]["adversarial"]["pgd"][EPS_KEY],
         "ece": rob["calibration"]["ece"], "ood_auroc": statistics.mean(ood),
         "train_seconds": float(run.metrics("distill")["train_seconds"]) + float(run.metrics("qat")["train_seconds"]),
+        **corruption_columns(check),
     }
+
+
+def corruption_columns(check: dict[str, Any]) -> dict[str, float]:
+    """The INT8 student's held-out corruption mean, and its teacher's corruption means on the same draws
+    (the check stage corrupts the same images with the run's seed for every model it measures)."""
+    student, teacher = (check["models"][m]["robustness"]["corruption"] for m in ("student_int8", "teacher"))
+    return {"corruption_heldout": heldout_mean(student), "teacher_corruption_mean": teacher["mean_accuracy"],
+            "teacher_corruption_heldout": heldout_mean(teacher)}
 
 
 def code_version() -> str:
@@ -267,21 +277,37 @@ def resumed(path: Path, budget: list[str], teacher_sha: str, student: str, metho
 
 
 def backfill(runs: dict[str, list[dict[str, float]]], runs_dir: Path) -> int:
-    """Add the held-out corruption mean to rows measured before it was a column, from their run folder's
-    check stage (``RUNS/BUDGET/METHOD_sSEED``); rows whose folder is not on this machine stay without it.
-    Returns how many rows gained it."""
+    """Add the corruption columns (``corruption_columns``) to rows measured before they existed, from their
+    run folder's check stage (``RUNS/BUDGET/METHOD_sSEED``); rows whose folder is not on this machine stay
+    without them. Returns how many rows gained them."""
     from edgekd.manifest import Manifest
 
     added = 0
     for method, rows in runs.items():
         for r in rows:
             folder = runs_dir / f"{method}_s{r['seed']}"
-            if "corruption_heldout" in r or not (folder / "manifest.json").is_file():
+            if "teacher_corruption_heldout" in r or not (folder / "manifest.json").is_file():
                 continue
-            check = Manifest.load(folder).metrics("check")
-            r["corruption_heldout"] = heldout_mean(check["models"]["student_int8"]["robustness"]["corruption"])
+            r.update(corruption_columns(Manifest.load(folder).metrics("check")))
             added += 1
     return added
+
+
+def teacher_line(runs: dict[str, list[dict[str, float]]]) -> str | None:
+    """The teacher's corruption means (over the seeds' draws), and which INT8 students reach them on their
+    own seed's draw; None before the rows record the teacher."""
+    by_seed = {int(r["seed"]): r for rows in runs.values() for r in rows if "teacher_corruption_mean" in r}
+    if not by_seed:
+        return None
+    parts = []
+    for key, label in (("corruption_mean", "corruption mean"), ("corruption_heldout", "held-out corruptions")):
+        vals = [100 * by_seed[s][f"teacher_{key}"] for s in sorted(by_seed)]
+        spread = f" ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else ""
+        reach = [f"{m} {sum(r[key] >= r[f'teacher_{key}'] for r in rows)}/{len(rows)}" for m, rows in runs.items()
+                 if rows and all(f"teacher_{key}" in r for r in rows)]
+        parts.append(f"{label} {statistics.mean(vals):.2f}{spread} % (seeds' draws {sorted(by_seed)}); INT8 students "
+                     f"at or above it on their seed's draw: {', '.join(reach)}")
+    return "Teacher (the same file for every cell): " + "; ".join(parts) + ".\n"
 
 
 def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, list[float] | None]]:
@@ -335,6 +361,9 @@ def render(data: dict[str, Any]) -> str:
                f"({meta['teacher']}, trained once, val {100 * meta['teacher_val_accuracy']:.2f} %), student "
                f"{meta['student']}, data and schedule for every method. Accuracies in % on the test split "
                f"(onnxruntime); wall time {meta['seconds'] / 60:.1f} min on {meta['cpu']}.\n")
+    teacher = teacher_line(data["runs"])
+    if teacher:
+        out.append(teacher)
     if "hinton" in table:
         verdict = ["| method | beats Hinton KD by more than the seed std on |", "|---|---|"]
         for method in table:
@@ -364,9 +393,9 @@ def main() -> int:
     stem = "methods" if a.budget == "default" else f"methods_{a.budget}"
     if a.render:
         data = json.loads((out / f"{stem}.json").read_text())
-        if backfill(data["runs"], Path(a.runs) / a.budget):  # columns added since, from the run folders
-            data["summary"] = summarize(data["runs"])
-            atomic_write_json(out / f"{stem}.json", data)
+        backfill(data["runs"], Path(a.runs) / a.budget)  # columns added since, from the run folders
+        data["summary"] = summarize(data["runs"])  # derived: in step with the columns of this code
+        atomic_write_json(out / f"{stem}.json", data)
         text = render(data)
         atomic_write_text(out / f"{stem}.md", text)
         print(text)

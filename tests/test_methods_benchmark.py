@@ -145,7 +145,9 @@ class FakeRun:
     def __init__(self, clean: float) -> None:
         rob = {"corruption": {"mean_accuracy": 0.7, "by_corruption": by_corruption()}, "calibration": {"ece": 0.02},
                "ood": {"uniform": {"auroc_msp": 0.9}, "blobs": {"auroc_msp": 0.8}}}
+        teacher = {"corruption": {"mean_accuracy": 0.8, "by_corruption": by_corruption(held_out=0.7)}}
         self._m = {"check": {"models": {
+            "teacher": {"accuracy": 0.93, "robustness": teacher},
             "student_fp32": {"accuracy": clean, "robustness": {"adversarial": {"pgd": {mb.EPS_KEY: 0.2}}}},
             "student_int8": {"accuracy": clean - 0.001, "robustness": rob}}},
             "distill": {"train_seconds": 10.0}, "qat": {"train_seconds": 2.0}}
@@ -345,12 +347,15 @@ def test_rows_measured_before_the_held_out_column_gain_it_from_their_run_folder(
     folder = runs_dir / "ce_s0"
     folder.mkdir(parents=True)
     m = Manifest(folder)
-    m.record_stage("check", {}, {"models": {"student_int8": {"robustness": {"corruption": {
-        "by_corruption": by_corruption(held_out=0.55)}}}}})
+    m.record_stage("check", {}, {"models": {
+        "student_int8": {"robustness": {"corruption": {"by_corruption": by_corruption(held_out=0.55)}}},
+        "teacher": {"robustness": {"corruption": {"mean_accuracy": 0.8, "by_corruption": by_corruption(0.7)}}}}})
     old = {k: v for k, v in row(0, 0.91).items() if k != "corruption_heldout"}
     runs = {"ce": [dict(old)], "hinton": [dict(old, seed=0), dict(old, seed=1)]}
     assert mb.backfill(runs, runs_dir) == 1
     assert runs["ce"][0]["corruption_heldout"] == pytest.approx(0.55)
+    assert runs["ce"][0]["teacher_corruption_heldout"] == pytest.approx(0.7)
+    assert runs["ce"][0]["teacher_corruption_mean"] == 0.8
     assert all("corruption_heldout" not in r for r in runs["hinton"])
     out = tmp_path / "results"
     write_table(out, runs, mb.BUDGETS["default"], "abc")
@@ -360,3 +365,20 @@ def test_rows_measured_before_the_held_out_column_gain_it_from_their_run_folder(
     assert not mb.beats(data["summary"], "ce", "corruption_heldout")
     md = (out / "methods.md").read_text()
     assert "| hinton | 2 | 91.00 ± 0.00 | 50.00 ± 0.00 | 50.00 ± 0.00 | not measured |" in md
+
+
+def test_the_teacher_line_compares_each_student_with_the_teacher_on_its_own_seeds_draw(tmp_path):
+    """Seed 0 draws: teacher 0.80 / 0.70; seed 1: 0.82 / 0.72. hinton reaches the mean on seed 0 only
+    (0.81 >= 0.80, 0.81 < 0.82), never the held-out one; ce on neither."""
+    def cell(seed: int, corr: float, held: float) -> dict:
+        t = {0: (0.80, 0.70), 1: (0.82, 0.72)}[seed]
+        return {**row(seed, 0.9), "corruption_mean": corr, "corruption_heldout": held,
+                "teacher_corruption_mean": t[0], "teacher_corruption_heldout": t[1]}
+    runs = {"ce": [cell(0, 0.75, 0.6), cell(1, 0.75, 0.6)], "hinton": [cell(0, 0.81, 0.69), cell(1, 0.81, 0.71)]}
+    line = mb.teacher_line(runs)
+    assert "corruption mean 81.00 ± 1.41 % (seeds' draws [0, 1]); INT8 students at or above it on their seed's " \
+           "draw: ce 0/2, hinton 1/2" in line
+    assert "held-out corruptions 71.00 ± 1.41 %" in line and line.rstrip().endswith("ce 0/2, hinton 0/2.")
+    assert mb.teacher_line({"ce": [row(0, 0.9)]}) is None  # rows from before the teacher was recorded
+    write_table(tmp_path, runs, mb.BUDGETS["default"], "abc")
+    assert "Teacher (the same file for every cell): corruption mean 81.00" in (tmp_path / "methods.md").read_text()
