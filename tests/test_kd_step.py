@@ -88,44 +88,43 @@ def test_student_view_is_a_pure_function_of_seed_epoch_and_batch(fmnist_small) -
     assert not torch.equal(aug.views(x, 4, 7, rank=1)[1], v1[1])
 
 
-def test_corruption_severity_is_capped(monkeypatch, fmnist_small) -> None:
+def _spy_corruptions(monkeypatch) -> list[tuple[str, int]]:
+    """Record (name, severity) of every corruption the augmenter applies (still applying it)."""
     import edgekd.robustness.corruptions as corruptions
 
-    used: list[int] = []
+    calls: list[tuple[str, int]] = []
     real = corruptions.apply_corruption
 
     def spy(name, images, severity, rng):
-        used.append(severity)
+        calls.append((name, severity))
         return real(name, images, severity, rng)
 
     monkeypatch.setattr(corruptions, "apply_corruption", spy)
+    return calls
+
+
+def test_corruption_severity_is_capped(monkeypatch, fmnist_small) -> None:
+    calls = _spy_corruptions(monkeypatch)
     x = torch.from_numpy(fmnist_small.train.images[:8]).float() / 255.0
     aug = Augmenter(replace(GEO, corruption_prob=1.0, corruption_max_severity=2), seed=0)
     for b in range(40):
         aug.views(x, 0, b)
-    assert len(used) == 40 and set(used) == {1, 2}
+    assert len(calls) == 40 and {sev for _, sev in calls} == {1, 2}
 
 
 def test_corruptions_are_drawn_only_from_the_configured_list(monkeypatch, fmnist_small) -> None:
     """``data.augment.corruptions`` limits the draw (a benchmark keeps some corruptions for testing only);
     empty draws from every registered one."""
-    import edgekd.robustness.corruptions as corruptions
+    from edgekd.robustness.corruptions import CORRUPTIONS
 
-    names: list[str] = []
-    real = corruptions.apply_corruption
-
-    def spy(name, images, severity, rng):
-        names.append(name)
-        return real(name, images, severity, rng)
-
-    monkeypatch.setattr(corruptions, "apply_corruption", spy)
+    calls = _spy_corruptions(monkeypatch)
     x = torch.from_numpy(fmnist_small.train.images[:8]).float() / 255.0
-    for allowed, expected in ((["rotate", "jpeg"], {"rotate", "jpeg"}), ([], set(corruptions.CORRUPTIONS.names()))):
-        names.clear()
+    for allowed, expected in ((["rotate", "jpeg"], {"rotate", "jpeg"}), ([], set(CORRUPTIONS.names()))):
+        calls.clear()
         aug = Augmenter(replace(GEO, corruption_prob=1.0, corruptions=allowed), seed=0)
         for b in range(120):
             aug.views(x, 0, b)
-        assert set(names) == expected  # 120 draws reach each of 14 names (miss chance ~14 * (13/14)^120 < 1e-3)
+        assert {name for name, _ in calls} == expected  # 120 draws reach each of 14 names (miss chance ~14 * (13/14)^120 < 1e-3)
 
 
 # ------------------------------------------------------------------ Distiller.step

@@ -209,7 +209,8 @@ def test_beats_needs_more_than_the_larger_seed_std():
     assert mb.beats(table, "ce", "ece") and not mb.beats(table, "hinton", "ece")
 
 
-def test_a_variant_row_runs_its_loss_with_its_settings_and_they_validate(tmp_path, monkeypatch):
+def overrides_of(methods: list[str], tmp_path: Path, monkeypatch) -> dict[str, list[str]]:
+    """Run a fresh table of ``methods`` (seed 0) on fake runs; each cell's overrides, by run name."""
     seen = {}
 
     def fake_run(config, overrides, out, resume):
@@ -218,10 +219,14 @@ def test_a_variant_row_runs_its_loss_with_its_settings_and_they_validate(tmp_pat
 
     monkeypatch.setattr(mb.edgekd, "run", fake_run)
     a = SimpleNamespace(config=str(ROOT / "configs" / "fashion_mnist.yaml"), budget="default", overrides=[],
-                        methods=["hinton_corrupt"], seeds=[0], runs=str(tmp_path / "runs"),
+                        methods=methods, seeds=[0], runs=str(tmp_path / "runs"),
                         teacher_run=str(teacher_run(tmp_path)), resume=False)
     assert mb.measure_table(a, tmp_path / "out", "methods") == 0
-    overrides = seen["hinton_corrupt_s0"]
+    return seen
+
+
+def test_a_variant_row_runs_its_loss_with_its_settings_and_they_validate(tmp_path, monkeypatch):
+    overrides = overrides_of(["hinton_corrupt"], tmp_path, monkeypatch)["hinton_corrupt_s0"]
     assert "distill.loss=hinton" in overrides and "data.augment.corruption_prob=0.5" in overrides
     cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", overrides)  # cached logits + student-only corruption
     assert cfg.distill.cache_teacher_logits and cfg.data.augment.corruption_prob == 0.5
@@ -320,17 +325,7 @@ def test_corruption_trained_rows_never_train_on_the_held_out_corruptions(tmp_pat
     ones, and the overrides validate as a config."""
     from edgekd.robustness.corruptions import CORRUPTIONS
 
-    seen = {}
-
-    def fake_run(config, overrides, out, resume):
-        seen[next(o for o in overrides if o.startswith("name="))[5:]] = overrides
-        return FakeRun(0.9)
-
-    monkeypatch.setattr(mb.edgekd, "run", fake_run)
-    a = SimpleNamespace(config=str(ROOT / "configs" / "fashion_mnist.yaml"), budget="default", overrides=[],
-                        methods=["augmix_kd", "hinton_corrupt"], seeds=[0], runs=str(tmp_path / "runs"),
-                        teacher_run=str(teacher_run(tmp_path)), resume=False)
-    assert mb.measure_table(a, tmp_path / "out", "methods") == 0
+    seen = overrides_of(["augmix_kd", "hinton_corrupt"], tmp_path, monkeypatch)
     trained = set(CORRUPTIONS.names()) - set(mb.HELD_OUT_CORRUPTIONS)
     assert len(trained) == len(CORRUPTIONS.names()) - 6 and set(mb.HELD_OUT_CORRUPTIONS) <= set(CORRUPTIONS.names())
     augmix = load_config(ROOT / "configs" / "fashion_mnist.yaml", seen["augmix_kd_s0"])
