@@ -78,6 +78,15 @@ def aggregate_node_events(events: list[dict[str, Any]], runs: int,
     return sorted(rows, key=lambda r: (-r["total_ms"], r["op_type"]))
 
 
+def keep_top(rows: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
+    """The first ``top`` of the sorted ``rows``, plus every conv row below them.
+
+    The doctor sums the conv rows into depthwise and other convs; a conv op type outside the top
+    (a float conv left in an INT8 file) would otherwise vanish from "other convs".
+    """
+    return rows[:top] + [r for r in rows[top:] if r["op_type"] in CONV_WEIGHT_INPUT]
+
+
 def profile_top_ops(
     path: PathLike,
     batch: int = 1,
@@ -87,7 +96,7 @@ def profile_top_ops(
     runs: int = 10,
     threads: int = 1,
 ) -> list[dict[str, Any]]:
-    """The ``top`` operator types by kernel time: ``[{"op_type", "total_ms", "share", "count"}]``.
+    """The ``top`` operator types by kernel time, and every conv op type: ``[{"op_type", "total_ms", "share", "count"}]``.
 
     Runs ``runs`` inferences (after one untimed warm-up) under onnxruntime's profiler and deletes
     the profile file after reading it. With the CPU provider, conv rows add ``depthwise_ms`` /
@@ -105,7 +114,7 @@ def profile_top_ops(
             sess.run(None, feed)
         events = _read_events(sess.end_profiling())
         depthwise = depthwise_convs(load_model(runtime_graph)) if runtime_graph is not None else None
-    return aggregate_node_events(_drop_first_run(events), runs, depthwise)[:top]
+    return keep_top(aggregate_node_events(_drop_first_run(events), runs, depthwise), top)
 
 
 def _drop_first_run(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
