@@ -18,7 +18,10 @@ Both steps follow one protocol (:func:`_apply`):
 1. hash every file to move and write the journal atomically: the list of moves with their sha256,
    and the complete manifest that holds once they are done. Writing the journal is the decision;
    it is written only after the stage (or the whole command) succeeded.
-2. ``os.replace`` the files one at a time (each rename is atomic);
+2. ``os.replace`` the files one at a time (each rename is atomic), then (commit only) delete the
+   files the command *retired*: what a stage that ran again wrote last time and did not write this
+   time (``<name>.unscaled.onnx`` once temperature scaling is off, ``.ort`` files once ORT export is
+   off), so the run folder holds only files its manifest accounts for;
 3. write the destination's ``manifest.json`` atomically, last;
 4. rename the source folder away (to ``<run>/.staging-trash-*``) and delete it.
 
@@ -100,11 +103,42 @@ def _empty_trash(run_dir: Path) -> None:
 
 
 def _write_journal(path: Path, fault: str, src: Path, dst: Path, moves: list[dict[str, Any]],
-                   manifest: dict[str, Any], run_dir: Path) -> None:
+                   manifest: dict[str, Any], run_dir: Path, deletes: list[str] | None = None) -> None:
     atomic_write_json(path, {
         "fault": fault, "src": src.relative_to(run_dir).as_posix(), "dst": dst.relative_to(run_dir).as_posix(),
-        "moves": moves, "manifest": manifest, "written": _now(),
+        "moves": moves, "deletes": deletes or [], "manifest": manifest, "written": _now(),
     })
+
+
+def _inside(run_dir: Path, rel: str) -> bool:
+    p = Path(rel)
+    return not p.is_absolute() and ".." not in p.parts
+
+
+def retired_files(run_dir: Path, old: dict[str, Any], new: dict[str, Any], shadow: Path) -> list[str]:
+    """Files of the committed run that the new state no longer has, as paths relative to ``run_dir``.
+
+    A stage whose manifest entry changed ran again in this command; it owns its artifacts and its
+    folder ``stages/<name>/``. Of what it owned, a file is retired unless the new manifest lists it
+    as an artifact or this command wrote it anew (a file in the shadow that is not a link of the
+    committed one). Stages that were skipped keep everything.
+    """
+    keep = {rec["path"] for entry in new.get("stages", {}).values()
+            for rec in (entry.get("artifacts") or {}).values()}
+    out: set[str] = set()
+    for stage, entry in old.get("stages", {}).items():
+        if new.get("stages", {}).get(stage) == entry:
+            continue
+        owned = {rec["path"] for rec in (entry.get("artifacts") or {}).values()}
+        owned |= {f"stages/{stage}/{rel}" for rel in _files_under(run_dir / "stages" / stage)}
+        for rel in owned:
+            target, staged = run_dir / rel, shadow / rel
+            if rel in keep or not _inside(run_dir, rel) or not target.is_file():
+                continue
+            if staged.is_file() and not os.path.samefile(staged, target):
+                continue  # written again by this command: the commit moves it over the old one
+            out.add(rel)
+    return sorted(out)
 
 
 def _moves_from(src: Path, dst: Path, skip_same_file: bool) -> list[dict[str, Any]]:
@@ -145,6 +179,10 @@ def _apply(run_dir: Path, journal: Path, verify: bool) -> dict[str, Any]:
             raise ArtifactError(f"interrupted commit cannot finish: {dst} is missing or differs from the "
                                 f"file that was staged for it", f"re-run the pipeline without --resume to rewrite {dst.name}")
         fault_point(f"{j['fault']}:move:{i}")  # test hook: a kill between two renames
+    for i, rel in enumerate(j.get("deletes", [])):
+        (dst_base / rel).unlink(missing_ok=True)  # idempotent: a roll-forward may find it gone already
+        touched.add((dst_base / rel).parent)
+        fault_point(f"{j['fault']}:delete:{i}")
     for folder in touched:
         fsync_dir(folder)
     atomic_write_json(dst_base / MANIFEST_NAME, j["manifest"])
@@ -265,8 +303,10 @@ class Transaction:
         data = copy.deepcopy(self.manifest.data)
         data["history"] = (list(data.get("history", [])) + [{"committed": _now(), **history}])[-HISTORY_KEEP:]
         data["updated"] = _now()
+        committed = Manifest.load(self.run_dir, must_exist=False).data
         _write_journal(self.root / COMMIT_JOURNAL, "commit", self.shadow, self.run_dir,
-                       _moves_from(self.shadow, self.run_dir, skip_same_file=True), data, self.run_dir)
+                       _moves_from(self.shadow, self.run_dir, skip_same_file=True), data, self.run_dir,
+                       deletes=retired_files(self.run_dir, committed, data, self.shadow))
         finish_commit(self.run_dir, verify=False)
         return Manifest.load(self.run_dir)
 

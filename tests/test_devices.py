@@ -72,6 +72,23 @@ def test_ort_files_are_recorded_and_give_the_onnx_top1(exported: dict) -> None:
 
 
 @requires_fashion_mnist
+def test_turning_ort_export_off_leaves_no_ort_file_behind(exported: dict, tmp_path: Path) -> None:
+    """The re-run export stage no longer writes .ort files: the commit deletes the earlier ones (edgekd.staging)."""
+    import shutil
+
+    import edgekd
+    from edgekd.deploy.runtime.ort_format import OPERATORS_FILE
+
+    run_dir = shutil.copytree(exported["run"].run_dir, tmp_path / exported["run"].run_dir.name)
+    old = sorted(p.name for p in run_dir.rglob("*.ort"))
+    assert old == ["model.fp32.ort", "model.int8.ort"] and (run_dir / OPERATORS_FILE).is_file()
+    run = edgekd.run(str(run_dir / "config.yaml"), overrides=["export.ort_format=false"], out=tmp_path, stages=["export"])
+    assert run.run_dir == run_dir and "ort_format" not in run.metrics("export")
+    assert not list(run_dir.rglob("*.ort")) and not (run_dir / OPERATORS_FILE).exists()
+    assert run.manifest.artifact("export", "student_int8").is_file()
+
+
+@requires_fashion_mnist
 def test_portability_check_reports_agreement_or_a_stated_skip(exported: dict) -> None:
     from edgekd.deploy.runtime.portability import format_portability, portability_check
 

@@ -131,6 +131,62 @@ def test_kill_between_promotion_renames_is_finished_on_resume(committed_run: Pat
     assert Manifest.load(committed_run).artifact("export", "b").read_bytes() == b"B2"
 
 
+def _promote_with_extra(txn: Transaction, stage: str, files: dict[str, bytes], extra: dict[str, bytes]) -> None:
+    """A stage writing artifacts plus files it keeps for inspection (raw exports, unscaled files)."""
+    for rel, data in extra.items():
+        atomic_write_bytes(txn.scratch(stage) / rel, data)
+    _promote(txn, stage, files)
+
+
+@pytest.fixture
+def run_with_extras(tmp_path: Path) -> Path:
+    """export: artifacts a.onnx, b.onnx + stages/export/{raw,old.unscaled}.onnx; teacher: t.pt + its log."""
+    run_dir = tmp_path / "run"
+    txn = Transaction.open(run_dir, resume=False, log=_quiet)
+    _promote_with_extra(txn, "teacher", {"stages/teacher/t.pt": b"T"}, {"stages/teacher/metrics.jsonl": b"{}"})
+    _promote_with_extra(txn, "export", {"a.onnx": b"A1", "b.onnx": b"B1"},
+                        {"stages/export/raw.onnx": b"R1", "stages/export/old.unscaled.onnx": b"U1"})
+    txn.commit({"ran": ["teacher", "export"]})
+    return run_dir
+
+
+def test_commit_deletes_what_a_rerun_stage_no_longer_writes(run_with_extras: Path) -> None:
+    """Re-running export without b.onnx and the unscaled file leaves neither; the skipped teacher keeps its log."""
+    run_dir = run_with_extras
+    txn = Transaction.open(run_dir, resume=False, log=_quiet)
+    _promote_with_extra(txn, "export", {"a.onnx": b"A2"}, {"stages/export/raw.onnx": b"R2"})
+    assert (run_dir / "b.onnx").exists()  # nothing is deleted before the commit
+    txn.commit({"ran": ["export"]})
+    assert _snapshot(run_dir) == {"a.onnx": b"A2", "manifest.json": (run_dir / "manifest.json").read_bytes(),
+                                  "stages/export/raw.onnx": b"R2", "stages/teacher/metrics.jsonl": b"{}",
+                                  "stages/teacher/t.pt": b"T"}
+    # a command that re-runs nothing deletes nothing
+    before = _snapshot(run_dir)
+    Transaction.open(run_dir, resume=False, log=_quiet).commit({"ran": []})
+    assert {k: v for k, v in _snapshot(run_dir).items() if k != "manifest.json"} == \
+        {k: v for k, v in before.items() if k != "manifest.json"}
+
+
+def test_kill_between_commit_deletes_is_finished_by_the_next_reader(run_with_extras: Path) -> None:
+    code = ("import sys; from edgekd.io import atomic_write_bytes; from edgekd.staging import Transaction\n"
+            "txn = Transaction.open(sys.argv[1], resume=False, log=lambda m: None)\n"
+            "atomic_write_bytes(txn.scratch('export') / 'a.onnx', b'A2')\n"
+            "txn.promote('export', txn.manifest.make_entry({'a': txn.scratch('export') / 'a.onnx'}, "
+            "files_root=txn.scratch('export')))\n"
+            "txn.commit({'ran': ['export']})\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(run_with_extras)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "EDGEKD_FAULT_AT": "commit:delete:0"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert commit_pending(run_with_extras)
+    gone = [p for p in ("b.onnx", "stages/export/old.unscaled.onnx", "stages/export/raw.onnx")
+            if not (run_with_extras / p).exists()]
+    assert len(gone) == 1  # killed right after the first delete
+    m = Manifest.load(run_with_extras)  # finishes the decided commit
+    assert not commit_pending(run_with_extras) and m.artifact("export", "a").read_bytes() == b"A2"
+    assert sorted(p.relative_to(run_with_extras).as_posix() for p in run_with_extras.rglob("*") if p.is_file()) == \
+        ["a.onnx", "manifest.json", "stages/teacher/metrics.jsonl", "stages/teacher/t.pt"]
+
+
 def test_roll_forward_refuses_a_changed_destination(committed_run: Path) -> None:
     _killed(committed_run, "commit:move:0", commit=True)
     (committed_run / "a.onnx").write_bytes(b"tampered")  # moved already; then changed behind our back

@@ -100,6 +100,11 @@ def test_export_stage_ships_scaled_students(tmp_path: Path) -> None:
         assert (got.argmax(1) == ref.argmax(1)).all()
     teacher = onnx.load(str(run.manifest.artifact("export", "teacher_fp32")))
     assert all(n.name != TEMPERATURE_NODE for n in teacher.graph.node) and "temperature_scaling" not in metrics["teacher_fp32"]
+    # turning scaling off again re-exports plain files and leaves no unscaled file from the scaled run behind
+    plain = edgekd.run({**cfg, "export": {**cfg["export"], "temperature_scaling": False}}, out=tmp_path, stages=["export"])
+    assert "temperature_scaling" not in plain.metrics("export")["student_int8"]
+    assert not list((plain.run_dir / "stages" / "export").glob("*.unscaled.onnx"))
+    assert all(n.name != TEMPERATURE_NODE for n in onnx.load(str(plain.manifest.artifact("export", "student_int8"))).graph.node)
 
 
 def test_doctor_names_the_temperature_multiply_and_the_logits_dequantize() -> None:
