@@ -19,9 +19,10 @@ Both steps follow one protocol (:func:`_apply`):
    and the complete manifest that holds once they are done. Writing the journal is the decision;
    it is written only after the stage (or the whole command) succeeded.
 2. ``os.replace`` the files one at a time (each rename is atomic), then (commit only) delete the
-   files the command *retired*: what a stage that ran again wrote last time and did not write this
-   time (``<name>.unscaled.onnx`` once temperature scaling is off, ``.ort`` files once ORT export is
-   off), so the run folder holds only files its manifest accounts for;
+   files the command *retired*: what a stage promoted in this command wrote last time (its manifest
+   entry's ``written`` list and artifacts) and did not write this time (``<name>.unscaled.onnx`` once
+   temperature scaling is off, ``.ort`` files once ORT export is off); files a stage did not write
+   (a user's, a shared folder's behind a symlink, one the config names) are never deleted;
 3. write the destination's ``manifest.json`` atomically, last;
 4. rename the source folder away (to ``<run>/.staging-trash-*``) and delete it.
 
@@ -110,34 +111,49 @@ def _write_journal(path: Path, fault: str, src: Path, dst: Path, moves: list[dic
     })
 
 
-def _inside(run_dir: Path, rel: str) -> bool:
+def _safe_target(run_dir: Path, rel: str) -> Path | None:
+    """``run_dir / rel`` when it is a plain path inside the run folder (no symlink on the way), else None."""
     p = Path(rel)
-    return not p.is_absolute() and ".." not in p.parts
+    if p.is_absolute() or ".." in p.parts:
+        return None
+    target = run_dir / p
+    # a symlinked stages/<name>/ (a shared teacher folder) must never let a delete reach outside
+    if Path(os.path.realpath(target)) != Path(os.path.realpath(run_dir)) / p:
+        return None
+    return target
 
 
-def retired_files(run_dir: Path, old: dict[str, Any], new: dict[str, Any], shadow: Path) -> list[str]:
-    """Files of the committed run that the new state no longer has, as paths relative to ``run_dir``.
+def _config_paths(value: Any) -> set[str]:
+    """Every string in a config (a file a stage reads: teacher.weights, qat.sensitivity, ...)."""
+    if isinstance(value, dict):
+        return set().union(*(_config_paths(v) for v in value.values())) if value else set()
+    if isinstance(value, (list, tuple)):
+        return set().union(*(_config_paths(v) for v in value)) if value else set()
+    return {value} if isinstance(value, str) else set()
 
-    A stage whose manifest entry changed ran again in this command; it owns its artifacts and its
-    folder ``stages/<name>/``. Of what it owned, a file is retired unless the new manifest lists it
-    as an artifact or this command wrote it anew (a file in the shadow that is not a link of the
-    committed one). Stages that were skipped keep everything.
+
+def retired_files(run_dir: Path, old: dict[str, Any], new: dict[str, Any], promoted: set[str]) -> list[str]:
+    """Files of the committed run that a stage promoted in this command wrote last time and not this time.
+
+    Relative to ``run_dir``. What a stage wrote is its manifest entry's ``written`` list (every file its
+    promotion moved) and its artifacts; nothing is inferred from folder contents, so a file a user put
+    in a stage folder is never touched. Kept anyway: any artifact or written file of the new state, and
+    any file the new config names. Stages not promoted in this command keep everything.
     """
-    keep = {rec["path"] for entry in new.get("stages", {}).values()
-            for rec in (entry.get("artifacts") or {}).values()}
+    new_stages = new.get("stages", {})
+    keep = {rec["path"] for e in new_stages.values() for rec in (e.get("artifacts") or {}).values()}
+    keep |= {rel for e in new_stages.values() for rel in e.get("written", [])}
+    named = {os.path.realpath(run_dir / v) for v in _config_paths(new.get("config", {})) if v}
     out: set[str] = set()
-    for stage, entry in old.get("stages", {}).items():
-        if new.get("stages", {}).get(stage) == entry:
+    for stage in promoted:
+        entry = old.get("stages", {}).get(stage)
+        if entry is None or stage not in new_stages:
             continue
-        owned = {rec["path"] for rec in (entry.get("artifacts") or {}).values()}
-        owned |= {f"stages/{stage}/{rel}" for rel in _files_under(run_dir / "stages" / stage)}
-        for rel in owned:
-            target, staged = run_dir / rel, shadow / rel
-            if rel in keep or not _inside(run_dir, rel) or not target.is_file():
-                continue
-            if staged.is_file() and not os.path.samefile(staged, target):
-                continue  # written again by this command: the commit moves it over the old one
-            out.add(rel)
+        owned = set(entry.get("written", [])) | {rec["path"] for rec in (entry.get("artifacts") or {}).values()}
+        for rel in owned - keep:
+            target = _safe_target(run_dir, rel)
+            if target is not None and target.is_file() and os.path.realpath(target) not in named:
+                out.add(rel)
     return sorted(out)
 
 
@@ -184,6 +200,8 @@ def _apply(run_dir: Path, journal: Path, verify: bool) -> dict[str, Any]:
         touched.add((dst_base / rel).parent)
         fault_point(f"{j['fault']}:delete:{i}")
     for folder in touched:
+        if not folder.is_dir():
+            continue  # removed by hand before a roll-forward: nothing left to sync
         fsync_dir(folder)
     atomic_write_json(dst_base / MANIFEST_NAME, j["manifest"])
     return j
@@ -283,18 +301,20 @@ class Transaction:
     def promote(self, stage: str, entry: dict[str, Any]) -> None:
         """Move a finished stage's files from its scratch folder into the shadow and record ``entry``."""
         scratch = self.scratch(stage)
+        moves = _moves_from(scratch, self.shadow, skip_same_file=False)
         data = copy.deepcopy(self.manifest.data)
-        data["stages"][stage] = entry
+        # every file the stage wrote: what a later re-run may retire (retired_files), and nothing else
+        data["stages"][stage] = {**entry, "written": [m["path"] for m in moves]}
         data["updated"] = _now()
         journal = self.root / f"promote-{stage}.json"
-        _write_journal(journal, f"promote:{stage}", scratch, self.shadow,
-                       _moves_from(scratch, self.shadow, skip_same_file=False), data, self.run_dir)
+        _write_journal(journal, f"promote:{stage}", scratch, self.shadow, moves, data, self.run_dir)
         self._finish_promotion(self.run_dir, journal, verify=False)
         self.manifest = Manifest(self.shadow, data)
 
     @staticmethod
     def _finish_promotion(run_dir: Path, journal: Path, verify: bool) -> None:
         j = _apply(run_dir, journal, verify)
+        _record_promoted(run_dir, j["fault"].split(":", 1)[1])
         _trash(run_dir / j["src"], run_dir)
         journal.unlink()
 
@@ -304,11 +324,29 @@ class Transaction:
         data["history"] = (list(data.get("history", [])) + [{"committed": _now(), **history}])[-HISTORY_KEEP:]
         data["updated"] = _now()
         committed = Manifest.load(self.run_dir, must_exist=False).data
-        _write_journal(self.root / COMMIT_JOURNAL, "commit", self.shadow, self.run_dir,
-                       _moves_from(self.shadow, self.run_dir, skip_same_file=True), data, self.run_dir,
-                       deletes=retired_files(self.run_dir, committed, data, self.shadow))
+        deletes = retired_files(self.run_dir, committed, data, _promoted(self.run_dir))
+        # a retired file linked (or, without hard links, copied) into the shadow is not moved back in:
+        # a roll-forward would then look for a moved file that the deletes removed
+        moves = [m for m in _moves_from(self.shadow, self.run_dir, skip_same_file=True) if m["path"] not in deletes]
+        _write_journal(self.root / COMMIT_JOURNAL, "commit", self.shadow, self.run_dir, moves, data, self.run_dir,
+                       deletes=deletes)
         finish_commit(self.run_dir, verify=False)
         return Manifest.load(self.run_dir)
+
+
+PROMOTED_FILE = "promoted.json"  # the stages this command promoted (resumed ones included)
+
+
+def _promoted(run_dir: Path) -> set[str]:
+    path = staging_root(run_dir) / PROMOTED_FILE
+    return set(json.loads(path.read_text())) if path.is_file() else set()
+
+
+def _record_promoted(run_dir: Path, stage: str) -> None:
+    """Add ``stage`` to the staged work's record, before its promote journal is removed (so a kill loses nothing)."""
+    done = _promoted(run_dir)
+    if stage not in done:
+        atomic_write_json(staging_root(run_dir) / PROMOTED_FILE, sorted(done | {stage}))
 
 
 def _link_artifacts(committed: Manifest, shadow: Path) -> None:

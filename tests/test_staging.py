@@ -167,6 +167,54 @@ def test_commit_deletes_what_a_rerun_stage_no_longer_writes(run_with_extras: Pat
         {k: v for k, v in before.items() if k != "manifest.json"}
 
 
+def test_commit_never_deletes_what_the_stage_did_not_write(run_with_extras: Path, tmp_path: Path) -> None:
+    """A user's file in a stage folder, a file the config names, and anything behind a symlinked folder stay."""
+    run_dir = run_with_extras
+    (run_dir / "stages" / "export" / "mine.onnx").write_bytes(b"M")  # put there by hand
+    shared = tmp_path / "shared_teachers"  # stages/teacher is a link to a shared folder
+    shared.mkdir()
+    (shared / "other_arch.pt").write_bytes(b"O")
+    for name in ("t.pt", "metrics.jsonl"):
+        os.replace(run_dir / "stages" / "teacher" / name, shared / name)
+    (run_dir / "stages" / "teacher").rmdir()
+    (run_dir / "stages" / "teacher").symlink_to(shared)
+    txn = Transaction.open(run_dir, resume=False, log=_quiet)
+    txn.set_run_config({"config": {"teacher": {"weights": str(run_dir / "b.onnx")}}}, "v: 3\n")  # names b.onnx
+    _promote(txn, "teacher", {"stages/teacher/t.pt": b"T2"})  # no metrics.jsonl this time
+    _promote(txn, "export", {"a.onnx": b"A2"})
+    txn.commit({"ran": ["teacher", "export"]})
+    assert (run_dir / "stages" / "export" / "mine.onnx").read_bytes() == b"M"
+    assert (run_dir / "b.onnx").read_bytes() == b"B1"  # not written again, but the config reads it
+    assert sorted(p.name for p in shared.iterdir()) == ["metrics.jsonl", "other_arch.pt", "t.pt"]
+    assert not (run_dir / "stages" / "export" / "raw.onnx").exists()  # really written last time, not now
+
+
+def test_a_stage_missing_from_the_shadow_keeps_its_files(run_with_extras: Path) -> None:
+    """A stage recorded in the run folder while this command ran (edgekd sensitivity) was not re-run here."""
+    run_dir = run_with_extras
+    txn = Transaction.open(run_dir, resume=False, log=_quiet)
+    m = Manifest.load(run_dir)
+    atomic_write_bytes(run_dir / "sensitivity.json", b"S")
+    m.data["stages"]["sensitivity"] = m.make_entry({"sensitivity": run_dir / "sensitivity.json"})
+    m.save()
+    _promote(txn, "export", {"a.onnx": b"A2", "b.onnx": b"B2"})
+    txn.commit({"ran": ["export"]})
+    assert (run_dir / "sensitivity.json").read_bytes() == b"S"
+
+
+def test_retired_files_without_hard_links(run_with_extras: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where os.link fails the shadow holds copies; the stale file is still retired, and not moved back first."""
+    def no_links(*a, **k):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    txn = Transaction.open(run_with_extras, resume=False, log=_quiet)
+    assert (txn.shadow / "b.onnx").is_file()  # copied in
+    _promote(txn, "export", {"a.onnx": b"A2"})
+    txn.commit({"ran": ["export"]})
+    assert not (run_with_extras / "b.onnx").exists() and (run_with_extras / "a.onnx").read_bytes() == b"A2"
+
+
 def test_kill_between_commit_deletes_is_finished_by_the_next_reader(run_with_extras: Path) -> None:
     code = ("import sys; from edgekd.io import atomic_write_bytes; from edgekd.staging import Transaction\n"
             "txn = Transaction.open(sys.argv[1], resume=False, log=lambda m: None)\n"
