@@ -100,9 +100,13 @@ FRACTIONS = {"clean", "int8", "corruption_mean", "corruption_heldout", f"pgd_{EP
 def variant_overrides(method: str) -> tuple[str, list[str]]:
     """(loss, overrides) of a table row: a registered loss alone, or a ``VARIANTS`` row; a row trained on
     corrupted inputs draws them from ``training_corruptions`` only."""
+    from edgekd.validation import UNCACHEABLE_LOSSES
+
     loss, variant = VARIANTS.get(method, (method, []))
     if any(o.startswith("data.augment.corruption_prob=") for o in variant):
         variant = variant + [f"data.augment.corruptions=[{','.join(training_corruptions())}]"]
+    if loss in UNCACHEABLE_LOSSES:  # feature losses and a moving teacher need the teacher every step
+        variant = variant + ["distill.cache_teacher_logits=false"]
     return loss, variant
 
 
@@ -407,6 +411,21 @@ def main() -> int:
         return 2
 
 
+def preflight(config: str, common: list[str], methods: list[str]) -> None:
+    """Every requested method's config validates before the first cell trains (a cell is ~20 min here);
+    BenchInputError names the method and the problem otherwise. Settings that need a trained second
+    teacher (``extras``) are checked when their cell runs."""
+    from edgekd.config import load_config
+    from edgekd.errors import ConfigError
+
+    for method in methods:
+        loss, variant = variant_overrides(method)
+        try:
+            load_config(config, common + variant + [f"distill.loss={loss}"])
+        except ConfigError as e:
+            raise BenchInputError(f"method {method}: {e.problem}" + (f"; {e.fix}" if e.fix else "")) from None
+
+
 def measure_table(a: argparse.Namespace, out: Path, stem: str) -> int:
     """Run the missing (method, seed) cells, writing the JSON and markdown after each."""
     from edgekd.config import load_config
@@ -423,6 +442,7 @@ def measure_table(a: argparse.Namespace, out: Path, stem: str) -> int:
     teacher_sha = sha256_file(teacher.weights)
     common = budget + [f"teacher.weights={teacher.weights}", "teacher_train.epochs=0"]
     per_method = extras(base, lambda: str(cached_teacher(base, SECOND_TEACHER, runs_dir / "teachers").weights))
+    preflight(a.config, common, a.methods)
     runs, failures, earlier = (resumed(out / f"{stem}.json", budget, teacher_sha, student, a.methods) if a.resume
                                else ({m: [] for m in a.methods}, [], 0.0))
     t0 -= earlier  # the table's wall time covers every sitting

@@ -234,6 +234,32 @@ def test_a_variant_row_runs_its_loss_with_its_settings_and_they_validate(tmp_pat
     assert list(data["runs"]) == ["hinton_corrupt"]
 
 
+def test_every_method_and_variant_validates_at_the_default_budget():
+    """The default budget caches the teacher's logits; a feature loss or a moving teacher turns that off.
+    (fitnets and at once failed all their cells on this, an hour after the table started.)"""
+    from edgekd.losses import KD_LOSSES
+    from edgekd.validation import UNCACHEABLE_LOSSES
+
+    assert BASE["distill"]["cache_teacher_logits"]
+    for method in KD_LOSSES.names() + list(mb.VARIANTS):
+        loss, variant = mb.variant_overrides(method)
+        cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", mb.BUDGETS["default"] + variant + [f"distill.loss={loss}"])
+        assert cfg.distill.loss == loss and cfg.distill.cache_teacher_logits == (loss not in UNCACHEABLE_LOSSES), method
+
+
+def test_a_method_whose_config_is_invalid_stops_the_table_before_any_cell_trains(tmp_path, monkeypatch):
+    trained = []
+    monkeypatch.setattr(mb.edgekd, "run", lambda *a, **k: trained.append(k) or FakeRun(0.9))
+    real = mb.variant_overrides
+    monkeypatch.setattr(mb, "variant_overrides", lambda m: (m, ["distill.temperature=-1"]) if m == "dkd" else real(m))
+    a = SimpleNamespace(config=str(ROOT / "configs" / "fashion_mnist.yaml"), budget="default", overrides=[],
+                        methods=["hinton", "dkd"], seeds=[0], runs=str(tmp_path / "runs"),
+                        teacher_run=str(teacher_run(tmp_path)), resume=False)
+    with pytest.raises(mb.BenchInputError, match="method dkd: .*distill.temperature"):
+        mb.measure_table(a, tmp_path / "out", "methods")
+    assert trained == [] and not (tmp_path / "out").exists()
+
+
 def test_a_method_without_a_measured_seed_says_whether_it_failed_or_has_not_run(tmp_path):
     write_table(tmp_path, {"ce": [row(0, 0.91)], "hinton": [], "augmix_kd": []}, mb.BUDGETS["default"], "abc",
                 failures=[{"method": "augmix_kd", "seed": 0, "error": "DivergenceError: x"}])
