@@ -126,9 +126,9 @@ def _safe_target(run_dir: Path, rel: str) -> Path | None:
 def _config_paths(value: Any) -> set[str]:
     """Every string in a config (a file a stage reads: teacher.weights, qat.sensitivity, ...)."""
     if isinstance(value, dict):
-        return set().union(*(_config_paths(v) for v in value.values())) if value else set()
+        return set().union(*(_config_paths(v) for v in value.values()))
     if isinstance(value, (list, tuple)):
-        return set().union(*(_config_paths(v) for v in value)) if value else set()
+        return set().union(*(_config_paths(v) for v in value))
     return {value} if isinstance(value, str) else set()
 
 
@@ -327,7 +327,8 @@ class Transaction:
         deletes = retired_files(self.run_dir, committed, data, _promoted(self.run_dir))
         # a retired file linked (or, without hard links, copied) into the shadow is not moved back in:
         # a roll-forward would then look for a moved file that the deletes removed
-        moves = [m for m in _moves_from(self.shadow, self.run_dir, skip_same_file=True) if m["path"] not in deletes]
+        retired = set(deletes)
+        moves = [m for m in _moves_from(self.shadow, self.run_dir, skip_same_file=True) if m["path"] not in retired]
         _write_journal(self.root / COMMIT_JOURNAL, "commit", self.shadow, self.run_dir, moves, data, self.run_dir,
                        deletes=deletes)
         finish_commit(self.run_dir, verify=False)
