@@ -110,6 +110,12 @@ def variant_overrides(method: str) -> tuple[str, list[str]]:
     return loss, variant
 
 
+def method_overrides(method: str) -> list[str]:
+    """A row's overrides on top of the budget: its variant settings, then its loss (the cell adds seed and name)."""
+    loss, variant = variant_overrides(method)
+    return variant + [f"distill.loss={loss}"]
+
+
 def training_corruptions() -> list[str]:
     """The registered corruptions a corruption-trained row may use: all but ``HELD_OUT_CORRUPTIONS``."""
     from edgekd.robustness.corruptions import CORRUPTIONS
@@ -419,9 +425,8 @@ def preflight(config: str, common: list[str], methods: list[str]) -> None:
     from edgekd.errors import ConfigError
 
     for method in methods:
-        loss, variant = variant_overrides(method)
         try:
-            load_config(config, common + variant + [f"distill.loss={loss}"])
+            load_config(config, common + method_overrides(method))
         except ConfigError as e:
             raise BenchInputError(f"method {method}: {e.problem}" + (f"; {e.fix}" if e.fix else "")) from None
 
@@ -465,8 +470,8 @@ def measure_table(a: argparse.Namespace, out: Path, stem: str) -> int:
                 print(f"[bench] seed {seed} {method}: not in {stem}.json, nothing to re-run", flush=True)
                 continue
             failures[:] = [f for f in failures if (f["method"], f["seed"]) != (method, seed)]  # tried again
-            loss, variant = variant_overrides(method)
-            overrides = common + variant + [f"distill.loss={loss}", f"seed={seed}", f"name={method}_s{seed}"]
+            loss = variant_overrides(method)[0]
+            overrides = common + method_overrides(method) + [f"seed={seed}", f"name={method}_s{seed}"]
             try:
                 overrides += per_method[loss]() if loss in per_method else []
                 # resume: a cell killed in an earlier sitting continues from its last epoch checkpoint
