@@ -157,6 +157,24 @@ def retired_files(run_dir: Path, old: dict[str, Any], new: dict[str, Any], promo
     return sorted(out)
 
 
+def _prune_empty_parents(path: Path, base: Path) -> Path:
+    """Remove the folders above a deleted file that it left empty, up to (not including) ``base``.
+
+    Only a retired file's own folders are pruned, so an empty folder a user made elsewhere stays.
+    Returns the deepest folder that remains (to fsync).
+    """
+    folder = path.parent
+    while folder != base and base in folder.parents:
+        if folder.is_symlink():
+            break
+        if folder.is_dir():  # gone already when a roll-forward repeats the deletes
+            if any(folder.iterdir()):
+                break
+            folder.rmdir()
+        folder = folder.parent
+    return folder
+
+
 def _moves_from(src: Path, dst: Path, skip_same_file: bool) -> list[dict[str, Any]]:
     """Every file under ``src`` with its sha256; ``skip_same_file`` drops hard links of ``dst``'s file."""
     moves = []
@@ -197,7 +215,7 @@ def _apply(run_dir: Path, journal: Path, verify: bool) -> dict[str, Any]:
         fault_point(f"{j['fault']}:move:{i}")  # test hook: a kill between two renames
     for i, rel in enumerate(j.get("deletes", [])):
         (dst_base / rel).unlink(missing_ok=True)  # idempotent: a roll-forward may find it gone already
-        touched.add((dst_base / rel).parent)
+        touched.add(_prune_empty_parents(dst_base / rel, dst_base))
         fault_point(f"{j['fault']}:delete:{i}")
     for folder in touched:
         if not folder.is_dir():

@@ -189,6 +189,28 @@ def test_commit_never_deletes_what_the_stage_did_not_write(run_with_extras: Path
     assert not (run_dir / "stages" / "export" / "raw.onnx").exists()  # really written last time, not now
 
 
+def test_commit_removes_the_folders_its_deletes_emptied(run_with_extras: Path) -> None:
+    """stages/export/ held only retired files: it goes; stages/ (the teacher's) and a user's empty folder stay."""
+    run_dir = run_with_extras
+    (run_dir / "notes").mkdir()  # a user's empty folder
+    txn = Transaction.open(run_dir, resume=False, log=_quiet)
+    _promote(txn, "export", {"a.onnx": b"A2", "b.onnx": b"B2"})  # no extras this time
+    txn.commit({"ran": ["export"]})
+    assert not (run_dir / "stages" / "export").exists()
+    assert (run_dir / "stages" / "teacher" / "t.pt").read_bytes() == b"T"
+    assert (run_dir / "notes").is_dir()
+    # a folder that still holds a user's file stays, with the file
+    txn = Transaction.open(run_dir, resume=False, log=_quiet)
+    _promote_with_extra(txn, "export", {"a.onnx": b"A3"}, {"stages/export/deep/raw.onnx": b"R3"})
+    txn.commit({"ran": ["export"]})
+    (run_dir / "stages" / "export" / "mine.txt").write_bytes(b"M")
+    txn = Transaction.open(run_dir, resume=False, log=_quiet)
+    _promote(txn, "export", {"a.onnx": b"A4"})
+    txn.commit({"ran": ["export"]})
+    assert not (run_dir / "stages" / "export" / "deep").exists()
+    assert (run_dir / "stages" / "export" / "mine.txt").read_bytes() == b"M"
+
+
 def test_a_stage_missing_from_the_shadow_keeps_its_files(run_with_extras: Path) -> None:
     """A stage recorded in the run folder while this command ran (edgekd sensitivity) was not re-run here."""
     run_dir = run_with_extras
@@ -233,6 +255,7 @@ def test_kill_between_commit_deletes_is_finished_by_the_next_reader(run_with_ext
     assert not commit_pending(run_with_extras) and m.artifact("export", "a").read_bytes() == b"A2"
     assert sorted(p.relative_to(run_with_extras).as_posix() for p in run_with_extras.rglob("*") if p.is_file()) == \
         ["a.onnx", "manifest.json", "stages/teacher/metrics.jsonl", "stages/teacher/t.pt"]
+    assert not (run_with_extras / "stages" / "export").exists()  # emptied by the roll-forward's deletes
 
 
 def test_roll_forward_refuses_a_changed_destination(committed_run: Path) -> None:
