@@ -341,12 +341,14 @@ def beats(table: dict[str, dict[str, list[float] | None]], method: str, key: str
     return diff > max(s, rs)
 
 
-def _cell(key: str, mean: float, std: float) -> str:
+def _cell(key: str, mean: float, std: float, seeds: int) -> str:
+    # one seed has no spread: "± 0.00" would read as a perfectly steady method
+    spread = (lambda fmt: "" if seeds < 2 else " ± " + fmt)
     if key in FRACTIONS:
-        return f"{100 * mean:.2f} ± {100 * std:.2f}"
+        return f"{100 * mean:.2f}" + spread(f"{100 * std:.2f}")
     if key == "train_seconds":
-        return f"{mean:.0f} ± {std:.0f}"
-    return f"{mean:.4f} ± {std:.4f}"
+        return f"{mean:.0f}" + spread(f"{std:.0f}")
+    return f"{mean:.4f}" + spread(f"{std:.4f}")
 
 
 def render(data: dict[str, Any]) -> str:
@@ -360,7 +362,7 @@ def render(data: dict[str, Any]) -> str:
             lines.append(f"| {method} | 0 | " + " | ".join(state for _ in COLUMNS) + " |")
             continue
         n = len(data["runs"][method])
-        cells = [_cell(k, *table[method][k]) if table[method][k] is not None else "not measured" for k in COLUMNS]
+        cells = [_cell(k, *table[method][k], n) if table[method][k] is not None else "not measured" for k in COLUMNS]
         lines.append(f"| {method}{' (no KD)' if method == 'ce' else ''} | {n} | " + " | ".join(cells) + " |")
     out = [head + "\n".join(lines) + "\n"]
     if not meta.get("complete", True):
@@ -374,10 +376,14 @@ def render(data: dict[str, Any]) -> str:
     teacher = teacher_line(data["runs"])
     if teacher:
         out.append(teacher)
-    if "hinton" in table:
+    seeds = {method: len(rows) for method, rows in data["runs"].items()}
+    if seeds.get("hinton", 0) > 1:
         verdict = ["| method | beats Hinton KD by more than the seed std on |", "|---|---|"]
         for method in table:
             if method == "hinton":
+                continue
+            if seeds[method] < 2:  # no seed std to beat Hinton by
+                verdict.append(f"| {method} | not ranked: {seeds[method]} seed, no seed std |")
                 continue
             won = [COLUMNS[k] for k in COLUMNS if k != "train_seconds" and beats(table, method, k)]
             verdict.append(f"| {method} | {', '.join(won) if won else 'nothing'} |")

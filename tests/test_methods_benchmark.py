@@ -267,6 +267,16 @@ def test_a_method_without_a_measured_seed_says_whether_it_failed_or_has_not_run(
     assert "| hinton | 0 | not run yet |" in md and "| augmix_kd | 0 | failed |" in md
 
 
+def test_a_one_seed_row_shows_no_spread_and_is_not_ranked_against_hinton(tmp_path):
+    """One seed has no std: its cells show the mean alone, and the verdict does not call it a win or a loss."""
+    write_table(tmp_path, {"hinton": [row(0, 0.90), row(1, 0.92)], "fitnets": [row(0, 0.99)],
+                           "dkd": [row(0, 0.95), row(1, 0.97)]}, mb.BUDGETS["default"], "abc")
+    md = (tmp_path / "methods.md").read_text()
+    assert "| fitnets | 1 | 99.00 | 50.00 |" in md and "| dkd | 2 | 96.00 ± 1.41 |" in md
+    assert "| fitnets | not ranked: 1 seed, no seed std |" in md
+    assert "| dkd | clean acc (FP32) |" in md  # +5 pt beyond hinton's 1.41 std: ranked and a win
+
+
 def test_a_table_is_complete_only_with_every_seed_of_every_method(tmp_path, monkeypatch):
     """A sitting that fills the last missing cell marks the table complete; a failed cell counts as tried.
     A correction recorded by hand in the JSON's meta survives the next sitting."""
