@@ -388,6 +388,8 @@ def render(data: dict[str, Any]) -> str:
             won = [COLUMNS[k] for k in COLUMNS if k != "train_seconds" and beats(table, method, k)]
             verdict.append(f"| {method} | {', '.join(won) if won else 'nothing'} |")
         out.append("\n".join(verdict) + "\n")
+    elif "hinton" in table:
+        out.append("Hinton KD has 1 seed, so no seed std: no method is ranked against it.\n")
     codes: dict[str, list[str]] = {}
     for method, rows in data["runs"].items():
         for r in rows:

@@ -157,20 +157,27 @@ def retired_files(run_dir: Path, old: dict[str, Any], new: dict[str, Any], promo
     return sorted(out)
 
 
-def _prune_empty_parents(path: Path, base: Path) -> Path:
+def _prune_empty_parents(path: Path, base: Path, named: set[str]) -> Path:
     """Remove the folders above a deleted file that it left empty, up to (not including) ``base``.
 
-    Only a retired file's own folders are pruned, so an empty folder a user made elsewhere stays.
-    Returns the deepest folder that remains (to fsync).
+    Only a retired file's own folders are pruned, so an empty folder a user made elsewhere stays, and
+    so does a folder the config names (``named``: real paths). Returns the deepest folder that remains
+    (to fsync).
     """
+    real_base = os.path.realpath(base)
     folder = path.parent
     while folder != base and base in folder.parents:
-        if folder.is_symlink():
+        # a symlink anywhere on the way (made after the commit was decided) stops the walk: never prune outside
+        real = os.path.realpath(folder)
+        if real != os.path.join(real_base, folder.relative_to(base)) or real in named:
             break
         if folder.is_dir():  # gone already when a roll-forward repeats the deletes
-            if any(folder.iterdir()):
-                break
-            folder.rmdir()
+            try:
+                if any(folder.iterdir()):
+                    break
+                folder.rmdir()
+            except OSError:
+                break  # unreadable, or a file appeared meanwhile: the folder stays, which is only untidy
         folder = folder.parent
     return folder
 
@@ -213,9 +220,12 @@ def _apply(run_dir: Path, journal: Path, verify: bool) -> dict[str, Any]:
             raise ArtifactError(f"interrupted commit cannot finish: {dst} is missing or differs from the "
                                 f"file that was staged for it", f"re-run the pipeline without --resume to rewrite {dst.name}")
         fault_point(f"{j['fault']}:move:{i}")  # test hook: a kill between two renames
+    named = {os.path.realpath(dst_base / v) for v in _config_paths(j["manifest"].get("config", {})) if v}
     for i, rel in enumerate(j.get("deletes", [])):
-        (dst_base / rel).unlink(missing_ok=True)  # idempotent: a roll-forward may find it gone already
-        touched.add(_prune_empty_parents(dst_base / rel, dst_base))
+        target = _safe_target(dst_base, rel)  # checked again: a symlink made since the decision is not followed
+        if target is not None:
+            target.unlink(missing_ok=True)  # idempotent: a roll-forward may find it gone already
+            touched.add(_prune_empty_parents(target, dst_base, named))
         fault_point(f"{j['fault']}:delete:{i}")
     for folder in touched:
         if not folder.is_dir():

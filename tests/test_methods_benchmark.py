@@ -275,6 +275,9 @@ def test_a_one_seed_row_shows_no_spread_and_is_not_ranked_against_hinton(tmp_pat
     assert "| fitnets | 1 | 99.00 | 50.00 |" in md and "| dkd | 2 | 96.00 ± 1.41 |" in md
     assert "| fitnets | not ranked: 1 seed, no seed std |" in md
     assert "| dkd | clean acc (FP32) |" in md  # +5 pt beyond hinton's 1.41 std: ranked and a win
+    write_table(tmp_path, {"hinton": [row(0, 0.90)], "dkd": [row(0, 0.95), row(1, 0.97)]}, mb.BUDGETS["default"], "abc")
+    md = (tmp_path / "methods.md").read_text()
+    assert "Hinton KD has 1 seed" in md and "| dkd | clean" not in md
 
 
 def test_a_table_is_complete_only_with_every_seed_of_every_method(tmp_path, monkeypatch):

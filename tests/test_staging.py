@@ -209,6 +209,16 @@ def test_commit_removes_the_folders_its_deletes_emptied(run_with_extras: Path) -
     txn.commit({"ran": ["export"]})
     assert not (run_dir / "stages" / "export" / "deep").exists()
     assert (run_dir / "stages" / "export" / "mine.txt").read_bytes() == b"M"
+    # a folder the config names stays even when emptied
+    txn = Transaction.open(run_dir, resume=False, log=_quiet)
+    _promote_with_extra(txn, "export", {"a.onnx": b"A5"}, {"stages/export/calib/raw.onnx": b"R5"})
+    txn.commit({"ran": ["export"]})
+    txn = Transaction.open(run_dir, resume=False, log=_quiet)
+    txn.set_run_config({"config": {"qat": {"calibration_dir": str(run_dir / "stages/export/calib")}}}, "v: 4\n")
+    _promote(txn, "export", {"a.onnx": b"A6"})
+    txn.commit({"ran": ["export"]})
+    assert (run_dir / "stages" / "export" / "calib").is_dir()
+    assert not (run_dir / "stages" / "export" / "calib" / "raw.onnx").exists()
 
 
 def test_a_stage_missing_from_the_shadow_keeps_its_files(run_with_extras: Path) -> None:
@@ -237,16 +247,21 @@ def test_retired_files_without_hard_links(run_with_extras: Path, monkeypatch: py
     assert not (run_with_extras / "b.onnx").exists() and (run_with_extras / "a.onnx").read_bytes() == b"A2"
 
 
-def test_kill_between_commit_deletes_is_finished_by_the_next_reader(run_with_extras: Path) -> None:
+def _kill_after_first_delete(run_dir: Path) -> None:
+    """Re-run export (a.onnx only) in a subprocess killed right after the commit's first delete."""
     code = ("import sys; from edgekd.io import atomic_write_bytes; from edgekd.staging import Transaction\n"
             "txn = Transaction.open(sys.argv[1], resume=False, log=lambda m: None)\n"
             "atomic_write_bytes(txn.scratch('export') / 'a.onnx', b'A2')\n"
             "txn.promote('export', txn.manifest.make_entry({'a': txn.scratch('export') / 'a.onnx'}, "
             "files_root=txn.scratch('export')))\n"
             "txn.commit({'ran': ['export']})\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(run_with_extras)], cwd=ROOT, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", code, str(run_dir)], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env={**os.environ, "EDGEKD_FAULT_AT": "commit:delete:0"})
     assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+def test_kill_between_commit_deletes_is_finished_by_the_next_reader(run_with_extras: Path) -> None:
+    _kill_after_first_delete(run_with_extras)
     assert commit_pending(run_with_extras)
     gone = [p for p in ("b.onnx", "stages/export/old.unscaled.onnx", "stages/export/raw.onnx")
             if not (run_with_extras / p).exists()]
@@ -256,6 +271,19 @@ def test_kill_between_commit_deletes_is_finished_by_the_next_reader(run_with_ext
     assert sorted(p.relative_to(run_with_extras).as_posix() for p in run_with_extras.rglob("*") if p.is_file()) == \
         ["a.onnx", "manifest.json", "stages/teacher/metrics.jsonl", "stages/teacher/t.pt"]
     assert not (run_with_extras / "stages" / "export").exists()  # emptied by the roll-forward's deletes
+
+
+def test_roll_forward_does_not_follow_a_symlink_made_after_the_commit_was_decided(run_with_extras: Path,
+                                                                                 tmp_path: Path) -> None:
+    """Killed after the first delete; stages/export is then swapped for a link to a shared folder: the
+    roll-forward deletes nothing behind the link (so prunes nothing there either)."""
+    _kill_after_first_delete(run_with_extras)
+    shared = tmp_path / "shared_export"
+    os.replace(run_with_extras / "stages" / "export", shared)
+    (run_with_extras / "stages" / "export").symlink_to(shared)
+    Manifest.load(run_with_extras)  # finishes the decided commit
+    assert not commit_pending(run_with_extras)
+    assert sorted(p.name for p in shared.iterdir()) == ["old.unscaled.onnx", "raw.onnx"]
 
 
 def test_roll_forward_refuses_a_changed_destination(committed_run: Path) -> None:
