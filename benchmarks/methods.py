@@ -342,13 +342,10 @@ def beats(table: dict[str, dict[str, list[float] | None]], method: str, key: str
 
 
 def _cell(key: str, mean: float, std: float, seeds: int) -> str:
+    scale, digits = (100, 2) if key in FRACTIONS else (1, 0) if key == "train_seconds" else (1, 4)
+    text = f"{scale * mean:.{digits}f}"
     # one seed has no spread: "± 0.00" would read as a perfectly steady method
-    spread = (lambda fmt: "" if seeds < 2 else " ± " + fmt)
-    if key in FRACTIONS:
-        return f"{100 * mean:.2f}" + spread(f"{100 * std:.2f}")
-    if key == "train_seconds":
-        return f"{mean:.0f}" + spread(f"{std:.0f}")
-    return f"{mean:.4f}" + spread(f"{std:.4f}")
+    return text if seeds < 2 else f"{text} ± {scale * std:.{digits}f}"
 
 
 def render(data: dict[str, Any]) -> str:

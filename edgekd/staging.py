@@ -132,6 +132,11 @@ def _config_paths(value: Any) -> set[str]:
     return {value} if isinstance(value, str) else set()
 
 
+def _named_paths(base: Path, config: dict[str, Any]) -> set[str]:
+    """Real paths of every file or folder the config names (relative names resolve under ``base``)."""
+    return {os.path.realpath(base / v) for v in _config_paths(config) if v}
+
+
 def retired_files(run_dir: Path, old: dict[str, Any], new: dict[str, Any], promoted: set[str]) -> list[str]:
     """Files of the committed run that a stage promoted in this command wrote last time and not this time.
 
@@ -143,7 +148,7 @@ def retired_files(run_dir: Path, old: dict[str, Any], new: dict[str, Any], promo
     new_stages = new.get("stages", {})
     keep = {rec["path"] for e in new_stages.values() for rec in (e.get("artifacts") or {}).values()}
     keep |= {rel for e in new_stages.values() for rel in e.get("written", [])}
-    named = {os.path.realpath(run_dir / v) for v in _config_paths(new.get("config", {})) if v}
+    named = _named_paths(run_dir, new.get("config", {}))
     out: set[str] = set()
     for stage in promoted:
         entry = old.get("stages", {}).get(stage)
@@ -220,7 +225,7 @@ def _apply(run_dir: Path, journal: Path, verify: bool) -> dict[str, Any]:
             raise ArtifactError(f"interrupted commit cannot finish: {dst} is missing or differs from the "
                                 f"file that was staged for it", f"re-run the pipeline without --resume to rewrite {dst.name}")
         fault_point(f"{j['fault']}:move:{i}")  # test hook: a kill between two renames
-    named = {os.path.realpath(dst_base / v) for v in _config_paths(j["manifest"].get("config", {})) if v}
+    named = _named_paths(dst_base, j["manifest"].get("config", {}))
     for i, rel in enumerate(j.get("deletes", [])):
         target = _safe_target(dst_base, rel)  # checked again: a symlink made since the decision is not followed
         if target is not None:
