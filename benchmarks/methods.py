@@ -351,6 +351,7 @@ def _cell(key: str, mean: float, std: float, seeds: int) -> str:
 def render(data: dict[str, Any]) -> str:
     table, meta, failures = data["summary"], data["meta"], data["failures"]
     head = "| method | seeds | " + " | ".join(COLUMNS.values()) + " |\n|---|---|" + "---|" * len(COLUMNS) + "\n"
+    seeds = {method: len(rows) for method, rows in data["runs"].items()}
     lines = []
     # the references first, then the methods in the order they were benchmarked
     for method in sorted(meta["methods"], key=lambda m: (m not in ("ce", "hinton"), m != "ce")):
@@ -358,7 +359,7 @@ def render(data: dict[str, Any]) -> str:
             state = "failed" if any(f["method"] == method for f in failures) else "not run yet"
             lines.append(f"| {method} | 0 | " + " | ".join(state for _ in COLUMNS) + " |")
             continue
-        n = len(data["runs"][method])
+        n = seeds[method]
         cells = [_cell(k, *table[method][k], n) if table[method][k] is not None else "not measured" for k in COLUMNS]
         lines.append(f"| {method}{' (no KD)' if method == 'ce' else ''} | {n} | " + " | ".join(cells) + " |")
     out = [head + "\n".join(lines) + "\n"]
@@ -373,7 +374,6 @@ def render(data: dict[str, Any]) -> str:
     teacher = teacher_line(data["runs"])
     if teacher:
         out.append(teacher)
-    seeds = {method: len(rows) for method, rows in data["runs"].items()}
     if seeds.get("hinton", 0) > 1:
         verdict = ["| method | beats Hinton KD by more than the seed std on |", "|---|---|"]
         for method in table:

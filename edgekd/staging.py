@@ -169,12 +169,10 @@ def _prune_empty_parents(path: Path, base: Path, named: set[str]) -> Path:
     so does a folder the config names (``named``: real paths). Returns the deepest folder that remains
     (to fsync).
     """
-    real_base = os.path.realpath(base)
     folder = path.parent
     while folder != base and base in folder.parents:
         # a symlink anywhere on the way (made after the commit was decided) stops the walk: never prune outside
-        real = os.path.realpath(folder)
-        if real != os.path.join(real_base, folder.relative_to(base)) or real in named:
+        if _safe_target(base, str(folder.relative_to(base))) is None or os.path.realpath(folder) in named:
             break
         if folder.is_dir():  # gone already when a roll-forward repeats the deletes
             try:
