@@ -100,12 +100,12 @@ FRACTIONS = {"clean", "int8", "corruption_mean", "corruption_heldout", f"pgd_{EP
 def variant_overrides(method: str) -> tuple[str, list[str]]:
     """(loss, overrides) of a table row: a registered loss alone, or a ``VARIANTS`` row; a row trained on
     corrupted inputs draws them from ``training_corruptions`` only."""
-    from edgekd.validation import UNCACHEABLE_LOSSES
+    from edgekd.validation import uncacheable_losses
 
     loss, variant = VARIANTS.get(method, (method, []))
     if any(o.startswith("data.augment.corruption_prob=") for o in variant):
         variant = variant + [f"data.augment.corruptions=[{','.join(training_corruptions())}]"]
-    if loss in UNCACHEABLE_LOSSES:  # feature losses and a moving teacher need the teacher every step
+    if loss in uncacheable_losses():  # feature losses and a moving teacher need the teacher every step
         variant = variant + ["distill.cache_teacher_logits=false"]
     return loss, variant
 

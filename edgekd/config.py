@@ -110,6 +110,7 @@ class RobustKDConfig:
     steps: int = 1  # inner attack iterations
     step_size: Optional[float] = None  # inner attack step (None: 2.5 * epsilon / steps)
     beta: float = 1.0  # weight of the natural-input KD term (RSLAD/ARD)
+    attack_objective: str = "kl"  # ard: what x' maximises: kl (the paper's KD term) | ce (the authors' released code)
 
 
 @dataclass

@@ -181,6 +181,7 @@ def _validate_models_and_distill(cfg: "Config") -> None:
     at_least("distill.robust.steps", r.steps, 1)
     optional(positive, "distill.robust.step_size", r.step_size)
     at_least("distill.robust.beta", r.beta, 0.0)
+    one_of("distill.robust.attack_objective", r.attack_objective, ATTACK_OBJECTIVES)
     _validate_kd_methods(cfg)
     aug = cfg.data.augment
     # the teacher's view must be fixed: crop/flip change it each epoch; noise/corruption (photometric)
@@ -223,8 +224,21 @@ def _validate_keep_float(q: Any) -> None:
 
 
 TEACHER_WEIGHTINGS = ("mean", "fixed", "confidence")  # edgekd.losses.multi_teacher
-# losses that read the teacher's features or are their own teacher: the teacher must run every step
-UNCACHEABLE_LOSSES = ("fitnets", "at", "self_distill")
+ATTACK_OBJECTIVES = ("kl", "ce")  # edgekd.losses.ard
+# the built-in losses with ``live_teacher`` (features, or their own moving teacher): the teacher must run
+# every step. Torch-free, for checks before torch is imported; tests/test_kd_contract.py checks it against
+# the classes, and ``uncacheable_losses`` adds plugins once the live registry is loaded.
+UNCACHEABLE_LOSSES = ("at", "fitnets", "self_distill")
+
+
+def uncacheable_losses() -> tuple[str, ...]:
+    """The KD losses cached teacher logits cannot serve: the live registry's ``live_teacher`` losses once
+    ``edgekd.losses`` is imported (plugins included), else the built-in list."""
+    module = sys.modules.get("edgekd.losses")
+    if module is None or not hasattr(module, "KD_LOSSES"):
+        return UNCACHEABLE_LOSSES
+    reg = module.KD_LOSSES
+    return tuple(n for n in reg.names() if getattr(getattr(reg.get(n), "__self__", None), "live_teacher", False))
 
 
 def _validate_kd_methods(cfg: "Config") -> None:
@@ -271,7 +285,7 @@ def _validate_kd_methods(cfg: "Config") -> None:
     elif ds.teacher_weights:
         raise ConfigError(f"distill.teacher_weights is set but distill.teacher_weighting is '{ds.teacher_weighting}'",
                           "set distill.teacher_weighting: fixed, or remove distill.teacher_weights")
-    if ds.cache_teacher_logits and ds.loss in UNCACHEABLE_LOSSES:
+    if ds.cache_teacher_logits and ds.loss in uncacheable_losses():
         raise ConfigError(f"distill.cache_teacher_logits cannot serve distill.loss '{ds.loss}': it needs the "
                           "teacher to run every step (features or a moving teacher)",
                           "set distill.cache_teacher_logits: false")

@@ -65,7 +65,17 @@ ADAPTER_B = np.array([0.1, -0.2, 0.05])
 
 
 def tt(a: np.ndarray) -> torch.Tensor:
-    return torch.tensor(a, dtype=torch.float32)
+    """A float32 input that autograd tracks (so every golden loss can be backpropagated)."""
+    return torch.tensor(a, dtype=torch.float32, requires_grad=True)
+
+
+TEACHER_INPUTS: list[torch.Tensor] = []  # the teacher-side tensors of the last golden call
+
+
+def tl(a: np.ndarray) -> torch.Tensor:
+    """A teacher-side input (logits, features): tracked, so a loss that lets gradient into it is caught."""
+    TEACHER_INPUTS.append(tt(a))
+    return TEACHER_INPUTS[-1]
 
 
 def np_pool2(x: np.ndarray) -> np.ndarray:
@@ -80,19 +90,19 @@ def np_attention(f: np.ndarray) -> np.ndarray:
 
 
 def golden_hinton() -> tuple[float, float]:
-    loss = KD_LOSSES.get("hinton")(DistillConfig(temperature=2.0, alpha=0.7))(tt(S), tt(T1), torch.tensor(Y))
-    return loss.item(), 0.7 * np_kd(S, T1, 2.0) + 0.3 * np_ce(S, Y)
+    loss = KD_LOSSES.get("hinton")(DistillConfig(temperature=2.0, alpha=0.7))(tt(S), tl(T1), torch.tensor(Y))
+    return loss, 0.7 * np_kd(S, T1, 2.0) + 0.3 * np_ce(S, Y)
 
 
 def golden_ce() -> tuple[float, float]:
-    return KD_LOSSES.get("ce")(DistillConfig())(tt(S), tt(T1), torch.tensor(Y)).item(), np_ce(S, Y)
+    return KD_LOSSES.get("ce")(DistillConfig())(tt(S), tl(T1), torch.tensor(Y)), np_ce(S, Y)
 
 
 def golden_dkd() -> tuple[float, float]:
     temp, a, b = 3.0, 1.5, 6.0
     cfg = DistillConfig(temperature=temp)
     cfg = replace(cfg, dkd=replace(cfg.dkd, alpha=a, beta=b))
-    got = KD_LOSSES.get("dkd")(cfg)(tt(S), tt(T1), torch.tensor(Y)).item()
+    got = KD_LOSSES.get("dkd")(cfg)(tt(S), tl(T1), torch.tensor(Y))
     ps, pt = np_softmax(S / temp), np_softmax(T1 / temp)
     rows = np.arange(2)
     bs = np.stack([ps[rows, Y], 1 - ps[rows, Y]], 1)
@@ -108,7 +118,7 @@ def golden_multi_teacher() -> tuple[float, float]:
     """Confidence weighting (CA-MKD): w_m = (1 - softmax_m(CE_m)) / (M - 1) per sample."""
     temp, alpha = 2.0, 0.8
     cfg = DistillConfig(loss="multi_teacher", temperature=temp, alpha=alpha, teacher_weighting="confidence")
-    got = KD_LOSSES.get("multi_teacher")(cfg)(tt(S), torch.stack([tt(T1), tt(T2)], 1), torch.tensor(Y)).item()
+    got = KD_LOSSES.get("multi_teacher")(cfg)(tt(S), torch.stack([tl(T1), tl(T2)], 1), torch.tensor(Y))
     ce_m = np.stack([-np.log(np_softmax(t)[np.arange(2), Y]) for t in (T1, T2)], 1)  # [B, M]
     w = 1 - np.exp(ce_m) / np.exp(ce_m).sum(1, keepdims=True)  # M - 1 = 1
     kl = np.stack([np_kl(np_softmax(t / temp), np_softmax(S / temp)) for t in (T1, T2)], 1)
@@ -119,25 +129,25 @@ def golden_ctkd() -> tuple[float, float]:
     """At the start the learned temperature is distill.temperature: Hinton KD at that T."""
     loss = KD_LOSSES.get("ctkd")(DistillConfig(loss="ctkd", temperature=3.0, alpha=0.6))
     assert loss.temperature == pytest.approx(3.0, rel=1e-6)
-    return loss(tt(S), tt(T1), torch.tensor(Y)).item(), 0.6 * np_kd(S, T1, 3.0) + 0.4 * np_ce(S, Y)
+    return loss(tt(S), tl(T1), torch.tensor(Y)), 0.6 * np_kd(S, T1, 3.0) + 0.4 * np_ce(S, Y)
 
 
 def golden_self_distill() -> tuple[float, float]:
     loss = KD_LOSSES.get("self_distill")(DistillConfig(loss="self_distill", temperature=2.0, alpha=0.5))
-    return loss(tt(S), tt(T1), torch.tensor(Y)).item(), 0.5 * np_kd(S, T1, 2.0) + 0.5 * np_ce(S, Y)
+    return loss(tt(S), tl(T1), torch.tensor(Y)), 0.5 * np_kd(S, T1, 2.0) + 0.5 * np_ce(S, Y)
 
 
 def golden_ard() -> tuple[float, float]:
     """alpha T^2 KL(t || s_adv) + (1 - alpha) beta CE(s, y); the adversarial logits given (V1)."""
     cfg = DistillConfig(loss="ard", temperature=2.0, alpha=0.7, robust=RobustKDConfig(beta=0.5))
-    got = KD_LOSSES.get("ard")(cfg)(tt(S), tt(T1), torch.tensor(Y), student_logits_adv=tt(V1)).item()
+    got = KD_LOSSES.get("ard")(cfg)(tt(S), tl(T1), torch.tensor(Y), student_logits_adv=tt(V1))
     return got, 0.7 * np_kd(V1, T1, 2.0) + 0.3 * 0.5 * np_ce(S, Y)
 
 
 def golden_rslad() -> tuple[float, float]:
     """5/6 KL(t || s_adv) + 1/6 beta KL(t || s), plain softmax (T = 1)."""
     cfg = DistillConfig(loss="rslad", robust=RobustKDConfig(beta=2.0))
-    got = KD_LOSSES.get("rslad")(cfg)(tt(S), tt(T1), torch.tensor(Y), student_logits_adv=tt(V1)).item()
+    got = KD_LOSSES.get("rslad")(cfg)(tt(S), tl(T1), torch.tensor(Y), student_logits_adv=tt(V1))
     pt = np_softmax(T1)
     return got, float(5 / 6 * np.mean(np_kl(pt, np_softmax(V1))) + 1 / 6 * 2.0 * np.mean(np_kl(pt, np_softmax(S))))
 
@@ -145,7 +155,7 @@ def golden_rslad() -> tuple[float, float]:
 def golden_augmix_kd() -> tuple[float, float]:
     temp, alpha, lam = 2.0, 0.9, 12.0
     cfg = DistillConfig(loss="augmix_kd", temperature=temp, alpha=alpha)
-    got = KD_LOSSES.get("augmix_kd")(cfg)(tt(S), tt(T1), torch.tensor(Y), student_views=(tt(V1), tt(V2))).item()
+    got = KD_LOSSES.get("augmix_kd")(cfg)(tt(S), tl(T1), torch.tensor(Y), student_views=(tt(V1), tt(V2)))
     kd = np.mean([np_kd(v, T1, temp) for v in (S, V1, V2)])
     q = [np_softmax(v) for v in (S, V1, V2)]
     m = sum(q) / 3
@@ -168,7 +178,7 @@ def golden_fitnets() -> tuple[float, float]:
         adapter.weight.copy_(tt(ADAPTER_W)[:, :, None, None])
         adapter.bias.copy_(tt(ADAPTER_B))
     loss.adapters = nn.ModuleList([adapter])
-    got = loss(tt(S), tt(T1), torch.tensor(Y), student_features={"s": tt(FS)}, teacher_features={"t": tt(FT)}).item()
+    got = loss(tt(S), tl(T1), torch.tensor(Y), student_features={"s": tt(FS)}, teacher_features={"t": tl(FT)})
     adapted = np.einsum("oc,bchw->bohw", ADAPTER_W, FS) + ADAPTER_B[None, :, None, None]
     hint = np.mean((np_pool2(adapted) - FT) ** 2)
     return got, 0.7 * np_kd(S, T1, 2.0) + 0.3 * np_ce(S, Y) + 0.3 * float(hint)
@@ -177,7 +187,7 @@ def golden_fitnets() -> tuple[float, float]:
 def golden_at() -> tuple[float, float]:
     """Hinton + beta/2 * mean((Q_s/|Q_s| - Q_t/|Q_t|)^2), Q = channel mean of F^2, the student's map pooled."""
     loss = _feature_loss("at", at_beta=250.0)
-    got = loss(tt(S), tt(T1), torch.tensor(Y), student_features={"s": tt(FS)}, teacher_features={"t": tt(FT)}).item()
+    got = loss(tt(S), tl(T1), torch.tensor(Y), student_features={"s": tt(FS)}, teacher_features={"t": tl(FT)})
     qs = (FS**2).mean(axis=1, keepdims=True)
     qs = np_pool2(qs).reshape(2, -1)
     qs = qs / np.linalg.norm(qs, axis=1, keepdims=True)
@@ -185,7 +195,7 @@ def golden_at() -> tuple[float, float]:
     return got, 0.7 * np_kd(S, T1, 2.0) + 0.3 * np_ce(S, Y) + 125.0 * float(at)
 
 
-GOLDEN: dict[str, Callable[[], tuple[float, float]]] = {
+GOLDEN: dict[str, Callable[[], tuple[torch.Tensor, float]]] = {
     "hinton": golden_hinton, "ce": golden_ce, "dkd": golden_dkd, "multi_teacher": golden_multi_teacher,
     "ctkd": golden_ctkd, "self_distill": golden_self_distill, "ard": golden_ard, "rslad": golden_rslad,
     "augmix_kd": golden_augmix_kd, "fitnets": golden_fitnets, "at": golden_at,
@@ -195,10 +205,23 @@ GOLDEN: dict[str, Callable[[], tuple[float, float]]] = {
 @pytest.mark.parametrize("name", NAMES)
 def test_golden_value_on_a_fixed_tiny_input(name: str) -> None:
     assert name in GOLDEN, f"add a numpy golden value for the new loss '{name}' to GOLDEN"
-    got, expected = GOLDEN[name]()
+    got_t, expected = GOLDEN[name]()
+    got = got_t.item()
     # rel 1e-5: float32 (~1e-7 relative per op) through a few dozen ops against float64 numpy; a wrong
     # formula (a missing T^2, a swapped KL direction, a wrong weight) is off by far more than that
     assert got == pytest.approx(expected, rel=1e-5), (name, got, expected)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_gradient_reaches_the_teacher_side_inputs(name: str) -> None:
+    """Called directly (not only through the Distiller, which freezes the teacher), a loss treats the
+    teacher's logits and features as constants: backprop leaves their ``.grad`` empty."""
+    TEACHER_INPUTS.clear()
+    loss, _ = GOLDEN[name]()
+    assert TEACHER_INPUTS, f"golden_{name} passes no teacher-side tensor through tl()"
+    loss.backward()
+    leaked = [tuple(t.shape) for t in TEACHER_INPUTS if t.grad is not None]
+    assert not leaked, (name, leaked)
 
 
 # ------------------------------------------------------------------------ the step on real models
@@ -255,6 +278,28 @@ def test_step_is_finite_and_trains_the_student_only(name: str, fmnist_small, bat
         assert torch.equal(v, before[k]), (name, k)
     assert hooks_on(student) == 0 and hooks_on(frozen) == 0  # feature taps exist only during the step
     assert not any(k.startswith(("adapters", "theta", "ema")) for k in student.state_dict())
+
+
+def test_the_config_check_refuses_cached_logits_for_exactly_the_live_teacher_losses() -> None:
+    """The torch-free list the config check uses before torch loads matches the classes' ``live_teacher``
+    (a new feature or self-teacher loss left off it would be fed cached logits of another teacher)."""
+    from edgekd.validation import UNCACHEABLE_LOSSES, uncacheable_losses
+
+    live = {n for n in NAMES if KD_LOSSES.get(n).__self__.live_teacher}
+    assert set(UNCACHEABLE_LOSSES) == live == set(uncacheable_losses()), (UNCACHEABLE_LOSSES, live)
+    assert {"at", "fitnets", "self_distill"} <= live  # features or a moving teacher
+
+
+def test_a_self_teacher_step_ignores_cached_logits(fmnist_small, batch) -> None:
+    """Cached logits are the run's teacher's; self-distillation's teacher is the student's EMA, so a batch
+    that carries cached logits (from a config the check would refuse) must not change its loss."""
+    x, y = batch
+    kd = KD_LOSSES.get("self_distill")(DistillConfig(loss="self_distill"))
+    distiller = Distiller(_student(fmnist_small), None, kd).eval()
+    with torch.no_grad():
+        plain, _ = distiller.step(distiller.student, (x, y))
+        cached, _ = distiller.step(distiller.student, (x, y, 5.0 * torch.arange(10.0).expand(len(x), 10)))
+    assert torch.equal(plain, cached), (plain, cached)  # the cached target is far from uniform: it would move the KL
 
 
 # student == teacher: the loss at the teacher, per loss. "zero": the formula is 0 there (with the

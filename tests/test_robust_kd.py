@@ -112,6 +112,15 @@ def test_ard_cross_entropy_attack_objective(batch) -> None:
         assert F.cross_entropy(student(x_adv), y) > F.cross_entropy(student(x), y)
 
 
+def test_ard_attack_objective_is_a_config_key() -> None:
+    """``distill.robust.attack_objective`` reaches the loss built from the config; a typo is refused."""
+    for objective in ("kl", "ce"):
+        cfg = config_from_dict({"distill": {"loss": "ard", "robust": {"attack_objective": objective}}})
+        assert KD_LOSSES.get("ard")(cfg.distill).attack_objective == objective
+    with pytest.raises(ConfigError, match="distill.robust.attack_objective"):
+        config_from_dict({"distill": {"loss": "ard", "robust": {"attack_objective": "mse"}}})
+
+
 @pytest.mark.parametrize("name", ["ard", "rslad"])
 def test_gradients_reach_the_student_not_the_teacher(batch, name: str) -> None:
     x, y = batch

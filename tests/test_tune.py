@@ -17,6 +17,7 @@ from conftest import requires_fashion_mnist
 from helpers import tiny_run_config
 
 import edgekd
+from edgekd.losses import KD_LOSSES
 from edgekd.tuning import pareto
 from edgekd.tuning.space import default_params, search_space
 
@@ -25,6 +26,7 @@ optuna = pytest.importorskip("optuna", reason="edgekd tune needs the optional ex
 ROOT = Path(__file__).resolve().parents[1]
 EDGEKD = [sys.executable, "-m", "edgekd"]
 STEPS = {"epochs": 1, "max_steps_per_epoch": 2}
+KD_NAMES = KD_LOSSES.names()
 
 
 def tiny_tune_config(tmp: Path) -> Path:
@@ -78,8 +80,10 @@ def test_tune_smoke_through_the_cli(tuned: dict[str, Any]) -> None:
     assert (d / "plots" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     report = (d / "report.md").read_text()
     assert "## Pareto front" in report and "](plots/pareto.png)" in report and "## Teacher selection" in report
-    # one teacher, trained once and reused: both trials loaded the same cached weights file
-    assert [t["teacher"] for t in summary["teachers"]] == ["resnet18"] and summary["teachers"][0]["trials"] == 2
+    # one teacher, trained once and reused: both trials loaded the same cached weights file; the teacher
+    # table counts only the trials that learned from it (a ce trial did not)
+    taught = sum(r["method"] != "ce" for r in rows)
+    assert [t["teacher"] for t in summary["teachers"]] == ["resnet18"] and summary["teachers"][0]["trials"] == taught
     for r in rows:
         cfg = json.loads((Path(r["run_dir"]) / "manifest.json").read_text())["config"]
         assert cfg["teacher_train"]["epochs"] == 0 and cfg["teacher"]["weights"].startswith(str(d / "teachers"))
@@ -151,11 +155,93 @@ def test_pareto_front_and_choice_under_a_budget() -> None:
 
 def test_teacher_selection_by_student_not_by_teacher_accuracy() -> None:
     rows = [row(0, 0.80, 1.0, teacher="big"), row(1, 0.85, 1.0, teacher="small"), row(2, 0.70, 1.0, teacher="big")]
-    table = pareto.teacher_table(rows, {"big": 0.95, "small": 0.90})
+    compared = pareto.taught(rows, None, ())
+    table = pareto.teacher_table(compared, {"big": 0.95, "small": 0.90})
     assert [t["teacher"] for t in table] == ["small", "big"]
     assert table[1]["mean_student_val_accuracy"] == pytest.approx(0.75, rel=1e-12)
-    assert pareto.teacher_selection(table) == {"most_accurate_teacher": "big", "best_student_teacher": "small",
-                                               "differ": True}
+    assert pareto.teacher_selection(table, compared, pareto.choose(rows, None)) == {
+        "most_accurate_teacher": "big", "best_student_teacher": "small", "differ": True,
+        "chosen_learns_from_teacher": True}
+
+
+def test_teacher_selection_counts_only_in_budget_trials_that_learned_from_the_teacher() -> None:
+    """A CE-only trial's teacher taught nothing, and an over-budget student cannot be shipped: neither may
+    make its teacher the selected one (the chosen config's teacher would then disagree with the report)."""
+    rows = [{**row(0, 0.99, 1.0, teacher="big"), "method": "ce"},  # best overall, learns from no teacher
+            {**row(1, 0.95, 9.0, teacher="big"), "method": "hinton"},  # over the 2 ms budget
+            {**row(2, 0.90, 1.0, teacher="small"), "method": "hinton"},
+            {**row(3, 0.88, 1.5, teacher="big"), "method": "dkd"}]
+    compared = pareto.taught(rows, 2.0, {"ce", "self_distill"})
+    assert [r["number"] for r in compared] == [2, 3]
+    table = pareto.teacher_table(compared, {"big": 0.95, "small": 0.90})
+    assert [(t["teacher"], t["trials"], t["best_student_val_accuracy"]) for t in table] == [
+        ("small", 1, 0.90), ("big", 1, 0.88)]
+    chosen = pareto.choose(rows, 2.0)
+    assert chosen["number"] == 0  # the ce trial: most accurate within the budget
+    sel = pareto.teacher_selection(table, compared, chosen)
+    assert sel == {"most_accurate_teacher": "big", "best_student_teacher": "small", "differ": True,
+                   "chosen_learns_from_teacher": False}
+    from edgekd.deploy.report.tune_report import _selection_text
+
+    assert "learns from no teacher" in _selection_text(sel) and "chosen config uses" not in _selection_text(sel)
+    sel_taught = pareto.teacher_selection(table, compared, rows[2])
+    assert _selection_text(sel_taught).endswith("The chosen config uses small.")
+
+
+def test_teacherless_methods_are_ce_and_self_distillation() -> None:
+    from edgekd.tuning.outputs import teacherless_methods
+
+    assert teacherless_methods() == {"ce", "self_distill"}
+
+
+def _space_base(tmp: Path, *overrides: str) -> dict[str, Any]:
+    """The shipped Fashion-MNIST config (teacher logits cached) as the base of a tune, plus overrides."""
+    return edgekd.load_config("fashion_mnist", [f"out_dir={tmp}", *overrides]).to_dict()
+
+
+@pytest.mark.parametrize("method", KD_NAMES)
+def test_every_method_of_the_space_runs_from_one_base_config(method: str, tmp_path: Path) -> None:
+    """Each method gets the settings it depends on: a trial config (and chosen.yaml) loads for every
+    registered loss from a base config that caches teacher logits and lists an extra teacher."""
+    from edgekd.config import config_from_dict
+    from edgekd.tuning.space import chosen_config, trial_config
+    from edgekd.validation import uncacheable_losses
+
+    weights = {a: tmp_path / f"{a}.pt" for a in ("resnet18", "wrn16_4", "resnet34")}
+    for w in weights.values():
+        w.write_bytes(b"")
+    extra = f"distill.teachers=[{{arch: resnet34, weights: {weights['resnet34']}}}]"
+    own_extra = _space_base(tmp_path, extra, "distill.loss=multi_teacher", "distill.teacher_weighting=fixed",
+                            "distill.teacher_weights=[1,2]")
+    for base in (_space_base(tmp_path), own_extra):
+        params = {"method": method, "teacher": "wrn16_4", "temperature": 3.0, "alpha": 0.8, "student_width": 0.5}
+        candidates = {a: str(w) for a, w in weights.items() if a != "resnet34"}
+        for d in (trial_config(base, params, str(weights["wrn16_4"]), "t", candidates),
+                  chosen_config(base, params, str(tmp_path), candidates)):
+            cfg = config_from_dict(d)  # the run's own config check
+            assert cfg.distill.loss == method and cfg.teacher.arch == "wrn16_4"
+            assert cfg.distill.cache_teacher_logits == (method not in uncacheable_losses())
+            extras = [(t.arch, t.weights) for t in cfg.distill.teachers]
+            if method != "multi_teacher":
+                assert extras == [] and cfg.distill.teacher_weights == []
+            elif base["distill"]["teachers"]:  # the config's own extra teachers win
+                assert extras == [("resnet34", str(weights["resnet34"]))] and cfg.distill.teacher_weights == [1, 2]
+            else:  # else the other candidate teachers, built like the base teacher
+                assert extras == [("resnet18", str(weights["resnet18"]))]
+                assert cfg.distill.teachers[0].stem_stride == base["teacher"]["stem_stride"]
+
+
+def test_chosen_config_trains_a_teacher_of_another_arch_from_scratch(tmp_path: Path) -> None:
+    """The base teacher.weights fit the base arch only; the tuner's cached teacher of another arch was
+    trained from scratch, so chosen.yaml must not pair that arch with the base weights."""
+    from edgekd.tuning.space import chosen_config
+
+    base = _space_base(tmp_path, f"teacher.weights={tmp_path / 'resnet18.pt'}")
+    params = {"method": "hinton", "temperature": 3.0, "alpha": 0.8, "student_width": 0.5}
+    other = chosen_config(base, {**params, "teacher": "wrn16_4"}, str(tmp_path))
+    same = chosen_config(base, {**params, "teacher": "resnet18"}, str(tmp_path))
+    assert (other["teacher"]["arch"], other["teacher"]["weights"]) == ("wrn16_4", None)
+    assert same["teacher"]["weights"] == str(tmp_path / "resnet18.pt")
 
 
 def test_search_space_always_holds_the_config_itself() -> None:
@@ -181,7 +267,8 @@ def test_failed_trial_is_recorded_and_the_study_resumes(tmp_path: Path, monkeypa
     def fake_teacher(base: dict, arch: str, folder: Path, log: Any = None) -> CachedTeacher:
         return CachedTeacher(arch, folder / "t.pt", 0.9, 0.9, True)
 
-    def fake_trial(base: dict, params: dict, weights: Path, folder: Path, data: Any, latency: Any, log: Any = None):
+    def fake_trial(base: dict, params: dict, weights: Path, folder: Path, data: Any, latency: Any, log: Any = None,
+                   candidates: dict | None = None):
         if params["method"] == "ce":
             raise RuntimeError("boom in ce")
         return {"val_accuracy": params["alpha"], "latency_ms": 1.0 + params["temperature"], "test_accuracy": 0.5,

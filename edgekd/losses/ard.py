@@ -6,7 +6,7 @@ CLEAN input, plus a natural cross-entropy term:
     loss = alpha * T^2 * KL( softmax(t(x)/T) || softmax(s(x')/T) ) + (1 - alpha) * beta * CE(s(x), y)
 
 x' maximises the distillation term itself, KL(t(x)/T || s(x')/T), inside the L-inf eps-ball
-(``attack_objective="ce"`` uses the student's cross-entropy on the hard labels instead, as the
+(``distill.robust.attack_objective: ce`` uses the student's cross-entropy on the hard labels instead, as the
 authors' released code does). ``beta`` (``distill.robust.beta``, default 1 = the paper) scales the
 natural-input term. With epsilon = 0, x' = x and the loss is exactly Hinton KD.
 
@@ -94,8 +94,8 @@ class ARDLoss(RobustKDLoss):
 
     @classmethod
     def from_config(cls, cfg: DistillConfig) -> "ARDLoss":
-        """``distill.temperature``, ``distill.alpha`` and the inner attack from ``distill.robust``."""
-        return cls(cfg.temperature, cfg.alpha, cfg.robust)
+        """``distill.temperature``, ``distill.alpha``, and the inner attack and its objective (``distill.robust``)."""
+        return cls(cfg.temperature, cfg.alpha, cfg.robust, cfg.robust.attack_objective)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                 student_logits_adv: Optional[torch.Tensor] = None) -> torch.Tensor:

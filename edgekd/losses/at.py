@@ -43,6 +43,8 @@ def at_distance(student_feature: torch.Tensor, teacher_feature: torch.Tensor) ->
 class AttentionTransferKD(KDLoss):
     """Hinton KD plus ``beta/2`` x the attention-map distance summed over the layer pairs."""
 
+    live_teacher = True  # reads the teacher's features
+
     def __init__(self, temperature: float = 4.0, alpha: float = 0.9, beta: float = 1000.0,
                  pairs: Optional[list[str]] = None, label_smoothing: float = 0.0) -> None:
         super().__init__()

@@ -65,6 +65,9 @@ class KDLoss(nn.Module):
     #: False: ``forward`` ignores ``teacher_logits`` (the no-KD baseline), so no teacher pass runs for it
     #: (the step passes an empty [B, 0] tensor, the distill stage caches nothing)
     reads_teacher: bool = True
+    #: True: the teacher must run on every batch (it gives features, or it moves), so the distill stage's
+    #: cached logits cannot serve the loss (``distill.cache_teacher_logits`` is refused for it)
+    live_teacher: bool = False
 
     @classmethod
     def from_config(cls, cfg: DistillConfig) -> "KDLoss":
@@ -188,8 +191,8 @@ class Distiller(nn.Module):
         loss_fn.before_step(self.student)
         if not loss_fn.reads_teacher:  # the no-KD baseline: no teacher pass for logits it ignores
             t, t_feats = x.new_zeros((len(x), 0)), {}
-        elif rest and not loss_fn.teacher_layers:
-            t, t_feats = rest[0].detach(), {}
+        elif rest and not (loss_fn.live_teacher or loss_fn.teacher_layers or loss_fn.self_teacher):
+            t, t_feats = rest[0].detach(), {}  # cached logits: of the run's teacher, never of a self-teacher
         else:
             t, t_feats = self._teacher(x)
         if hasattr(loss_fn, "student_step"):

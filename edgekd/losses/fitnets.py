@@ -40,6 +40,7 @@ def match_size(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 class FitNetsKD(KDLoss):
     """Hinton KD plus ``hint_weight`` x MSE between adapted student features and teacher features."""
 
+    live_teacher = True  # reads the teacher's features
     carries_to_qat = True  # QAT's hints go through the adapters distill learned, not fresh random ones
 
     def __init__(self, temperature: float = 4.0, alpha: float = 0.9, hint_weight: float = 1.0,

@@ -9,9 +9,13 @@ from .base import KDLoss, register_kd_loss
 
 
 def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``KL(softmax(t/T) || softmax(s/T))`` summed over classes, averaged over the batch (float32)."""
+    """``KL(softmax(t/T) || softmax(s/T))`` summed over classes, averaged over the batch (float32).
+
+    The teacher's logits are a constant target (detached): no gradient reaches the teacher, even from a
+    caller that hands in logits with a graph. A learned ``temperature`` tensor still gets its gradient.
+    """
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
     # KLDivLoss takes the *input* as log-probabilities and, with log_target=True, the target too.
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
 

@@ -30,6 +30,7 @@ from .hinton import soft_kl
 class SelfDistillKD(KDLoss):
     """Hinton KD against the student's own EMA."""
 
+    live_teacher = True  # its teacher is an average of the student that moves every step
     self_teacher = True
 
     def __init__(self, temperature: float = 4.0, alpha: float = 0.9, ema_decay: float = 0.999,

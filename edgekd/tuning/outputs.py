@@ -12,9 +12,9 @@ import yaml
 from ..config import config_from_dict
 from ..errors import EdgekdError
 from ..io import atomic_write_json, atomic_write_text, sha256_file
-from .pareto import choose, pareto_front, teacher_selection, teacher_table
+from .pareto import choose, pareto_front, taught, teacher_selection, teacher_table
 from .space import ALPHA, METHOD, TEACHER, TEMPERATURE, WIDTH, SearchSpace, chosen_config
-from .teachers import CachedTeacher
+from .teachers import CachedTeacher, candidate_weights
 from .trial import LatencySpec
 
 PARAMS = (METHOD, TEACHER, TEMPERATURE, ALPHA, WIDTH)
@@ -41,12 +41,22 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLU
     return "\n".join(lines) + "\n"
 
 
+def teacherless_methods() -> set[str]:
+    """The registered KD methods whose student learns from no teacher of the run (``reads_teacher`` off:
+    the no-KD baseline; ``self_teacher``: self-distillation): their trials say nothing about a teacher."""
+    from ..losses import KD_LOSSES
+
+    classes = {name: KD_LOSSES.get(name).__self__ for name in KD_LOSSES.names()}  # registered: cls.from_config
+    return {name for name, cls in classes.items() if not cls.reads_teacher or cls.self_teacher}
+
+
 def summarize(base: dict[str, Any], space: SearchSpace, latency: LatencySpec, rows: list[dict[str, Any]],
               teachers: dict[str, CachedTeacher]) -> dict[str, Any]:
     """The tune folder's record: space, budget, every trial, the Pareto front, the choice, teacher selection."""
     chosen = choose(rows, latency.budget_ms)
     default = next((r for r in rows if r.get("default")), None)
-    tt = teacher_table(rows, {a: t.val_accuracy for a, t in teachers.items()})
+    compared = taught(rows, latency.budget_ms, teacherless_methods())
+    tt = teacher_table(compared, {a: t.val_accuracy for a, t in teachers.items()})
     return {
         "config_name": base["name"], "space": space.describe(),
         "latency": {"batch": latency.batch, "threads": latency.threads, "runs": latency.runs,
@@ -58,7 +68,7 @@ def summarize(base: dict[str, Any], space: SearchSpace, latency: LatencySpec, ro
         "chosen": None if chosen is None else chosen["number"],
         "default": None if default is None else default["number"],
         "teachers": [{**r, "teacher_test_accuracy": teachers[r["teacher"]].test_accuracy} for r in tt],
-        "teacher_selection": teacher_selection(tt),
+        "teacher_selection": teacher_selection(tt, compared, chosen),
     }
 
 
@@ -75,7 +85,7 @@ def write_outputs(tune_dir: Path, base: dict[str, Any], space: SearchSpace, late
                  [by_number[n] for n in summary["pareto"]], error=False))}
     chosen_yaml = None
     if summary["chosen"] is not None:
-        d = chosen_config(base, by_number[summary["chosen"]], str(tune_dir.resolve()))
+        d = chosen_config(base, by_number[summary["chosen"]], str(tune_dir.resolve()), candidate_weights(teachers))
         config_from_dict(d)  # what edgekd run will do with it: a config that does not load is never written
         header = (f"# chosen by edgekd tune: trial {summary['chosen']} of {tune_dir}\n"
                   "# run it with: edgekd run --config chosen.yaml\n")

@@ -5,7 +5,7 @@ A trial row is a dict with at least ``number``, ``state``, ``val_accuracy`` and 
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 Row = dict[str, Any]
 
@@ -43,28 +43,38 @@ def choose(rows: Sequence[Row], budget_ms: float | None) -> Row | None:
     return min(ok, key=lambda r: (-r["val_accuracy"], r["latency_ms"], r["number"]))
 
 
+def taught(rows: Sequence[Row], budget_ms: float | None, teacherless: Collection[str]) -> list[Row]:
+    """The trials teacher selection compares: finished, within the latency budget, and trained with a
+    method that learns from the teacher (``teacherless`` lists those that do not: ce, self-distillation)."""
+    return [r for r in finished(rows) if feasible(r, budget_ms) and r.get("method") not in teacherless]
+
+
 def teacher_table(rows: Sequence[Row], teacher_accuracy: dict[str, float]) -> list[Row]:
     """Per candidate teacher: its own validation accuracy and the best / mean validation accuracy of the
-    students distilled from it, best student first.
+    students distilled from it (``rows``: the ``taught`` trials), best student first.
 
     Teacher selection uses the student column: the teacher that teaches best is not always the one that
     is most accurate itself (a capacity gap, or a teacher too confident for its soft targets to help).
     """
     out = []
     for arch, acc in teacher_accuracy.items():
-        students = [r["val_accuracy"] for r in finished(rows) if r["teacher"] == arch]
+        students = [r["val_accuracy"] for r in rows if r["teacher"] == arch]
         out.append({"teacher": arch, "teacher_val_accuracy": acc, "trials": len(students),
                     "best_student_val_accuracy": max(students) if students else None,
                     "mean_student_val_accuracy": sum(students) / len(students) if students else None})
     return sorted(out, key=lambda r: (r["best_student_val_accuracy"] is None, -(r["best_student_val_accuracy"] or 0)))
 
 
-def teacher_selection(table: Sequence[Row]) -> dict[str, Any]:
-    """Which teacher is most accurate, which teaches the best student, and whether they differ."""
-    scored = [r for r in table if r["best_student_val_accuracy"] is not None]
+def teacher_selection(table: Sequence[Row], taught_rows: Sequence[Row], chosen: Row | None) -> dict[str, Any]:
+    """Which teacher is most accurate, which taught the best student (by ``choose``'s rule over the
+    ``taught`` trials, so it is the chosen trial's teacher whenever that trial learned from one), whether
+    they differ, and whether the chosen trial learned from a teacher at all."""
     if not table:
         return {}
     most_accurate = max(table, key=lambda r: r["teacher_val_accuracy"])["teacher"]
-    best_teaching = max(scored, key=lambda r: r["best_student_val_accuracy"])["teacher"] if scored else None
+    best = choose(taught_rows, None)
+    best_teaching = best["teacher"] if best is not None else None
     return {"most_accurate_teacher": most_accurate, "best_student_teacher": best_teaching,
-            "differ": best_teaching is not None and best_teaching != most_accurate}
+            "differ": best_teaching is not None and best_teaching != most_accurate,
+            "chosen_learns_from_teacher": chosen is not None
+            and chosen["number"] in {r["number"] for r in taught_rows}}

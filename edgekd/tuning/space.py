@@ -10,11 +10,12 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import Config
-from ..validation import TORCH_REGISTRIES, registered_names
+from ..config import Config, DistillConfig
+from ..validation import TORCH_REGISTRIES, registered_names, uncacheable_losses
 
 # Optuna parameter names; also the columns of the trial table.
 METHOD, TEACHER, TEMPERATURE, ALPHA, WIDTH = "method", "teacher", "temperature", "alpha", "student_width"
+MULTI_TEACHER = "multi_teacher"  # the one method that reads distill.teachers
 
 
 @dataclass(frozen=True)
@@ -62,25 +63,45 @@ def default_params(cfg: Config) -> dict[str, Any]:
             ALPHA: cfg.distill.alpha, WIDTH: cfg.student.width}
 
 
-def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the config dict ``base`` with a trial's choices written into their config keys."""
+def apply_params(base: dict[str, Any], params: dict[str, Any],
+                 candidates: dict[str, str] | None = None) -> dict[str, Any]:
+    """A copy of the config dict ``base`` with a trial's choices written into their config keys.
+
+    The settings a method depends on follow it, so every method of the space runs from one base config:
+    a loss cached logits cannot serve (``uncacheable_losses``) runs its teacher every step; extra
+    teachers (``distill.teachers``) go only to ``multi_teacher``, the one method that reads them. When
+    the base config lists none, ``multi_teacher`` learns from the trial's teacher plus the other
+    candidate teachers (``candidates``: arch -> weights file), built like the base teacher.
+    """
     d = copy.deepcopy(base)
     d["distill"]["loss"] = params[METHOD]
     d["distill"]["temperature"] = float(params[TEMPERATURE])
     d["distill"]["alpha"] = float(params[ALPHA])
     d["student"]["width"] = float(params[WIDTH])
     d["teacher"]["arch"] = params[TEACHER]
+    ds = d["distill"]
+    if params[METHOD] in uncacheable_losses():
+        ds["cache_teacher_logits"] = False
+    if params[METHOD] != MULTI_TEACHER:
+        ds["teachers"], ds["teacher_weights"] = [], []
+        ds["teacher_weighting"] = DistillConfig().teacher_weighting
+    elif not ds["teachers"] and candidates:
+        ds["teachers"] = [{**base["teacher"], "arch": arch, "weights": str(w)}
+                          for arch, w in candidates.items() if arch != params[TEACHER]]
+        if ds["teacher_weighting"] == "fixed":  # its weights were given for a teacher list of another length
+            ds["teacher_weighting"], ds["teacher_weights"] = DistillConfig().teacher_weighting, []
     return d
 
 
-def trial_config(base: dict[str, Any], params: dict[str, Any], teacher_weights: str, name: str) -> dict[str, Any]:
+def trial_config(base: dict[str, Any], params: dict[str, Any], teacher_weights: str, name: str,
+                 candidates: dict[str, str] | None = None) -> dict[str, Any]:
     """The config a trial runs: ``params`` applied, the cached teacher loaded (not retrained), no check stage.
 
     ``teacher_train.epochs = 0`` makes the teacher stage load ``teacher.weights`` and score it, so each
     teacher is trained once per tune folder. The trial stops after export: the tuner measures the INT8
     file itself (validation accuracy and latency in onnxruntime), which is all the objective needs.
     """
-    d = apply_params(base, params)
+    d = apply_params(base, params, candidates)
     d["name"] = name
     d["teacher"]["weights"] = teacher_weights
     d["teacher_train"]["epochs"] = 0
@@ -88,13 +109,18 @@ def trial_config(base: dict[str, Any], params: dict[str, Any], teacher_weights: 
     return d
 
 
-def chosen_config(base: dict[str, Any], params: dict[str, Any], tune_dir: str) -> dict[str, Any]:
-    """The chosen trial as a self-contained config: it trains its own teacher, like the base config did.
+def chosen_config(base: dict[str, Any], params: dict[str, Any], tune_dir: str,
+                  candidates: dict[str, str] | None = None) -> dict[str, Any]:
+    """The chosen trial as a config ``edgekd run`` accepts: it trains its own teacher, like the base config did.
 
-    The run is seeded and deterministic, so it retrains the teacher the tuner cached; ``tune.source``
-    points the run report at the tune folder's Pareto front.
+    The run is seeded and deterministic, so it retrains the teacher the tuner cached. A teacher of
+    another arch than the base config's starts from scratch, as the tuner's did (the base
+    ``teacher.weights`` fit the base arch only). ``multi_teacher``'s extra candidate teachers are the
+    tune folder's cached ones. ``tune.source`` points the run report at the tune folder's Pareto front.
     """
-    d = apply_params(base, params)
+    d = apply_params(base, params, candidates)
+    if params[TEACHER] != base["teacher"]["arch"]:
+        d["teacher"]["weights"] = None
     d["name"] = f"{base['name']}-tuned"
     d["tune"]["source"] = tune_dir
     return d

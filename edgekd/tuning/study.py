@@ -18,7 +18,7 @@ from typing import Any, Callable
 from ..config import Config, stable_hash
 from ..errors import ConfigError, EdgekdError, InputError
 from .space import ALPHA, METHOD, TEACHER, TEMPERATURE, WIDTH, SearchSpace, default_params, search_space
-from .teachers import CachedTeacher, cached_teacher
+from .teachers import CachedTeacher, cached_teacher, candidate_weights
 from .trial import LatencySpec, run_trial
 
 STUDY_NAME = "edgekd-tune"
@@ -131,7 +131,8 @@ def _one_trial(optuna: Any, study: Any, ctx: dict[str, Any]) -> None:
     log(f"[edgekd] tune: trial {trial.number}: {params}")
     try:
         teacher: CachedTeacher = ctx["teachers"][params[TEACHER]]
-        m = run_trial(ctx["base"], params, teacher.weights, ctx["dir"] / "trials", ctx["data"], latency, log=log)
+        m = run_trial(ctx["base"], params, teacher.weights, ctx["dir"] / "trials", ctx["data"], latency, log=log,
+                      candidates=candidate_weights(ctx["teachers"]))
     except Exception as e:  # recorded on the trial and in the log; the study goes on with the next trial
         msg = f"{type(e).__name__}: {getattr(e, 'problem', None) or e}"
         trial.set_user_attr("error", msg)

@@ -36,3 +36,8 @@ def cached_teacher(base: dict[str, Any], arch: str, folder: Path, log: Callable[
     return CachedTeacher(arch=arch, weights=result.manifest.artifact("teacher", "weights"),
                          val_accuracy=float(m["val_accuracy"]), test_accuracy=float(m["test_accuracy"]),
                          trained="teacher" in result.ran)
+
+
+def candidate_weights(teachers: dict[str, CachedTeacher]) -> dict[str, str]:
+    """arch -> weights file of each cached candidate teacher (``multi_teacher``'s extra teachers)."""
+    return {arch: str(t.weights) for arch, t in teachers.items()}

@@ -36,15 +36,17 @@ def trial_name(params: dict[str, Any]) -> str:
 
 
 def run_trial(base: dict[str, Any], params: dict[str, Any], teacher_weights: Path, folder: Path,
-              data: Any, latency: LatencySpec, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              data: Any, latency: LatencySpec, log: Callable[[str], None] | None = None,
+              candidates: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one parameter set through the pipeline and measure its INT8 model; returns the trial metrics.
 
     ``data`` is the base config's DatasetBundle: validation images select, test images are reported only.
+    ``candidates`` (arch -> cached weights file) are the candidate teachers ``multi_teacher`` may add.
     Raises whatever the pipeline raises (the study records it as a failed trial).
     """
     from ..pipeline import run
 
-    cfg = trial_config(base, params, str(teacher_weights), trial_name(params))
+    cfg = trial_config(base, params, str(teacher_weights), trial_name(params), candidates)
     result = run(cfg, out=folder, resume=True, log=log)
     int8 = result.manifest.artifact("export", "student_int8")
     sess = make_session(int8, provider=latency.provider, threads=0)

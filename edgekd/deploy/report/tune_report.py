@@ -110,7 +110,8 @@ def tune_sections(summary: dict[str, Any], plots_dir: Path) -> list[Section]:
                     for t in summary.get("teachers", [])]
     teacher_blocks: list[Any] = [
         Table(["teacher", "teacher val acc", "teacher test acc", "trials", "best student val acc", "mean student val acc"],
-              teacher_rows, "students are INT8 files; the teacher is chosen by its best student, not its own accuracy"),
+              teacher_rows, "students are the INT8 files of the trials within the latency budget that learned from "
+              "a teacher; the teacher is chosen by its best student, not its own accuracy"),
         Paragraph(_selection_text(sel)),
     ]
     all_rows = [_row(r) + [r["state"], str(r.get("error") or "")] for r in summary["trials"]]
@@ -121,12 +122,18 @@ def tune_sections(summary: dict[str, Any], plots_dir: Path) -> list[Section]:
 
 def _selection_text(sel: dict[str, Any]) -> str:
     if not sel or sel.get("best_student_teacher") is None:
-        return "No finished trial: no teacher could be selected."
+        return ("No finished trial within the latency budget learned from a teacher (ce and self-distillation "
+                "do not): no teacher could be selected.")
+    best = sel["best_student_teacher"]
     if sel["differ"]:
-        return (f"The teachers differ: {sel['most_accurate_teacher']} is the most accurate teacher, but "
-                f"{sel['best_student_teacher']} taught the best student, so it is the one selected.")
-    return (f"{sel['best_student_teacher']} is both the most accurate teacher and the one whose student scored best "
-            "in this study (no case where they differ).")
+        text = (f"The teachers differ: {sel['most_accurate_teacher']} is the most accurate teacher, but {best} "
+                "taught the best student within the latency budget.")
+    else:
+        text = (f"{best} is both the most accurate teacher and the one whose student scored best within the latency "
+                "budget in this study (no case where they differ).")
+    if sel.get("chosen_learns_from_teacher"):
+        return text + f" The chosen config uses {best}."
+    return text + " The chosen trial's method learns from no teacher, so its teacher choice is not a selection."
 
 
 def render_tune_report(tune_dir: str | Path) -> tuple[Path, Path]:
