@@ -97,6 +97,37 @@ def test_feature_kd_leaves_the_exported_graph_unchanged(name: str, fmnist_small,
     assert inits.keys() == inits_ref.keys() and all(inits[k] == inits_ref[k] for k in inits)
 
 
+@pytest.mark.parametrize("name", ["fitnets", "at"])
+def test_feature_kd_in_qat_leaves_the_int8_graph_unchanged(name: str, fmnist_small, batch, tmp_path: Path) -> None:
+    """The QAT stage taps the fake-quantized student too: after feature-KD QAT steps, its INT8 export
+    equals that of a QAT twin given the same state and never tapped (ops in order, initializers bit for bit)."""
+    from edgekd.exporting import export_int8
+    from edgekd.quant import freeze_observers, prepare_qat
+
+    student, teacher = _models(fmnist_small)
+    calib = [(batch[0],)]
+    qmodel = prepare_qat(copy.deepcopy(student).eval(), calib, 1)
+    kd = KD_LOSSES.get(name)(DistillConfig(loss=name))
+    distiller = Distiller(qmodel, teacher, kd, sample=batch[0][:2]).train()
+    opt = torch.optim.SGD([*qmodel.parameters(), *kd.parameters()], lr=0.01)
+    for _ in range(2):
+        loss, _ = distiller.step(qmodel, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert hooks_on(qmodel) == 0
+    fresh = prepare_qat(copy.deepcopy(student).eval(), calib, 1)
+    fresh.load_state_dict(qmodel.state_dict())  # trained weights and observer ranges, no taps ever attached
+    for m in (qmodel, fresh):
+        freeze_observers(m.eval())
+    export_int8(qmodel, tmp_path / "tapped.onnx", (1, 1, 28, 28))
+    export_int8(fresh, tmp_path / "plain.onnx", (1, 1, 28, 28))
+    ops, inits = _onnx_fingerprint(tmp_path / "tapped.onnx")
+    ops_ref, inits_ref = _onnx_fingerprint(tmp_path / "plain.onnx")
+    assert ops == ops_ref and "QuantizeLinear" in ops and len(ops) > 50
+    assert inits.keys() == inits_ref.keys() and all(inits[k] == inits_ref[k] for k in inits)
+
+
 def test_qat_student_is_tapped_where_its_float_twin_is(fmnist_small, batch) -> None:
     """The fx-traced QAT student has no block forward to hook: the tap lands on the block's output
     fake quant, with the float block's shape, and a FitNets step runs on it."""

@@ -314,6 +314,33 @@ def test_shared_weight_initializer_gets_one_int8_tensor_and_one_bias_scale_per_u
     assert np.abs(quantized - ref).max() <= 2 * 0.05 * np.abs(np.linspace(-1, 1, 9)).sum()
 
 
+def test_a_saturating_bias_keeps_its_sign() -> None:
+    """A channel whose weights are all zero has its weight scale at the floor, so its bias step
+    (x_scale * w_scale) is tiny and the bias saturates int32. It must saturate towards its own sign:
+    in float32 the upper bound 2**31 - 1 rounds to 2**31, which the int32 cast wraps to -2**31."""
+    f32 = np.float32
+    inits = [numpy_helper.from_array(np.zeros((2, 1, 1, 1), f32), "W"),
+             numpy_helper.from_array(np.array([1e-8, 1e-8], f32), "ws"), numpy_helper.from_array(np.zeros(2, np.int8), "wz"),
+             numpy_helper.from_array(np.array(0.02, f32), "xs"), numpy_helper.from_array(np.array(128, np.uint8), "xz"),
+             numpy_helper.from_array(np.array([0.5, -0.5], f32), "b")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("QuantizeLinear", ["W", "ws", "wz"], ["wq"], axis=0),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd", "b"], ["y"], name="dead")]
+    graph = helper.make_graph(nodes, "dead", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    post = postprocess_qdq(model)
+    assert post["int32_biases"] == 1 and post["int32_bias_values_saturated"] == 2  # 0.5 / 2e-10 = 2.5e9 > 2**31
+    q = next(numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == TensorProto.INT32)
+    assert q.tolist() == [2**31 - 1, -(2**31)]
+    y = make_session(model.SerializeToString(), threads=1, graph_optimization="none").run(
+        None, {"x": np.ones((1, 1, 2, 2), np.float32)})[0]
+    # saturated, so smaller than the float bias (the parity check measures that), but never of the other sign
+    assert (y[0, 0] > 0).all() and (y[0, 1] < 0).all(), y
+
+
 def test_interleaved_latency_times_every_file(files: dict) -> None:
     rows = measure_latency_interleaved({"fp32": files["fp32"], "int8": files["int8"]}, batch=2, threads=1,
                                        warmup=1, runs=13, block=5)

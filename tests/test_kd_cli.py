@@ -1,6 +1,7 @@
 """KD methods through the real CLI (``python -m edgekd run``) on 400 real images, seconds per run:
 
 - RSLAD through the QAT stage: the INT8 file is exported and measured by the check stage;
+- ARD through the QAT stage, its INT8 file attacked (PGD) by the check stage;
 - multi-teacher KD with two architectures: the run's own ResNet-18 plus the wide ResNet that the
   first run's teacher stage trained, named by that run's folder.
 """
@@ -62,6 +63,30 @@ def test_rslad_runs_through_qat_and_its_int8_file_is_measured(rslad_run: Path) -
     assert (rslad_run / "model.int8.onnx").is_file()
     int8 = stages["check"]["metrics"]["models"]["student_int8"]
     assert int8["file"] == "model.int8.onnx" and 0.0 <= int8["accuracy"] <= 1.0
+
+
+# the check stage's robustness, cut to seconds: one corruption, PGD-2 at one epsilon on 16 images
+SMALL_ROBUSTNESS = {"enabled": True, "corruptions": ["gaussian_noise"], "severities": [1], "images": 32,
+                    "epsilons": [0.03], "pgd_steps": 2, "square_queries": 0, "adversarial_images": 16,
+                    "ood": ["uniform"]}
+
+
+def test_ard_runs_through_qat_and_its_int8_file_is_attacked(tmp_path: Path) -> None:
+    """ARD (PGD inner attack) trains in distill and again in QAT, and the check stage attacks the INT8 file."""
+    path = _config(tmp_path, "ard", loss="ard", robust={"attack": "pgd", "epsilon": 0.03, "steps": 2})
+    data = yaml.safe_load(path.read_text())
+    data["check"]["robustness"] = SMALL_ROBUSTNESS
+    path.write_text(yaml.safe_dump(data))
+    proc = edgekd("run", "-c", str(path), "--out", str(tmp_path / "runs"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stages = json.loads((tmp_path / "runs" / "ard" / "manifest.json").read_text())["stages"]
+    assert stages["distill"]["metrics"]["loss"] == stages["qat"]["metrics"]["loss"] == "ard"
+    assert stages["qat"]["metrics"]["epochs"] == 1
+    int8 = stages["check"]["metrics"]["models"]["student_int8"]
+    assert int8["file"] == "model.int8.onnx"
+    pgd = int8["robustness"]["adversarial"]["pgd"]["0.0300"]
+    assert 0.0 <= pgd <= 1.0 and abs(pgd * 16 - round(pgd * 16)) < 1e-9  # a fraction of the 16 attacked images
+    assert int8["robustness"]["settings"]["pgd_steps"] == 2
 
 
 def test_multi_teacher_with_two_architectures_through_the_cli(rslad_run: Path, tmp_path: Path) -> None:

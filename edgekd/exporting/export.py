@@ -122,6 +122,8 @@ def export_int8(qat_model: torch.nn.Module, path: str | os.PathLike[str],
     out = _save(onx, path)
     return {"path": str(out), "size_bytes": out.stat().st_size, "ops": op_counts(onx),
             "int8_weights": post["int8_weights"], "int32_biases": post["int32_biases"], "scales_verified": n_scales,
+            # a saturated bias differs from the QAT model's float one: the parity check measures the effect
+            "int32_bias_values_saturated": post["int32_bias_values_saturated"],
             "name_bytes_saved": names_saved, "nodes_renamed": post["nodes_renamed"], "slimmed": slimmed,
             "initializer_dtypes": initializer_dtypes(onx), **stats}
 

@@ -87,12 +87,30 @@ def store_int8_weights(model: onnx.ModelProto) -> int:
     return len(removed)
 
 
-def quantize_biases(model: onnx.ModelProto) -> int:
-    """Conv/Gemm float bias initializers -> int32 + ``DequantizeLinear`` (scale = x_scale * w_scale)."""
+INT32 = np.iinfo(np.int32)
+
+
+def int32_bias(bias: np.ndarray, b_scale: np.ndarray) -> tuple[np.ndarray, int]:
+    """``round(bias / b_scale)`` saturated to int32, and how many values saturated.
+
+    In float64: the float32 bound ``2**31 - 1`` rounds up to ``2**31``, which wraps to ``-2**31`` in the
+    cast, so a saturating positive bias would flip sign. A bias saturates when its channel's weights are
+    (nearly) all zero, their scale at its floor (a zero-initialised residual branch barely trained).
+    """
+    q = np.rint(bias.astype(np.float64) / b_scale.astype(np.float64))
+    saturated = int(np.count_nonzero((q > INT32.max) | (q < INT32.min)))
+    return np.clip(q, INT32.min, INT32.max).astype(np.int32), saturated
+
+
+def quantize_biases(model: onnx.ModelProto) -> tuple[int, int]:
+    """Conv/Gemm float bias initializers -> int32 + ``DequantizeLinear`` (scale = x_scale * w_scale).
+
+    Returns (biases quantized, values saturated at the int32 range).
+    """
     consts = constants(model)
     prod = producers(model)
     new_nodes: list[onnx.NodeProto] = []
-    count = 0
+    count = saturated = 0
     for node in model.graph.node:
         if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2] in consts:
             dq_x, dq_w = prod.get(node.input[0]), prod.get(node.input[1])
@@ -101,7 +119,8 @@ def quantize_biases(model: onnx.ModelProto) -> int:
                 w_scale = consts[dq_w.input[1]].astype(np.float32)
                 b_scale = (x_scale * w_scale).astype(np.float32).reshape(-1)
                 bias = consts[node.input[2]].astype(np.float32).reshape(-1)
-                qb = np.clip(np.rint(bias / b_scale), -(2**31), 2**31 - 1).astype(np.int32)
+                qb, n_sat = int32_bias(bias, b_scale)
+                saturated += n_sat
                 base = node.name.strip("/").replace("/", "_") or node.output[0]
                 qname, sname, out = f"{base}_bias_quantized", f"{base}_bias_scale", f"{base}_bias_dq"
                 model.graph.initializer.extend([numpy_helper.from_array(qb, qname),
@@ -114,7 +133,7 @@ def quantize_biases(model: onnx.ModelProto) -> int:
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
     _remove_unused_initializers(model)
-    return count
+    return count, saturated
 
 
 def name_weight_layers(model: onnx.ModelProto, layer_names: Sequence[str]) -> int:
@@ -151,8 +170,9 @@ def postprocess_qdq(model: onnx.ModelProto) -> dict[str, int]:
     renamed = unique_node_names(model)
     identities = inline_constant_identities(model)
     weights = store_int8_weights(model)
-    biases = quantize_biases(model)
-    return {"nodes_renamed": renamed, "identities_inlined": identities, "int8_weights": weights, "int32_biases": biases}
+    biases, saturated = quantize_biases(model)
+    return {"nodes_renamed": renamed, "identities_inlined": identities, "int8_weights": weights, "int32_biases": biases,
+            "int32_bias_values_saturated": saturated}
 
 
 def activation_qparams(model: onnx.ModelProto) -> list[tuple[str, np.ndarray, np.ndarray]]:

@@ -71,5 +71,6 @@ def run(ctx: StageContext) -> StageResult:
     freeze_observers(qmodel)
     metrics["freeze_observers_epoch"] = freeze_at
     metrics["kd_state_from_distill"] = carried
+    metrics["loss"] = cfg.distill.loss  # the KD method QAT fine-tuned with (the distill stage's, ARD/RSLAD included)
     path = save_weights(qmodel, ctx.stage_dir("qat") / "student_qat.pt", config_meta(cfg, "qat", ctx))
     return StageResult(artifacts={"weights": path}, metrics=metrics)
