@@ -280,6 +280,17 @@ def test_a_one_seed_row_shows_no_spread_and_is_not_ranked_against_hinton(tmp_pat
     assert "Hinton KD has 1 seed" in md and "| dkd | clean" not in md
 
 
+def test_training_time_shows_the_fastest_and_the_slowest_seed(tmp_path):
+    """Wall time on a shared CPU: a mean ± std would mix a paused seed into the method's cost."""
+    rows = [{**row(s, 0.9), "train_seconds": t} for s, t in ((0, 2529.4), (1, 553.2), (2, 570.0))]
+    write_table(tmp_path, {"hinton": rows, "ce": [{**row(0, 0.9), "train_seconds": 530.0}]}, mb.BUDGETS["default"], "abc")
+    md = (tmp_path / "methods.md").read_text()
+    assert "training time (s): fastest seed (slowest) |" in md.splitlines()[0]
+    assert md.splitlines()[2].endswith("| 530 |") and md.splitlines()[3].endswith("| 553 (2529) |"), md  # ce first
+    summary = json.loads((tmp_path / "methods.json").read_text())["summary"]["hinton"]["train_seconds"]
+    assert summary[0] == pytest.approx((2529.4 + 553.2 + 570.0) / 3, rel=1e-12)  # the JSON keeps mean and std
+
+
 def test_a_table_is_complete_only_with_every_seed_of_every_method(tmp_path, monkeypatch):
     """A sitting that fills the last missing cell marks the table complete; a failed cell counts as tried.
     A correction recorded by hand in the JSON's meta survives the next sitting."""
