@@ -161,7 +161,7 @@ def test_teacher_selection_by_student_not_by_teacher_accuracy() -> None:
     assert table[1]["mean_student_val_accuracy"] == pytest.approx(0.75, rel=1e-12)
     assert pareto.teacher_selection(table, compared, pareto.choose(rows, None)) == {
         "most_accurate_teacher": "big", "best_student_teacher": "small", "differ": True,
-        "chosen_learns_from_teacher": True}
+        "chosen_learns_from_one_teacher": True}
 
 
 def test_teacher_selection_counts_only_in_budget_trials_that_learned_from_the_teacher() -> None:
@@ -180,18 +180,42 @@ def test_teacher_selection_counts_only_in_budget_trials_that_learned_from_the_te
     assert chosen["number"] == 0  # the ce trial: most accurate within the budget
     sel = pareto.teacher_selection(table, compared, chosen)
     assert sel == {"most_accurate_teacher": "big", "best_student_teacher": "small", "differ": True,
-                   "chosen_learns_from_teacher": False}
+                   "chosen_learns_from_one_teacher": False}
     from edgekd.deploy.report.tune_report import _selection_text
 
-    assert "learns from no teacher" in _selection_text(sel) and "chosen config uses" not in _selection_text(sel)
+    assert "does not learn from one teacher" in _selection_text(sel) and "chosen config uses" not in _selection_text(sel)
     sel_taught = pareto.teacher_selection(table, compared, rows[2])
     assert _selection_text(sel_taught).endswith("The chosen config uses small.")
 
 
-def test_teacherless_methods_are_ce_and_self_distillation() -> None:
-    from edgekd.tuning.outputs import teacherless_methods
+def test_selection_leaves_out_ensembles_and_calls_a_tie_no_difference() -> None:
+    """A multi_teacher student learned from an ensemble: it says nothing about its sampled teacher. Two
+    teachers whose best students tie on accuracy are not a case where selection differs."""
+    from edgekd.deploy.report.tune_report import _selection_text
+    from edgekd.tuning.outputs import methods_without_one_teacher
 
-    assert teacherless_methods() == {"ce", "self_distill"}
+    assert methods_without_one_teacher() == {"ce", "self_distill", "multi_teacher"}
+    rows = [{**row(0, 0.99, 1.0, teacher="small"), "method": "multi_teacher"},
+            {**row(1, 0.90, 2.0, teacher="big"), "method": "hinton"},
+            {**row(2, 0.90, 1.0, teacher="small"), "method": "dkd"}]
+    compared = pareto.taught(rows, None, methods_without_one_teacher())
+    table = pareto.teacher_table(compared, {"big": 0.95, "small": 0.90})
+    assert [t["teacher"] for t in table] == ["small", "big"]  # the tie goes to the faster student, as choose does
+    sel = pareto.teacher_selection(table, compared, pareto.choose(rows, None))
+    assert sel["best_student_teacher"] == "small" and sel["differ"] is False
+    assert sel["chosen_learns_from_one_teacher"] is False  # the multi_teacher trial is chosen
+    text = _selection_text(sel)
+    assert "a tie: no case where they differ" in text and "does not learn from one teacher" in text
+
+
+def test_a_summary_from_before_the_selection_rule_is_described_as_it_was() -> None:
+    """An older tune folder's summary has no chosen_* key: its table counted every finished trial, so the
+    re-rendered report neither claims the budget rule nor says anything about the chosen config."""
+    from edgekd.deploy.report.tune_report import _selection_text
+
+    old = {"most_accurate_teacher": "resnet18", "best_student_teacher": "resnet18", "differ": False}
+    assert _selection_text(old) == ("resnet18 is both the most accurate teacher and the one whose student scored "
+                                    "best in this study (no case where they differ).")
 
 
 def _space_base(tmp: Path, *overrides: str) -> dict[str, Any]:
@@ -229,6 +253,24 @@ def test_every_method_of_the_space_runs_from_one_base_config(method: str, tmp_pa
             else:  # else the other candidate teachers, built like the base teacher
                 assert extras == [("resnet18", str(weights["resnet18"]))]
                 assert cfg.distill.teachers[0].stem_stride == base["teacher"]["stem_stride"]
+
+
+def test_multi_teacher_candidates_fit_a_fixed_weighting_and_leave_a_multi_teacher_base_as_given(tmp_path: Path) -> None:
+    """Candidates added to a base whose fixed weights were given for one teacher switch it to the mean
+    (else the config check refuses the trial); a multi_teacher base config keeps its own (empty) teacher
+    list, so trial 0 is the config as given."""
+    from edgekd.config import config_from_dict
+    from edgekd.tuning.space import default_params, trial_config
+
+    weights = {a: str(tmp_path / f"{a}.pt") for a in ("resnet18", "wrn16_4", "resnet34")}
+    params = {"method": "multi_teacher", "teacher": "resnet18", "temperature": 3.0, "alpha": 0.8, "student_width": 0.5}
+    fixed = _space_base(tmp_path, "distill.teacher_weighting=fixed", "distill.teacher_weights=[1]")
+    cfg = config_from_dict(trial_config(fixed, params, weights["resnet18"], "t", weights))
+    assert [t.arch for t in cfg.distill.teachers] == ["wrn16_4", "resnet34"]
+    assert (cfg.distill.teacher_weighting, cfg.distill.teacher_weights) == ("mean", [])
+    own = _space_base(tmp_path, "distill.loss=multi_teacher")
+    trial0 = trial_config(own, default_params(config_from_dict(own)), weights["resnet18"], "t", weights)
+    assert trial0["distill"]["teachers"] == [] and trial0["distill"]["loss"] == "multi_teacher"
 
 
 def test_chosen_config_trains_a_teacher_of_another_arch_from_scratch(tmp_path: Path) -> None:

@@ -78,11 +78,11 @@ def run(ctx: StageContext) -> StageResult:
                                  rtol=cfg.export.fp32_rtol, atol=cfg.export.fp32_atol)
         ctx.log(f"[edgekd] export: {FILES[key]} {final.stat().st_size / 1e6:.2f} MB, "
                 f"nodes {simp.get('nodes_before', '-')} -> {simp.get('nodes_after', '-')}, parity {_parity_text(parity)}")
-        # The raw file by its place in the run folder: an absolute path would name the staging folder it was
-        # written in, which is gone once the run commits.
         if info.get("int32_bias_values_saturated"):
             ctx.log(f"[edgekd] export: warning: {info['int32_bias_values_saturated']} int32 bias values of {FILES[key]} "
                     "saturated (channels whose weights are ~0, their scale at its floor); the parity above includes it")
+        # The raw file by its place in the run folder: an absolute path would name the staging folder it was
+        # written in, which is gone once the run commits.
         info["path"] = raw.relative_to(ctx.run_dir).as_posix()
         metrics[key] = {"file": FILES[key], "export": _jsonable(info), "simplify": simp, "parity": parity}
         if cfg.export.temperature_scaling and key != "teacher_fp32":

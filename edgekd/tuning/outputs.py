@@ -41,13 +41,15 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLU
     return "\n".join(lines) + "\n"
 
 
-def teacherless_methods() -> set[str]:
-    """The registered KD methods whose student learns from no teacher of the run (``reads_teacher`` off:
-    the no-KD baseline; ``self_teacher``: self-distillation): their trials say nothing about a teacher."""
+def methods_without_one_teacher() -> set[str]:
+    """The registered KD methods whose student does not learn from the trial's one teacher: ``reads_teacher``
+    off (the no-KD baseline), ``self_teacher`` (self-distillation), and multi_teacher (an ensemble). Their
+    trials say nothing about which teacher teaches best."""
     from ..losses import KD_LOSSES
+    from .space import MULTI_TEACHER
 
     classes = {name: KD_LOSSES.get(name).__self__ for name in KD_LOSSES.names()}  # registered: cls.from_config
-    return {name for name, cls in classes.items() if not cls.reads_teacher or cls.self_teacher}
+    return {name for name, cls in classes.items() if not cls.reads_teacher or cls.self_teacher} | {MULTI_TEACHER}
 
 
 def summarize(base: dict[str, Any], space: SearchSpace, latency: LatencySpec, rows: list[dict[str, Any]],
@@ -55,7 +57,7 @@ def summarize(base: dict[str, Any], space: SearchSpace, latency: LatencySpec, ro
     """The tune folder's record: space, budget, every trial, the Pareto front, the choice, teacher selection."""
     chosen = choose(rows, latency.budget_ms)
     default = next((r for r in rows if r.get("default")), None)
-    compared = taught(rows, latency.budget_ms, teacherless_methods())
+    compared = taught(rows, latency.budget_ms, methods_without_one_teacher())
     tt = teacher_table(compared, {a: t.val_accuracy for a, t in teachers.items()})
     return {
         "config_name": base["name"], "space": space.describe(),

@@ -32,6 +32,11 @@ def feasible(row: Row, budget_ms: float | None) -> bool:
     return budget_ms is None or row["latency_ms"] <= budget_ms
 
 
+def _rank(r: Row) -> tuple[float, float, int]:
+    """``choose``'s order: more accurate first, then faster, then earlier."""
+    return (-r["val_accuracy"], r["latency_ms"], r["number"])
+
+
 def choose(rows: Sequence[Row], budget_ms: float | None) -> Row | None:
     """The most accurate finished trial within the latency budget; ties go to the faster, then the earlier.
 
@@ -40,41 +45,47 @@ def choose(rows: Sequence[Row], budget_ms: float | None) -> Row | None:
     ok = [r for r in finished(rows) if feasible(r, budget_ms)]
     if not ok:
         return None
-    return min(ok, key=lambda r: (-r["val_accuracy"], r["latency_ms"], r["number"]))
+    return min(ok, key=_rank)
 
 
-def taught(rows: Sequence[Row], budget_ms: float | None, teacherless: Collection[str]) -> list[Row]:
+def taught(rows: Sequence[Row], budget_ms: float | None, not_one_teacher: Collection[str]) -> list[Row]:
     """The trials teacher selection compares: finished, within the latency budget, and trained with a
-    method that learns from the teacher (``teacherless`` lists those that do not: ce, self-distillation)."""
-    return [r for r in finished(rows) if feasible(r, budget_ms) and r.get("method") not in teacherless]
+    method that learns from the trial's one teacher (``not_one_teacher`` lists the others: ce and
+    self-distillation learn from none, multi_teacher from an ensemble)."""
+    return [r for r in finished(rows) if feasible(r, budget_ms) and r.get("method") not in not_one_teacher]
 
 
 def teacher_table(rows: Sequence[Row], teacher_accuracy: dict[str, float]) -> list[Row]:
     """Per candidate teacher: its own validation accuracy and the best / mean validation accuracy of the
-    students distilled from it (``rows``: the ``taught`` trials), best student first.
+    students distilled from it (``rows``: the ``taught`` trials), in ``choose``'s order of those best students.
 
     Teacher selection uses the student column: the teacher that teaches best is not always the one that
     is most accurate itself (a capacity gap, or a teacher too confident for its soft targets to help).
     """
-    out = []
+    out, order = [], {}
     for arch, acc in teacher_accuracy.items():
-        students = [r["val_accuracy"] for r in rows if r["teacher"] == arch]
+        students = [r for r in rows if r["teacher"] == arch]
+        best = min(students, key=_rank) if students else None
+        accs = [r["val_accuracy"] for r in students]
         out.append({"teacher": arch, "teacher_val_accuracy": acc, "trials": len(students),
-                    "best_student_val_accuracy": max(students) if students else None,
-                    "mean_student_val_accuracy": sum(students) / len(students) if students else None})
-    return sorted(out, key=lambda r: (r["best_student_val_accuracy"] is None, -(r["best_student_val_accuracy"] or 0)))
+                    "best_student_val_accuracy": best["val_accuracy"] if best else None,
+                    "mean_student_val_accuracy": sum(accs) / len(accs) if accs else None})
+        order[arch] = (0, *_rank(best)) if best else (1, 0.0, 0.0, 0)
+    return sorted(out, key=lambda r: order[r["teacher"]])
 
 
 def teacher_selection(table: Sequence[Row], taught_rows: Sequence[Row], chosen: Row | None) -> dict[str, Any]:
-    """Which teacher is most accurate, which taught the best student (by ``choose``'s rule over the
-    ``taught`` trials, so it is the chosen trial's teacher whenever that trial learned from one), whether
-    they differ, and whether the chosen trial learned from a teacher at all."""
+    """Which teacher is most accurate, which taught the best student (``choose``'s rule over the ``taught``
+    trials, so the chosen trial's teacher whenever that trial learned from one teacher), whether they differ
+    (a tie on the best student's accuracy, broken by latency, is not a difference), and whether the
+    chosen trial learned from one teacher."""
     if not table:
         return {}
-    most_accurate = max(table, key=lambda r: r["teacher_val_accuracy"])["teacher"]
+    most = max(table, key=lambda r: r["teacher_val_accuracy"])
     best = choose(taught_rows, None)
     best_teaching = best["teacher"] if best is not None else None
-    return {"most_accurate_teacher": most_accurate, "best_student_teacher": best_teaching,
-            "differ": best_teaching is not None and best_teaching != most_accurate,
-            "chosen_learns_from_teacher": chosen is not None
+    return {"most_accurate_teacher": most["teacher"], "best_student_teacher": best_teaching,
+            "differ": best is not None and best_teaching != most["teacher"]
+            and most["best_student_val_accuracy"] != best["val_accuracy"],
+            "chosen_learns_from_one_teacher": chosen is not None
             and chosen["number"] in {r["number"] for r in taught_rows}}

@@ -70,8 +70,8 @@ def apply_params(base: dict[str, Any], params: dict[str, Any],
     The settings a method depends on follow it, so every method of the space runs from one base config:
     a loss cached logits cannot serve (``uncacheable_losses``) runs its teacher every step; extra
     teachers (``distill.teachers``) go only to ``multi_teacher``, the one method that reads them. When
-    the base config lists none, ``multi_teacher`` learns from the trial's teacher plus the other
-    candidate teachers (``candidates``: arch -> weights file), built like the base teacher.
+    the base config is another method and lists none, ``multi_teacher`` learns from the trial's teacher
+    plus the other candidate teachers (``candidates``: arch -> weights file), built like the base teacher.
     """
     d = copy.deepcopy(base)
     d["distill"]["loss"] = params[METHOD]
@@ -85,7 +85,9 @@ def apply_params(base: dict[str, Any], params: dict[str, Any],
     if params[METHOD] != MULTI_TEACHER:
         ds["teachers"], ds["teacher_weights"] = [], []
         ds["teacher_weighting"] = DistillConfig().teacher_weighting
-    elif not ds["teachers"] and candidates:
+    elif not ds["teachers"] and candidates and base["distill"]["loss"] != MULTI_TEACHER:
+        # multi_teacher is the tuner's addition here (a multi_teacher base config's trials, trial 0 first,
+        # keep the teachers it lists, none or some)
         ds["teachers"] = [{**base["teacher"], "arch": arch, "weights": str(w)}
                           for arch, w in candidates.items() if arch != params[TEACHER]]
         if ds["teacher_weighting"] == "fixed":  # its weights were given for a teacher list of another length

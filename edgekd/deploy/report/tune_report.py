@@ -110,8 +110,9 @@ def tune_sections(summary: dict[str, Any], plots_dir: Path) -> list[Section]:
                     for t in summary.get("teachers", [])]
     teacher_blocks: list[Any] = [
         Table(["teacher", "teacher val acc", "teacher test acc", "trials", "best student val acc", "mean student val acc"],
-              teacher_rows, "students are the INT8 files of the trials within the latency budget that learned from "
-              "a teacher; the teacher is chosen by its best student, not its own accuracy"),
+              teacher_rows, ("students are the INT8 files of the trials within the latency budget that learned from "
+                             "one teacher" if "chosen_learns_from_one_teacher" in sel else "students are INT8 files")
+              + "; the teacher is chosen by its best student, not its own accuracy"),
         Paragraph(_selection_text(sel)),
     ]
     all_rows = [_row(r) + [r["state"], str(r.get("error") or "")] for r in summary["trials"]]
@@ -121,19 +122,27 @@ def tune_sections(summary: dict[str, Any], plots_dir: Path) -> list[Section]:
 
 
 def _selection_text(sel: dict[str, Any]) -> str:
+    # a summary written before selection counted only in-budget one-teacher trials has no chosen_* key: its
+    # table was over every finished trial, so it is described as it was
+    current = "chosen_learns_from_one_teacher" in sel
+    scope = " within the latency budget" if current else ""
     if not sel or sel.get("best_student_teacher") is None:
-        return ("No finished trial within the latency budget learned from a teacher (ce and self-distillation "
-                "do not): no teacher could be selected.")
+        return (f"No finished trial{scope} learned from one teacher (ce, self-distillation and multi-teacher do not): "
+                "no teacher could be selected." if current else "No finished trial: no teacher could be selected.")
     best = sel["best_student_teacher"]
     if sel["differ"]:
         text = (f"The teachers differ: {sel['most_accurate_teacher']} is the most accurate teacher, but {best} "
-                "taught the best student within the latency budget.")
+                f"taught the best student{scope}.")
     else:
-        text = (f"{best} is both the most accurate teacher and the one whose student scored best within the latency "
-                "budget in this study (no case where they differ).")
-    if sel.get("chosen_learns_from_teacher"):
+        text = (f"{best} is both the most accurate teacher and the one whose student scored best{scope} in this study "
+                "(no case where they differ)." if best == sel["most_accurate_teacher"] else
+                f"{best} and the most accurate teacher, {sel['most_accurate_teacher']}, taught equally accurate best "
+                f"students{scope}; {best}'s is faster (a tie: no case where they differ).")
+    if not current:
+        return text
+    if sel["chosen_learns_from_one_teacher"]:
         return text + f" The chosen config uses {best}."
-    return text + " The chosen trial's method learns from no teacher, so its teacher choice is not a selection."
+    return text + " The chosen trial's method does not learn from one teacher, so its teacher is not this selection."
 
 
 def render_tune_report(tune_dir: str | Path) -> tuple[Path, Path]:
