@@ -93,6 +93,18 @@ def test_temperature_scaling_lowers_nll_and_ece() -> None:
     assert calibration(test_logits, test_labels, None, None, True)["temperature"] is None
 
 
+def test_a_temperature_at_the_end_of_its_search_reports_no_scaled_calibration() -> None:
+    """A validation split the model classifies perfectly drives T to its lower bound (NLL keeps falling as
+    T -> 0): that T calibrates nothing, so the check reports no scaled ECE/NLL, as the export refuses to ship it."""
+    test_logits, test_labels = _overconfident(1)
+    val_labels = np.arange(200) % 10
+    val_logits = np.eye(10)[val_labels] * 3.0  # every validation image right, with margin
+    cal = calibration(test_logits, test_labels, val_logits, val_labels, temperature_scaling=True)
+    assert cal["temperature"] == pytest.approx(0.05, rel=0.01) and cal["temperature_at_search_bound"] is True
+    assert cal["ece_temperature_scaled"] is None and cal["nll_temperature_scaled"] is None
+    assert "temperature_at_search_bound" not in calibration(test_logits, test_labels, *_overconfident(0), True)
+
+
 def test_ood_sets_shapes_ranges_and_determinism(tmp_path) -> None:
     rng = np.random.default_rng(0)
     x = rng.random((8, 1, 28, 28), dtype=np.float32)

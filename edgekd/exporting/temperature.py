@@ -26,10 +26,9 @@ from ..deploy.onnx_io import TEMPERATURE_NODE, fresh_name, load_model, tensor_na
 from ..deploy.runtime.session import make_session, onnx_logits
 from ..errors import ArtifactError
 from ..io import atomic_path
-from ..robustness.metrics import ece, fit_temperature, nll, softmax
+from ..robustness.metrics import T_MAX, T_MIN, ece, fit_temperature, nll, softmax, temperature_at_bound
 
 SCALE_NAME = "inverse_temperature"
-T_MIN, T_MAX = 0.05, 20.0  # the search range of the fit; a fit at either end is refused
 
 
 def fit_file_temperature(path: str | os.PathLike[str], images: np.ndarray, labels: np.ndarray,
@@ -41,9 +40,7 @@ def fit_file_temperature(path: str | os.PathLike[str], images: np.ndarray, label
     logits = onnx_logits(make_session(Path(path), threads=0), images, batch_size)
     y = np.asarray(labels, dtype=np.int64)
     t = fit_temperature(logits, y, T_MIN, T_MAX)
-    if not T_MIN * 1.01 < t < T_MAX / 1.01:
-        # NLL still falling at the edge of the search: e.g. a validation split the model classifies perfectly
-        # (T -> 0 keeps lowering its NLL). Shipping x1/T from such a fit would make the probabilities worse.
+    if temperature_at_bound(t):  # shipping x1/T from such a fit would make the probabilities worse
         raise ArtifactError(f"the softmax temperature fitted on {len(y)} validation images of {Path(path).name} ran "
                             f"to the end of its search range (T = {t:.3g}, range {T_MIN:g}..{T_MAX:g}): the split "
                             "cannot calibrate this model", "use a larger data.val_size, or set "

@@ -20,7 +20,8 @@ from ..pixels import to_float
 from ..progress import track
 from .blackbox import square_attack
 from .corruptions import CORRUPTIONS, apply_corruption
-from .metrics import auroc, ece, energy_score, fit_temperature, mce, msp_score, nll, reliability, softmax
+from .metrics import (auroc, ece, energy_score, fit_temperature, mce, msp_score, nll, reliability, softmax,
+                      temperature_at_bound)
 from .ood import make_ood
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -87,8 +88,11 @@ def calibration(
     if temperature_scaling and val_logits is not None and val_labels is not None:
         t = fit_temperature(val_logits, val_labels)
         out["temperature"] = t
-        out["ece_temperature_scaled"] = ece(softmax(test_logits, t), test_labels, n_bins)
-        out["nll_temperature_scaled"] = nll(test_logits, test_labels, t)
+        if temperature_at_bound(t):  # no calibration to report: the split cannot fit T (the export refuses it too)
+            out["temperature_at_search_bound"] = True
+        else:
+            out["ece_temperature_scaled"] = ece(softmax(test_logits, t), test_labels, n_bins)
+            out["nll_temperature_scaled"] = nll(test_logits, test_labels, t)
     return out
 
 

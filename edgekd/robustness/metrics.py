@@ -76,8 +76,17 @@ def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
     return float((count * gap).sum() / count.sum())
 
 
+T_MIN, T_MAX = 0.05, 20.0  # the temperature search range
+
+
+def temperature_at_bound(t: float, t_min: float = T_MIN, t_max: float = T_MAX) -> bool:
+    """The fit ran to an end of its search range: NLL was still falling there (e.g. a validation split the
+    model classifies perfectly, where T -> 0 keeps lowering it), so T calibrates nothing."""
+    return not t_min * 1.01 < t < t_max / 1.01
+
+
 def fit_temperature(
-    logits: np.ndarray, labels: np.ndarray, t_min: float = 0.05, t_max: float = 20.0, iters: int = 80
+    logits: np.ndarray, labels: np.ndarray, t_min: float = T_MIN, t_max: float = T_MAX, iters: int = 80
 ) -> float:
     """Temperature T minimising validation NLL of ``softmax(logits / T)``.
 
