@@ -205,12 +205,19 @@ def measure(run: Any) -> dict[str, float]:
     }
 
 
-def corruption_columns(check: dict[str, Any]) -> dict[str, float]:
-    """The INT8 student's held-out corruption mean, and its teacher's corruption means on the same draws
-    (the check stage corrupts the same images with the run's seed for every model it measures)."""
+def corruption_columns(check: dict[str, Any]) -> dict[str, Any]:
+    """The INT8 student's held-out corruption mean and its accuracy per corruption (mean over severities),
+    and its teacher's on the same draws (the check stage corrupts the same images with the run's seed for
+    every model it measures)."""
     student, teacher = (check["models"][m]["robustness"]["corruption"] for m in ("student_int8", "teacher"))
     return {"corruption_heldout": heldout_mean(student), "teacher_corruption_mean": teacher["mean_accuracy"],
-            "teacher_corruption_heldout": heldout_mean(teacher)}
+            "teacher_corruption_heldout": heldout_mean(teacher),
+            "by_corruption": per_corruption(student), "teacher_by_corruption": per_corruption(teacher)}
+
+
+def per_corruption(corruption: dict[str, Any]) -> dict[str, float]:
+    """Accuracy per corruption, the mean over its severities, from the check stage's ``by_corruption``."""
+    return {name: statistics.mean(accs) for name, accs in sorted(corruption["by_corruption"].items())}
 
 
 def code_version() -> str:
@@ -287,7 +294,7 @@ def resumed(path: Path, budget: list[str], teacher_sha: str, student: str, metho
 
 
 def backfill(runs: dict[str, list[dict[str, float]]], runs_dir: Path) -> int:
-    """Add the corruption columns (``corruption_columns``) to rows measured before they existed, from their
+    """Add the corruption columns (``corruption_columns``) to rows measured before one existed, from their
     run folder's check stage (``RUNS/BUDGET/METHOD_sSEED``); rows whose folder is not on this machine stay
     without them. Returns how many rows gained them."""
     from edgekd.manifest import Manifest
@@ -296,11 +303,34 @@ def backfill(runs: dict[str, list[dict[str, float]]], runs_dir: Path) -> int:
     for method, rows in runs.items():
         for r in rows:
             folder = runs_dir / f"{method}_s{r['seed']}"
-            if "teacher_corruption_heldout" in r or not (folder / "manifest.json").is_file():
+            if "by_corruption" in r or not (folder / "manifest.json").is_file():
                 continue
             r.update(corruption_columns(Manifest.load(folder).metrics("check")))
             added += 1
     return added
+
+
+def corruption_table(runs: dict[str, list[dict[str, Any]]], order: list[str]) -> str | None:
+    """INT8 accuracy per corruption (mean over seeds and severities), one row per method in ``order`` whose
+    every seed recorded it, then the teacher's (over every such row's draw); None before rows record it."""
+    rows = {m: runs[m] for m in order if runs.get(m) and all("by_corruption" in r for r in runs[m])}
+    if not rows:
+        return None
+    names = sorted({c for rs in rows.values() for r in rs for c in r["by_corruption"]},
+                   key=lambda c: (c in HELD_OUT_CORRUPTIONS, c))
+    head = ["method", *[f"{c}{' (held out)' if c in HELD_OUT_CORRUPTIONS else ''}" for c in names]]
+
+    def line(label: str, dicts: list[dict[str, float]]) -> str:
+        cells = [f"{100 * statistics.mean(d[c] for d in dicts):.2f}" if all(c in d for d in dicts) else "—"
+                 for c in names]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    teacher = {int(r["seed"]): r["teacher_by_corruption"] for rs in rows.values() for r in rs}
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += [line(m, [r["by_corruption"] for r in rs]) for m, rs in rows.items()]
+    lines.append(line(f"teacher (seeds' draws {sorted(teacher)})", list(teacher.values())))
+    return ("INT8 accuracy per corruption (%, mean over seeds and the five severities; the held-out six last):\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def teacher_line(runs: dict[str, list[dict[str, float]]]) -> str | None:
@@ -355,13 +385,17 @@ def _cell(key: str, mean: float, std: float, seeds: int) -> str:
     return text if seeds < 2 else f"{text} ± {scale * std:.{digits}f}"
 
 
+def order_of_rows(methods: list[str]) -> list[str]:
+    """The references first (ce, then hinton), then the methods in the order they were benchmarked."""
+    return sorted(methods, key=lambda m: (m not in ("ce", "hinton"), m != "ce"))
+
+
 def render(data: dict[str, Any]) -> str:
     table, meta, failures = data["summary"], data["meta"], data["failures"]
     head = "| method | seeds | " + " | ".join(COLUMNS.values()) + " |\n|---|---|" + "---|" * len(COLUMNS) + "\n"
     seeds = {method: len(rows) for method, rows in data["runs"].items()}
     lines = []
-    # the references first, then the methods in the order they were benchmarked
-    for method in sorted(meta["methods"], key=lambda m: (m not in ("ce", "hinton"), m != "ce")):
+    for method in order_of_rows(meta["methods"]):
         if method not in table:  # no seed measured: every try failed, or none ran yet
             state = "failed" if any(f["method"] == method for f in failures) else "not run yet"
             lines.append(f"| {method} | 0 | " + " | ".join(state for _ in COLUMNS) + " |")
@@ -383,6 +417,9 @@ def render(data: dict[str, Any]) -> str:
     teacher = teacher_line(data["runs"])
     if teacher:
         out.append(teacher)
+    per = corruption_table(data["runs"], order_of_rows(meta["methods"]))
+    if per:
+        out.append(per)
     if seeds.get("hinton", 0) > 1:
         verdict = ["| method | beats Hinton KD by more than the seed std on |", "|---|---|"]
         for method in table:

@@ -410,6 +410,32 @@ def test_rows_measured_before_the_held_out_column_gain_it_from_their_run_folder(
     assert not mb.beats(data["summary"], "ce", "corruption_heldout")
     md = (out / "methods.md").read_text()
     assert "| hinton | 2 | 91.00 ± 0.00 | 50.00 ± 0.00 | 50.00 ± 0.00 | not measured |" in md
+    # the per-corruption table: ce's row (its folder is here), not hinton's (no seed recorded it)
+    assert runs["ce"][0]["by_corruption"]["contrast"] == pytest.approx(0.55)
+    per = md[md.index("INT8 accuracy per corruption"):].splitlines()
+    head = per[2].strip("| ").split(" | ")
+    assert head[0] == "method" and head[-6:] == [f"{c} (held out)" for c in sorted(mb.HELD_OUT_CORRUPTIONS)]
+    assert [ln.split(" | ")[0] for ln in per[4:6]] == ["| ce", "| teacher (seeds' draws [0])"]
+    cells = per[4].strip("| ").split(" | ")
+    assert cells[-1] == "55.00" and cells[1] == "90.00"  # a held-out one last, a trained-on one first
+
+
+def test_the_per_corruption_table_averages_each_corruption_over_seeds(tmp_path):
+    """Each method's cell is the mean over its seeds; the teacher's, over the seeds' draws, each seed once."""
+    from edgekd.robustness.corruptions import CORRUPTIONS
+
+    def cell_row(seed: int, contrast: float, teacher_contrast: float) -> dict:
+        acc = {c: 0.9 for c in CORRUPTIONS.names()}
+        return {**row(seed, 0.9), "by_corruption": {**acc, "contrast": contrast},
+                "teacher_by_corruption": {**acc, "contrast": teacher_contrast}}
+
+    runs = {"ce": [cell_row(0, 0.40, 0.60), cell_row(1, 0.50, 0.70)],
+            "hinton": [cell_row(0, 0.60, 0.60), cell_row(1, 0.64, 0.70)]}
+    table = mb.corruption_table(runs, mb.order_of_rows(list(runs)))
+    lines = table.splitlines()
+    col = lines[2].strip("| ").split(" | ").index("contrast (held out)")
+    values = {ln.strip("| ").split(" | ")[0]: ln.strip("| ").split(" | ")[col] for ln in lines[4:]}
+    assert values == {"ce": "45.00", "hinton": "62.00", "teacher (seeds' draws [0, 1])": "65.00"}
 
 
 def test_the_teacher_line_compares_each_student_with_the_teacher_on_its_own_seeds_draw(tmp_path):
