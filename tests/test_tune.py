@@ -160,8 +160,8 @@ def test_teacher_selection_by_student_not_by_teacher_accuracy() -> None:
     assert [t["teacher"] for t in table] == ["small", "big"]
     assert table[1]["mean_student_val_accuracy"] == pytest.approx(0.75, rel=1e-12)
     assert pareto.teacher_selection(table, compared, pareto.choose(rows, None)) == {
-        "most_accurate_teacher": "big", "best_student_teacher": "small", "differ": True,
-        "chosen_learns_from_one_teacher": True}
+        "most_accurate_teacher": "big", "best_student_teacher": "small", "most_accurate_compared": True,
+        "differ": True, "chosen_learns_from_one_teacher": True}
 
 
 def test_teacher_selection_counts_only_in_budget_trials_that_learned_from_the_teacher() -> None:
@@ -179,8 +179,8 @@ def test_teacher_selection_counts_only_in_budget_trials_that_learned_from_the_te
     chosen = pareto.choose(rows, 2.0)
     assert chosen["number"] == 0  # the ce trial: most accurate within the budget
     sel = pareto.teacher_selection(table, compared, chosen)
-    assert sel == {"most_accurate_teacher": "big", "best_student_teacher": "small", "differ": True,
-                   "chosen_learns_from_one_teacher": False}
+    assert sel == {"most_accurate_teacher": "big", "best_student_teacher": "small", "most_accurate_compared": True,
+                   "differ": True, "chosen_learns_from_one_teacher": False}
     from edgekd.deploy.report.tune_report import _selection_text
 
     assert "does not learn from one teacher" in _selection_text(sel) and "chosen config uses" not in _selection_text(sel)
@@ -206,6 +206,19 @@ def test_selection_leaves_out_ensembles_and_calls_a_tie_no_difference() -> None:
     assert sel["chosen_learns_from_one_teacher"] is False  # the multi_teacher trial is chosen
     text = _selection_text(sel)
     assert "a tie: no case where they differ" in text and "does not learn from one teacher" in text
+
+
+def test_a_most_accurate_teacher_without_a_counted_student_is_not_called_a_difference() -> None:
+    """Its trials all failed (or ran over budget): nothing was compared, so it is no case of selection differing."""
+    from edgekd.deploy.report.tune_report import _selection_text
+
+    rows = [{**row(0, 0.80, 1.0, teacher="small"), "method": "hinton"},
+            {**row(1, 0.0, 1.0, "FAIL", teacher="big"), "method": "dkd"}]
+    compared = pareto.taught(rows, None, ())
+    table = pareto.teacher_table(compared, {"big": 0.95, "small": 0.90})
+    sel = pareto.teacher_selection(table, compared, pareto.choose(rows, None))
+    assert sel["differ"] is False and sel["most_accurate_compared"] is False
+    assert "taught no student that counts, so the two were not compared" in _selection_text(sel)
 
 
 def test_a_summary_from_before_the_selection_rule_is_described_as_it_was() -> None:

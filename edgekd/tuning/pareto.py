@@ -76,16 +76,20 @@ def teacher_table(rows: Sequence[Row], teacher_accuracy: dict[str, float]) -> li
 
 def teacher_selection(table: Sequence[Row], taught_rows: Sequence[Row], chosen: Row | None) -> dict[str, Any]:
     """Which teacher is most accurate, which taught the best student (``choose``'s rule over the ``taught``
-    trials, so the chosen trial's teacher whenever that trial learned from one teacher), whether they differ
-    (a tie on the best student's accuracy, broken by latency, is not a difference), and whether the
-    chosen trial learned from one teacher."""
+    trials, so the chosen trial's teacher whenever that trial learned from one teacher), whether they differ,
+    and whether the chosen trial learned from one teacher.
+
+    They differ only when the most accurate teacher's own best student is less accurate: a tie (broken by
+    latency) is no difference, and a most accurate teacher with no student that counts was not compared.
+    """
     if not table:
         return {}
     most = max(table, key=lambda r: r["teacher_val_accuracy"])
     best = choose(taught_rows, None)
     best_teaching = best["teacher"] if best is not None else None
+    compared = most["best_student_val_accuracy"] is not None
     return {"most_accurate_teacher": most["teacher"], "best_student_teacher": best_teaching,
-            "differ": best is not None and best_teaching != most["teacher"]
-            and most["best_student_val_accuracy"] != best["val_accuracy"],
+            "most_accurate_compared": compared,
+            "differ": best is not None and compared and most["best_student_val_accuracy"] < best["val_accuracy"],
             "chosen_learns_from_one_teacher": chosen is not None
             and chosen["number"] in {r["number"] for r in taught_rows}}

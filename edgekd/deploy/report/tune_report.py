@@ -133,10 +133,14 @@ def _selection_text(sel: dict[str, Any]) -> str:
     if sel["differ"]:
         text = (f"The teachers differ: {sel['most_accurate_teacher']} is the most accurate teacher, but {best} "
                 f"taught the best student{scope}.")
-    else:
+    elif best == sel["most_accurate_teacher"]:
         text = (f"{best} is both the most accurate teacher and the one whose student scored best{scope} in this study "
-                "(no case where they differ)." if best == sel["most_accurate_teacher"] else
-                f"{best} and the most accurate teacher, {sel['most_accurate_teacher']}, taught equally accurate best "
+                "(no case where they differ).")
+    elif not sel.get("most_accurate_compared", True):
+        text = (f"{best} taught the best student{scope}; the most accurate teacher, {sel['most_accurate_teacher']}, "
+                "taught no student that counts, so the two were not compared.")
+    else:
+        text = (f"{best} and the most accurate teacher, {sel['most_accurate_teacher']}, taught equally accurate best "
                 f"students{scope}; {best}'s is faster (a tie: no case where they differ).")
     if not current:
         return text
