@@ -235,10 +235,9 @@ def uncacheable_losses() -> tuple[str, ...]:
     """The KD losses cached teacher logits cannot serve: the live registry's ``live_teacher`` losses once
     ``edgekd.losses`` is imported (plugins included), else the built-in list."""
     module = sys.modules.get("edgekd.losses")
-    if module is None or not hasattr(module, "KD_LOSSES"):
+    if module is None or not hasattr(module, "loss_class"):  # not imported yet, or mid-import
         return UNCACHEABLE_LOSSES
-    reg = module.KD_LOSSES
-    return tuple(n for n in reg.names() if getattr(getattr(reg.get(n), "__self__", None), "live_teacher", False))
+    return tuple(n for n in module.KD_LOSSES.names() if module.loss_class(n).live_teacher)
 
 
 def _validate_kd_methods(cfg: "Config") -> None:

@@ -285,9 +285,26 @@ def test_the_config_check_refuses_cached_logits_for_exactly_the_live_teacher_los
     (a new feature or self-teacher loss left off it would be fed cached logits of another teacher)."""
     from edgekd.validation import UNCACHEABLE_LOSSES, uncacheable_losses
 
-    live = {n for n in NAMES if KD_LOSSES.get(n).__self__.live_teacher}
+    from edgekd.losses import loss_class
+
+    live = {n for n in NAMES if loss_class(n).live_teacher}
     assert set(UNCACHEABLE_LOSSES) == live == set(uncacheable_losses()), (UNCACHEABLE_LOSSES, live)
     assert {"at", "fitnets", "self_distill"} <= live  # features or a moving teacher
+
+
+def test_a_loss_registered_without_its_class_is_named() -> None:
+    """``loss_class`` reads class attributes; a bare function in the registry gets an error saying how to
+    register, not an AttributeError."""
+    from edgekd.errors import ConfigError
+    from edgekd.losses import loss_class
+
+    KD_LOSSES.register("bare_fn_loss")(lambda cfg: None)
+    try:
+        with pytest.raises(ConfigError, match="register its KDLoss subclass with @register_kd_loss"):
+            loss_class("bare_fn_loss")
+    finally:
+        KD_LOSSES._items.pop("bare_fn_loss")
+    assert loss_class("hinton").__name__ == "HintonKD"
 
 
 def test_a_self_teacher_step_ignores_cached_logits(fmnist_small, batch) -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import KD_LOSSES, Distiller, KDLoss, register_kd_loss
+from .base import KD_LOSSES, Distiller, KDLoss, loss_class, register_kd_loss
 
-__all__ = ["KD_LOSSES", "KDLoss", "Distiller", "register_kd_loss"]
+__all__ = ["KD_LOSSES", "KDLoss", "Distiller", "loss_class", "register_kd_loss"]
 
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name != "base":

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from ..config import DistillConfig
+from ..errors import ConfigError
 from ..models.features import tap_features
 from ..registry import Registry
 
@@ -102,6 +103,16 @@ def register_kd_loss(name: str) -> Callable[[L], L]:
         return cls
 
     return add
+
+
+def loss_class(name: str) -> type["KDLoss"]:
+    """The ``KDLoss`` class registered as ``name`` (the registry holds its ``from_config``), for its class
+    attributes (``live_teacher``, ``reads_teacher``, ``self_teacher``) without building the loss."""
+    owner = getattr(KD_LOSSES.get(name), "__self__", None)
+    if not (isinstance(owner, type) and issubclass(owner, KDLoss)):
+        raise ConfigError(f"kd loss '{name}' is registered as {KD_LOSSES.get(name)!r}, not as a KDLoss class",
+                          f"register its KDLoss subclass with @register_kd_loss('{name}') (edgekd.losses)")
+    return owner
 
 
 def uncompiled(model: nn.Module) -> nn.Module:

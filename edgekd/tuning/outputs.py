@@ -45,10 +45,10 @@ def methods_without_one_teacher() -> set[str]:
     """The registered KD methods whose student does not learn from the trial's one teacher: ``reads_teacher``
     off (the no-KD baseline), ``self_teacher`` (self-distillation), and multi_teacher (an ensemble). Their
     trials say nothing about which teacher teaches best."""
-    from ..losses import KD_LOSSES
+    from ..losses import KD_LOSSES, loss_class
     from .space import MULTI_TEACHER
 
-    classes = {name: KD_LOSSES.get(name).__self__ for name in KD_LOSSES.names()}  # registered: cls.from_config
+    classes = {name: loss_class(name) for name in KD_LOSSES.names()}
     return {name for name, cls in classes.items() if not cls.reads_teacher or cls.self_teacher} | {MULTI_TEACHER}
 
 
