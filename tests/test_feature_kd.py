@@ -72,29 +72,40 @@ def _onnx_fingerprint(path: Path) -> tuple[list[str], dict[str, bytes]]:
             {i.name: numpy_helper.to_array(i).tobytes() for i in model.graph.initializer})
 
 
+def _train_with_taps(name: str, model: nn.Module, teacher: nn.Module, batch) -> None:
+    """Two SGD steps of feature loss ``name`` on ``model`` (its adapters trained too); no hook left behind."""
+    kd = KD_LOSSES.get(name)(DistillConfig(loss=name))
+    distiller = Distiller(model, teacher, kd, sample=batch[0][:2]).train()
+    opt = torch.optim.SGD([*model.parameters(), *kd.parameters()], lr=0.01)
+    for _ in range(2):
+        loss, _ = distiller.step(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert hooks_on(model) == 0
+
+
+def _same_graph(tapped: Path, plain: Path) -> list[str]:
+    """Same node types in the same order and the same initializers, bit for bit; returns the op types."""
+    ops, inits = _onnx_fingerprint(tapped)
+    ops_ref, inits_ref = _onnx_fingerprint(plain)
+    assert ops == ops_ref and len(ops) > 50
+    assert inits.keys() == inits_ref.keys() and all(inits[k] == inits_ref[k] for k in inits)
+    return ops
+
+
 @pytest.mark.parametrize("name", ["fitnets", "at"])
 def test_feature_kd_leaves_the_exported_graph_unchanged(name: str, fmnist_small, batch, tmp_path: Path) -> None:
     """Train with feature taps, then export; a fresh student given the same weights (never tapped) must
     export to the same graph: same node types in the same order, same initializers, bit for bit."""
     student, teacher = _models(fmnist_small)
-    kd = KD_LOSSES.get(name)(DistillConfig(loss=name))
-    distiller = Distiller(student, teacher, kd, sample=batch[0][:2]).train()
-    opt = torch.optim.SGD([*student.parameters(), *kd.parameters()], lr=0.01)
-    for _ in range(2):
-        loss, _ = distiller.step(student, batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert hooks_on(student) == 0
+    _train_with_taps(name, student, teacher, batch)
     fresh, _ = _models(fmnist_small)
     fresh.load_state_dict(student.state_dict())  # same weights, no feature machinery ever attached
     student.eval(), fresh.eval()
     export_fp32(student, tmp_path / "tapped.onnx", (1, 1, 28, 28))
     export_fp32(fresh, tmp_path / "plain.onnx", (1, 1, 28, 28))
-    ops, inits = _onnx_fingerprint(tmp_path / "tapped.onnx")
-    ops_ref, inits_ref = _onnx_fingerprint(tmp_path / "plain.onnx")
-    assert ops == ops_ref and len(ops) > 50
-    assert inits.keys() == inits_ref.keys() and all(inits[k] == inits_ref[k] for k in inits)
+    _same_graph(tmp_path / "tapped.onnx", tmp_path / "plain.onnx")
 
 
 @pytest.mark.parametrize("name", ["fitnets", "at"])
@@ -107,25 +118,14 @@ def test_feature_kd_in_qat_leaves_the_int8_graph_unchanged(name: str, fmnist_sma
     student, teacher = _models(fmnist_small)
     calib = [(batch[0],)]
     qmodel = prepare_qat(copy.deepcopy(student).eval(), calib, 1)
-    kd = KD_LOSSES.get(name)(DistillConfig(loss=name))
-    distiller = Distiller(qmodel, teacher, kd, sample=batch[0][:2]).train()
-    opt = torch.optim.SGD([*qmodel.parameters(), *kd.parameters()], lr=0.01)
-    for _ in range(2):
-        loss, _ = distiller.step(qmodel, batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert hooks_on(qmodel) == 0
+    _train_with_taps(name, qmodel, teacher, batch)
     fresh = prepare_qat(copy.deepcopy(student).eval(), calib, 1)
     fresh.load_state_dict(qmodel.state_dict())  # trained weights and observer ranges, no taps ever attached
     for m in (qmodel, fresh):
         freeze_observers(m.eval())
     export_int8(qmodel, tmp_path / "tapped.onnx", (1, 1, 28, 28))
     export_int8(fresh, tmp_path / "plain.onnx", (1, 1, 28, 28))
-    ops, inits = _onnx_fingerprint(tmp_path / "tapped.onnx")
-    ops_ref, inits_ref = _onnx_fingerprint(tmp_path / "plain.onnx")
-    assert ops == ops_ref and "QuantizeLinear" in ops and len(ops) > 50
-    assert inits.keys() == inits_ref.keys() and all(inits[k] == inits_ref[k] for k in inits)
+    assert "QuantizeLinear" in _same_graph(tmp_path / "tapped.onnx", tmp_path / "plain.onnx")
 
 
 def test_qat_student_is_tapped_where_its_float_twin_is(fmnist_small, batch) -> None:
