@@ -379,7 +379,7 @@ def _time_cell(rows: list[dict[str, Any]]) -> str:
 
 
 def _cell(key: str, mean: float, std: float, seeds: int) -> str:
-    scale, digits = (100, 2) if key in FRACTIONS else (1, 0) if key == "train_seconds" else (1, 4)
+    scale, digits = (100, 2) if key in FRACTIONS else (1, 4)  # training time: _time_cell
     text = f"{scale * mean:.{digits}f}"
     # one seed has no spread: "± 0.00" would read as a perfectly steady method
     return text if seeds < 2 else f"{text} ± {scale * std:.{digits}f}"
