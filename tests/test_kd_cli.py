@@ -3,11 +3,13 @@
 - RSLAD through the QAT stage: the INT8 file is exported and measured by the check stage;
 - ARD through the QAT stage, its INT8 file attacked (PGD) by the check stage;
 - multi-teacher KD with two architectures: the run's own ResNet-18 plus the wide ResNet that the
-  first run's teacher stage trained, named by that run's folder.
+  first run's teacher stage trained, named by that run's folder;
+- self-distillation with no teacher trained, through QAT.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -100,6 +102,24 @@ def test_multi_teacher_with_two_architectures_through_the_cli(rslad_run: Path, t
     assert metrics["loss"] == "multi_teacher"
     assert [(t["arch"], t["sha256"]) for t in metrics["extra_teachers"]] == [("wrn16_4", wrn_sha)]
     assert "qat" in stages and stages["qat"]["metrics"]["epochs"] == 1
+
+
+def test_self_distillation_without_a_teacher_through_the_cli(tmp_path: Path) -> None:
+    """No teacher trained (0 epochs): distill learns from the student's EMA, its KD weight still ramping up
+    after 3 of the 10-update horizon (d = 0.9); QAT's teacher copies the distilled student, so it starts
+    at the full weight (the mean-teacher warm-up is for a student that starts untrained)."""
+    path = _config(tmp_path, "self", loss="self_distill", ema_decay=0.9, cache_teacher_logits=False)
+    data = yaml.safe_load(path.read_text())
+    data["teacher_train"]["epochs"] = 0
+    path.write_text(yaml.safe_dump(data))
+    proc = edgekd("run", "-c", str(path), "--out", str(tmp_path / "runs"), "--stages", "teacher,distill,qat")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stages = json.loads((tmp_path / "runs" / "self" / "manifest.json").read_text())["stages"]
+    distill, qat = stages["distill"]["metrics"], stages["qat"]["metrics"]
+    assert distill["loss"] == qat["loss"] == "self_distill"
+    assert distill["self_distill_ema_updates"] == 3  # one update a step: 1 epoch of 3 steps
+    assert distill["self_distill_kd_weight"] == pytest.approx(math.exp(-5 * 0.7 ** 2), rel=1e-9)
+    assert qat["self_distill_ema_updates"] == 10 + 2 and qat["self_distill_kd_weight"] == 1.0
 
 
 def test_an_extra_teacher_without_weights_is_a_config_error(tmp_path: Path) -> None:

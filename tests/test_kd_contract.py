@@ -9,6 +9,7 @@ covered the moment it registers; one missing from the tables below fails with wh
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import replace
 from typing import Callable
 
@@ -133,8 +134,10 @@ def golden_ctkd() -> tuple[float, float]:
 
 
 def golden_self_distill() -> tuple[float, float]:
-    loss = KD_LOSSES.get("self_distill")(DistillConfig(loss="self_distill", temperature=2.0, alpha=0.5))
-    return loss(tt(S), tl(T1), torch.tensor(Y)), 0.5 * np_kd(S, T1, 2.0) + 0.5 * np_ce(S, Y)
+    """alpha w_n T^2 KL(t || s) + (1 - alpha) CE; w_n = exp(-5 (1 - n/H)^2) at n = 5 of H = 1/(1 - 0.9) updates."""
+    loss = KD_LOSSES.get("self_distill")(DistillConfig(loss="self_distill", temperature=2.0, alpha=0.5, ema_decay=0.9))
+    loss.updates.fill_(5)
+    return loss(tt(S), tl(T1), torch.tensor(Y)), 0.5 * math.exp(-1.25) * np_kd(S, T1, 2.0) + 0.5 * np_ce(S, Y)
 
 
 def golden_ard() -> tuple[float, float]:

@@ -78,7 +78,9 @@ class KDLoss(nn.Module):
     def bind(self, student: nn.Module, teacher: nn.Module, sample: Optional[torch.Tensor]) -> None:
         """Fit the loss to the two models (layer names, adapter shapes); ``sample`` is a small input batch."""
 
-    def make_teacher(self, student: nn.Module) -> nn.Module:
+    def make_teacher(self, student: nn.Module, trained: bool = False) -> nn.Module:
+        """The loss's own teacher made from ``student`` (``self_teacher``); ``trained``: the student is
+        already trained (QAT, pretrained weights), not freshly initialised."""
         raise NotImplementedError(f"{type(self).__name__} needs a teacher")
 
     def before_step(self, student: nn.Module) -> None:
@@ -132,16 +134,17 @@ class Distiller(nn.Module):
     (``train()`` puts only the student in training mode, so the teacher's BatchNorm statistics and
     dropout never change), and it runs under ``torch.inference_mode``.
 
-    ``teacher=None`` is allowed for a loss with ``self_teacher`` (self-distillation). ``sample`` (a
+    ``teacher=None`` is allowed for a loss with ``self_teacher`` (self-distillation; ``student_trained``:
+    the student it copies is already trained, see ``KDLoss.make_teacher``). ``sample`` (a
     few input images) lets a feature loss probe the layer shapes when it is bound to the models.
     """
 
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module], kd_loss: KDLoss,
-                 sample: Optional[torch.Tensor] = None) -> None:
+                 sample: Optional[torch.Tensor] = None, student_trained: bool = False) -> None:
         super().__init__()
         if teacher is None:
             assert kd_loss.self_teacher, f"{type(kd_loss).__name__} needs a teacher"
-            teacher = kd_loss.make_teacher(student)
+            teacher = kd_loss.make_teacher(student, trained=student_trained)
         self.student = student
         self.teacher = teacher.requires_grad_(False).eval()
         self.kd_loss = kd_loss

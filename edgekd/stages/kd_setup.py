@@ -121,6 +121,10 @@ def sample_images(ctx: StageContext, device: torch.device, n: int = SAMPLE_IMAGE
 
 
 def build_distiller(ctx: StageContext, student: torch.nn.Module, teacher: Optional[torch.nn.Module],
-                    kd_loss: KDLoss, device: torch.device) -> Distiller:
-    """The Distiller of ``student`` and ``teacher`` (from :func:`kd_teacher`) with ``kd_loss``, bound to both."""
-    return Distiller(student, teacher, kd_loss, sample=sample_images(ctx, device))
+                    kd_loss: KDLoss, device: torch.device, student_trained: bool) -> Distiller:
+    """The Distiller of ``student`` and ``teacher`` (from :func:`kd_teacher`) with ``kd_loss``, bound to both.
+
+    ``student_trained``: the student starts trained (QAT; pretrained ``student.weights``), so a
+    self-distillation teacher copied from it needs no warm-up.
+    """
+    return Distiller(student, teacher, kd_loss, sample=sample_images(ctx, device), student_trained=student_trained)

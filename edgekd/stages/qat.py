@@ -52,7 +52,7 @@ def run(ctx: StageContext) -> StageResult:
         kd_state_path(ctx)  # missing or changed: refused before calibration, not after
     teacher = kd_teacher(ctx, device, kd_loss)
     qmodel = build_qat_student(ctx, calibrate=True)
-    distiller = build_distiller(ctx, qmodel, teacher, kd_loss, device)
+    distiller = build_distiller(ctx, qmodel, teacher, kd_loss, device, student_trained=True)  # the distilled student
     carried = load_kd_state(ctx, distiller.kd_loss)
     freeze_at = cfg.qat.freeze_observers_epoch
 
