@@ -330,6 +330,7 @@ def test_self_distill_update_count_resumes_with_the_loss_state(fmnist_small, bat
     resumed_student = copy.deepcopy(student)
     resumed = KD_LOSSES.get("self_distill")(cfg)
     resumed_run = Distiller(resumed_student, None, resumed).train()  # its EMA starts as a copy of the student
+    assert resumed.kd_weight() == pytest.approx(math.exp(-5.0), rel=1e-12)  # 0 updates (a host copy made)
     resumed.load_state_dict(first.state_dict())  # what resume_from does with the checkpoint's aux
     assert int(resumed.updates) == 3 and resumed.kd_weight() == first.kd_weight()
     for _ in range(2):

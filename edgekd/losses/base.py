@@ -80,7 +80,7 @@ class KDLoss(nn.Module):
 
     def make_teacher(self, student: nn.Module, trained: bool = False) -> nn.Module:
         """The loss's own teacher made from ``student`` (``self_teacher``); ``trained``: the student is
-        already trained (QAT, pretrained weights), not freshly initialised."""
+        already trained (QAT's distilled student), not freshly initialised."""
         raise NotImplementedError(f"{type(self).__name__} needs a teacher")
 
     def before_step(self, student: nn.Module) -> None:

@@ -20,8 +20,10 @@ fixed number of epochs instead, ``H`` is our choice, tied to the one setting). B
 averaged with the weights (as ``torch.optim.swa_utils.AveragedModel(use_buffers=True)`` does), so they
 describe the averaged weights; other buffers (quantization scales) are the student's current ones.
 
-A student that is already trained (QAT fine-tunes the distilled one; a pretrained ``student.weights``)
-makes a good teacher from the start: ``make_teacher(student, trained=True)`` skips warm-up and ramp-up.
+A student that is already trained (QAT fine-tunes the distilled one) makes a good teacher from the
+start: ``make_teacher(student, trained=True)`` skips warm-up and ramp-up. The distill stage never passes
+it, not even for pretrained ``student.weights``: their classifier (another class count) and an adapted stem
+keep a fresh initialisation, which would teach at full weight.
 
 (Zhang et al., "Be Your Own Teacher", ICCV 2019, distil the deepest exit of one network into shallower
 exits instead; that needs extra heads, which the exported student must not carry, so it is not used here.)
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -65,8 +68,11 @@ class SelfDistillKD(KDLoss):
         self.label_smoothing = float(label_smoothing)
         self.horizon = 1.0 / (1.0 - self.decay)  # steps the EMA averages over
         self.ema: nn.Module | None = None
-        # EMA updates so far: a buffer, so an interrupted run resumes with the same decay and KD weight
+        # EMA updates so far: a buffer, so an interrupted run resumes with the same decay and KD weight;
+        # _count is its host copy (reading the buffer each step would be a device sync on a GPU), rebuilt
+        # after a state_dict load
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self._count: int | None = None
 
     @classmethod
     def from_config(cls, cfg: DistillConfig) -> "SelfDistillKD":
@@ -80,16 +86,26 @@ class SelfDistillKD(KDLoss):
         self.ema = copy.deepcopy(student).requires_grad_(False).eval()
         # ceil(H) updates: the full KD weight and decay d (1e-6 absorbs 1/(1 - 0.9) = 10.000000000000002)
         self.updates.fill_(math.ceil(self.horizon - 1e-6) if trained else 0)
+        self._count = None
         return self.ema
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._count = None
+
+    def _updates(self) -> int:
+        if self._count is None:
+            self._count = int(self.updates)
+        return self._count
 
     def kd_weight(self) -> float:
         """``w_n``: the ramp-up factor of the KD term after the updates done so far."""
-        return ramp_up(int(self.updates), self.horizon)
+        return ramp_up(self._updates(), self.horizon)
 
     @torch.no_grad()
     def before_step(self, student: nn.Module) -> None:
         assert self.ema is not None, "make_teacher runs when the Distiller is built"
-        t = int(self.updates)  # one host sync a step on a GPU; the lerp weight is a Python float
+        t = self._updates()
         weight = 1.0 - min(self.decay, t / (t + 1.0))  # update 0 copies the student
         for e, p in zip(self.ema.parameters(), student.parameters()):
             e.lerp_(p.detach(), weight)
@@ -99,9 +115,10 @@ class SelfDistillKD(KDLoss):
             else:
                 e.copy_(b)  # counters, quantization scales: the student's current ones
         self.updates += 1
+        self._count = t + 1
 
     def metrics(self) -> dict[str, float]:
-        return {"self_distill_ema_updates": float(self.updates), "self_distill_kd_weight": self.kd_weight()}
+        return {"self_distill_ema_updates": float(self._updates()), "self_distill_kd_weight": self.kd_weight()}
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         temp = self.temperature

@@ -58,7 +58,9 @@ def run(ctx: StageContext) -> StageResult:
     kd_loss = kd_loss_for(ctx)
     teacher = kd_teacher(ctx, device, kd_loss)  # before the student is built: its init follows the seed as before
     student = build_student(cfg.student, ctx.dataset()).to(device)
-    distiller = build_distiller(ctx, student, teacher, kd_loss, device, student_trained=cfg.student.weights is not None)
+    # student_trained=False even for pretrained student.weights: their classifier and an adapted stem start
+    # fresh, so a self-distillation teacher copied from them warms up like one from a random init
+    distiller = build_distiller(ctx, student, teacher, kd_loss, device, student_trained=False)
     train_loader = None
     if cfg.distill.cache_teacher_logits and not kd_loss.reads_teacher:
         ctx.log(f"[edgekd] distill: '{cfg.distill.loss}' reads no teacher logits; none cached")

@@ -124,7 +124,7 @@ def build_distiller(ctx: StageContext, student: torch.nn.Module, teacher: Option
                     kd_loss: KDLoss, device: torch.device, student_trained: bool) -> Distiller:
     """The Distiller of ``student`` and ``teacher`` (from :func:`kd_teacher`) with ``kd_loss``, bound to both.
 
-    ``student_trained``: the student starts trained (QAT; pretrained ``student.weights``), so a
-    self-distillation teacher copied from it needs no warm-up.
+    ``student_trained``: the student starts trained (QAT's distilled student), so a self-distillation
+    teacher copied from it needs no warm-up.
     """
     return Distiller(student, teacher, kd_loss, sample=sample_images(ctx, device), student_trained=student_trained)
