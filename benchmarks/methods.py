@@ -15,8 +15,9 @@ export, check), measured by the check stage in onnxruntime on the test split:
 The ``ce`` row is the no-KD student; ``hinton_corrupt`` (``VARIANTS``) is Hinton KD with the student's input
 corrupted (robust KD option (a), at plain KD's cost: the cached logits are the teacher's on the clean image). The markdown says which methods beat Hinton KD by more than the
 seed std (``beats``: the mean difference, in the better direction, exceeds the larger of the two stds).
-Methods that need more than the base config (a second teacher for multi_teacher, an attack for ard/rslad)
-get it from ``EXTRAS``; a method whose run fails is a row that says so, never a silent gap.
+Methods that need more than the base config (a second teacher for multi_teacher, an attack for ard/rslad,
+self_distill's KD weight) get it from ``extras()``; a method whose run fails is a row that says so, never a
+silent gap.
 
     python benchmarks/methods.py --budget small --methods ce hinton dkd --seeds 0 1 2   # minutes
     python benchmarks/methods.py                                                         # default budget: hours on 2 cores
@@ -54,6 +55,7 @@ from edgekd.io import atomic_write_json, atomic_write_text, sha256_file  # noqa:
 EPS = 0.03
 EPS_KEY = f"{EPS:.4f}"  # the check metrics key epsilons as "%.4f"
 SECOND_TEACHER = "wrn16_4"  # multi_teacher's extra teacher: another architecture than the run's resnet18
+SELF_DISTILL_ALPHA = 0.5  # self_distill's KD weight (see extras)
 
 # Budgets: config overrides on top of configs/fashion_mnist.yaml. "default" keeps its schedules and data
 # (~30 min a run on 2 cores); "small" is a reduced budget for a CPU shared by other work (minutes a run).
@@ -149,6 +151,10 @@ def extras(base: dict[str, Any], teacher2: Callable[[], str]) -> dict[str, Calla
         "augmix_kd": lambda: [f"distill.augmix.ops=[{','.join(training_corruptions())}]"],
         "ard": lambda: ["distill.robust.attack=fgsm_rs", f"distill.robust.epsilon={EPS}"],
         "rslad": lambda: ["distill.robust.attack=fgsm_rs", f"distill.robust.epsilon={EPS}"],
+        # the base alpha 0.9 at T 4 weighs KD 144:1 against the labels; from the student's own average that
+        # leaves the labels almost no say and slows learning (tests/test_self_distill.py's toy problem:
+        # 11 pt behind CE at 0.9, level with it at 0.5); 0.5 weighs them 16:1, as Hinton KD at alpha 0.5
+        "self_distill": lambda: [f"distill.alpha={SELF_DISTILL_ALPHA}"],
     }
 
 

@@ -234,6 +234,17 @@ def test_a_variant_row_runs_its_loss_with_its_settings_and_they_validate(tmp_pat
     assert list(data["runs"]) == ["hinton_corrupt"]
 
 
+def test_self_distill_runs_at_its_own_kd_weight_and_the_others_at_the_base_one(tmp_path, monkeypatch):
+    """self_distill learns from its own average: the table gives it alpha 0.5 (the base 0.9 leaves the labels
+    almost no say); every other row keeps the base config's alpha."""
+    seen = overrides_of(["self_distill", "ce", "hinton"], tmp_path, monkeypatch)
+    cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", seen["self_distill_s0"])
+    assert cfg.distill.loss == "self_distill" and cfg.distill.alpha == mb.SELF_DISTILL_ALPHA == 0.5
+    assert not cfg.distill.cache_teacher_logits  # its teacher moves
+    for name in ("ce_s0", "hinton_s0"):
+        assert load_config(ROOT / "configs" / "fashion_mnist.yaml", seen[name]).distill.alpha == BASE["distill"]["alpha"]
+
+
 def test_every_method_and_variant_validates_at_the_default_budget():
     """The default budget caches the teacher's logits; a feature loss or a moving teacher turns that off.
     (fitnets and at once failed all their cells on this, an hour after the table started.)"""
