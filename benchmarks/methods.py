@@ -158,6 +158,31 @@ def extras(base: dict[str, Any], teacher2: Callable[[], str]) -> dict[str, Calla
     }
 
 
+# What each row runs beyond the base config (``extras``, ``VARIANTS``), for the table's readers; a test keeps
+# every key of those two here
+SETTINGS_NOTES = {
+    "multi_teacher": f"+ a {SECOND_TEACHER} teacher (the base teacher's width, stem and max-pool, trained once), "
+                     "confidence-weighted per sample",
+    "augmix_kd": "AugMix views from the training corruptions only (not the held-out six)",
+    "ard": f"FGSM-RS inner attack at ε {EPS}",
+    "rslad": f"FGSM-RS inner attack at ε {EPS}",
+    "self_distill": f"α {SELF_DISTILL_ALPHA} (the base α 0.9 at T 4 leaves the labels almost no say against the "
+                    "student's own average)",
+    "hinton_corrupt": "Hinton KD with half the batches corrupted (severity ≤ 3, training corruptions only)",
+}
+
+
+def settings_line(methods: list[str]) -> str:
+    """One line naming what the table's rows run beyond the base config ('' when none does)."""
+    from edgekd.validation import uncacheable_losses
+
+    notes = [f"{m}: {SETTINGS_NOTES[m]}" for m in methods if m in SETTINGS_NOTES]
+    live = [m for m in methods if variant_overrides(m)[0] in uncacheable_losses()]
+    if live:
+        notes.append(f"{', '.join(live)}: no cached teacher logits (the teacher runs every step)")
+    return ("Beyond the base config: " + "; ".join(notes) + ".\n") if notes else ""
+
+
 def parse_args() -> argparse.Namespace:
     from edgekd.losses import KD_LOSSES
 
@@ -398,6 +423,8 @@ def order_of_rows(methods: list[str]) -> list[str]:
 
 def render(data: dict[str, Any]) -> str:
     table, meta, failures = data["summary"], data["meta"], data["failures"]
+    # every list in the table in the rows' order (the JSON stores its keys sorted, a sitting in run order)
+    rows_order = [m for m in order_of_rows(meta["methods"]) if m in data["runs"]]
     head = "| method | seeds | " + " | ".join(COLUMNS.values()) + " |\n|---|---|" + "---|" * len(COLUMNS) + "\n"
     seeds = {method: len(rows) for method, rows in data["runs"].items()}
     lines = []
@@ -420,7 +447,10 @@ def render(data: dict[str, Any]) -> str:
                f"{meta['student']}, data and schedule for every method. Accuracies in % on the test split "
                f"(onnxruntime); wall time {meta['seconds'] / 60:.1f} min on {meta['cpu']}. Training time is distill + QAT "
                f"wall time; the fastest seed is the closest to the method's cost (a slower one shared the CPU).\n")
-    teacher = teacher_line(data["runs"])
+    settings = settings_line(rows_order)
+    if settings:
+        out.append(settings)
+    teacher = teacher_line({m: data["runs"][m] for m in rows_order})
     if teacher:
         out.append(teacher)
     per = corruption_table(data["runs"], order_of_rows(meta["methods"]))
@@ -428,7 +458,7 @@ def render(data: dict[str, Any]) -> str:
         out.append(per)
     if seeds.get("hinton", 0) > 1:
         verdict = ["| method | beats Hinton KD by more than the seed std on |", "|---|---|"]
-        for method in table:
+        for method in (m for m in rows_order if m in table):
             if method == "hinton":
                 continue
             if seeds[method] < 2:  # no seed std to beat Hinton by
@@ -440,8 +470,8 @@ def render(data: dict[str, Any]) -> str:
     elif "hinton" in table:
         out.append("Hinton KD has 1 seed, so no seed std: no method is ranked against it.\n")
     codes: dict[str, list[str]] = {}
-    for method, rows in data["runs"].items():
-        for r in rows:
+    for method in rows_order:
+        for r in data["runs"][method]:
             label = r.get("code", "not recorded (before cells recorded it)")
             codes.setdefault(label, []).append(f"{method} s{r['seed']}" + (f" (re-run from {r['rerun_from']})"
                                                                            if r.get("rerun_from") else ""))

@@ -245,6 +245,16 @@ def test_self_distill_runs_at_its_own_kd_weight_and_the_others_at_the_base_one(t
         assert load_config(ROOT / "configs" / "fashion_mnist.yaml", seen[name]).distill.alpha == BASE["distill"]["alpha"]
 
 
+def test_every_setting_beyond_the_base_config_is_named_in_the_table():
+    """Each row that runs extra settings (extras, VARIANTS) has its note in the table, and only those do."""
+    per_method = mb.extras(BASE, lambda: "w.pt")
+    assert set(mb.SETTINGS_NOTES) == set(per_method) | set(mb.VARIANTS)
+    line = mb.settings_line(["ce", "hinton", "self_distill", "at", "dkd"])
+    assert "self_distill: α 0.5" in line and "self_distill, at: no cached teacher logits" in line
+    assert "dkd" not in line and "hinton:" not in line
+    assert mb.settings_line(["ce", "hinton", "dkd"]) == ""
+
+
 def test_every_method_and_variant_validates_at_the_default_budget():
     """The default budget caches the teacher's logits; a feature loss or a moving teacher turns that off.
     (fitnets and at once failed all their cells on this, an hour after the table started.)"""
@@ -300,6 +310,21 @@ def test_training_time_shows_the_fastest_and_the_slowest_seed(tmp_path):
     assert md.splitlines()[2].endswith("| 530 |") and md.splitlines()[3].endswith("| 553 (2529) |"), md  # ce first
     summary = json.loads((tmp_path / "methods.json").read_text())["summary"]["hinton"]["train_seconds"]
     assert summary[0] == pytest.approx((2529.4 + 553.2 + 570.0) / 3, rel=1e-12)  # the JSON keeps mean and std
+
+
+def test_the_table_reads_the_same_from_a_sitting_and_from_its_json(tmp_path):
+    """A sitting renders its runs in run order, --render reads the JSON (keys sorted): every list in the
+    markdown follows the rows' order, so the two are the same text."""
+    runs = {"rslad": [row(0, 0.90), row(1, 0.91)], "ce": [row(0, 0.91), row(1, 0.92)],
+            "hinton": [row(0, 0.92), row(1, 0.93)], "at": [row(0, 0.92), row(1, 0.925)]}
+    for r in (r for rows in runs.values() for r in rows):
+        r.update(teacher_corruption_mean=0.8, teacher_corruption_heldout=0.7, code="abc1234")
+    write_table(tmp_path, runs, mb.BUDGETS["default"], "abc")
+    sitting = (tmp_path / "methods.md").read_text()
+    data = json.loads((tmp_path / "methods.json").read_text())
+    assert list(data["runs"]) != list(runs)  # the JSON did reorder them
+    assert mb.render(data) == sitting
+    assert sitting.index("| ce | nothing |") < sitting.index("| rslad |", sitting.index("beats Hinton"))
 
 
 def test_a_table_is_complete_only_with_every_seed_of_every_method(tmp_path, monkeypatch):
