@@ -153,7 +153,7 @@ def extras(base: dict[str, Any], teacher2: Callable[[], str]) -> dict[str, Calla
         "rslad": lambda: ["distill.robust.attack=fgsm_rs", f"distill.robust.epsilon={EPS}"],
         # the base alpha 0.9 at T 4 weighs KD 144:1 against the labels; from the student's own average that
         # leaves the labels almost no say and slows learning (tests/test_self_distill.py's toy problem:
-        # 11 pt behind CE at 0.9, level with it at 0.5); 0.5 weighs them 16:1, as Hinton KD at alpha 0.5
+        # 11 pt behind CE at 0.9, level with it at 0.5); 0.5 weighs them 16:1
         "self_distill": lambda: [f"distill.alpha={SELF_DISTILL_ALPHA}"],
     }
 

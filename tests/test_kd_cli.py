@@ -120,6 +120,16 @@ def test_self_distillation_without_a_teacher_through_the_cli(tmp_path: Path) -> 
     assert distill["self_distill_ema_updates"] == 3  # one update a step: 1 epoch of 3 steps
     assert distill["self_distill_kd_weight"] == pytest.approx(math.exp(-5 * 0.7 ** 2), rel=1e-9)
     assert qat["self_distill_ema_updates"] == 10 + 2 and qat["self_distill_kd_weight"] == 1.0
+    # a student that starts from pretrained weights is still warmed up (a torchvision student's classifier
+    # starts fresh); here the weights are the distilled student's own file
+    data["student"]["weights"] = str(tmp_path / "runs" / "self" / "stages" / "distill" / "student_fp32.pt")
+    data["name"] = "self_pretrained"
+    path.write_text(yaml.safe_dump(data))
+    proc = edgekd("run", "-c", str(path), "--out", str(tmp_path / "runs"), "--stages", "teacher,distill")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads((tmp_path / "runs" / "self_pretrained" / "manifest.json").read_text())["stages"]["distill"]
+    assert again["metrics"]["self_distill_ema_updates"] == 3
+    assert again["metrics"]["self_distill_kd_weight"] == pytest.approx(math.exp(-5 * 0.7 ** 2), rel=1e-9)
 
 
 def test_an_extra_teacher_without_weights_is_a_config_error(tmp_path: Path) -> None:
