@@ -112,6 +112,21 @@ def key_schema(d: object) -> object:
 # ------------------------------------------------------------- a whole chain in seconds
 
 
+def train_batch(bundle: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` training images of a dataset bundle in [0, 1] and their labels (a real batch for a step)."""
+    x = torch.from_numpy(bundle.train.images[:n]).float() / 255.0
+    return x, torch.from_numpy(bundle.train.labels[:n])
+
+
+def bundle_student(bundle: Any) -> nn.Module:
+    """The default student (MobileNetV2 x0.5) built for ``bundle`` from seed 0."""
+    from edgekd.config import ModelConfig
+    from edgekd.models import build_student
+
+    torch.manual_seed(0)
+    return build_student(ModelConfig(arch="mobilenet_v2", width=0.5), bundle)
+
+
 def tiny_run_config(name: str, batch_size: int, teacher: dict, student: dict, qat: dict) -> dict:
     """A config dict for the whole chain on 400 real training images that runs in seconds on CPU.
 

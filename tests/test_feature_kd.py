@@ -24,6 +24,7 @@ from edgekd.losses.feature_pairs import default_pairs
 from edgekd.models import build_student, build_teacher
 from edgekd.models.features import feature_shapes, hooks_on, tap_features
 from edgekd.train.engine import fit
+from helpers import train_batch
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 THIS = Path(__file__).resolve()
@@ -32,8 +33,7 @@ REPO = THIS.parents[1]
 
 @pytest.fixture(scope="module")
 def batch(fmnist_small) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(fmnist_small.train.images[:16]).float() / 255.0
-    return x, torch.from_numpy(fmnist_small.train.labels[:16])
+    return train_batch(fmnist_small, 16)
 
 
 def _models(bundle) -> tuple[nn.Module, nn.Module]:

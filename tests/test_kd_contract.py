@@ -22,8 +22,9 @@ from torch import nn
 from edgekd.config import DistillConfig, FeatureKDConfig, ModelConfig, RobustKDConfig
 from edgekd.losses import KD_LOSSES, Distiller, KDLoss
 from edgekd.losses.multi_teacher import TeacherEnsemble
-from edgekd.models import build_student, build_teacher
+from edgekd.models import build_teacher
 from edgekd.models.features import hooks_on
+from helpers import bundle_student, train_batch
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -235,13 +236,7 @@ SMALL_EPS = RobustKDConfig(epsilon=0.03)
 @pytest.fixture(scope="module")
 def batch(fmnist_small) -> tuple[torch.Tensor, torch.Tensor]:
     """8 real Fashion-MNIST training images in [0, 1] and their labels."""
-    x = torch.from_numpy(fmnist_small.train.images[:8]).float() / 255.0
-    return x, torch.from_numpy(fmnist_small.train.labels[:8])
-
-
-def _student(bundle) -> nn.Module:
-    torch.manual_seed(0)
-    return build_student(ModelConfig(arch="mobilenet_v2", width=0.5), bundle)
+    return train_batch(fmnist_small, 8)
 
 
 def _teacher(name: str, bundle) -> nn.Module | None:
@@ -257,7 +252,7 @@ def _teacher(name: str, bundle) -> nn.Module | None:
 def test_step_is_finite_and_trains_the_student_only(name: str, fmnist_small, batch) -> None:
     x, y = batch
     kd = KD_LOSSES.get(name)(DistillConfig(loss=name, robust=SMALL_EPS))
-    student = _student(fmnist_small)
+    student = bundle_student(fmnist_small)
     teacher = None if kd.self_teacher else _teacher(name, fmnist_small)
     if teacher is not None:
         teacher.train()  # the Distiller must put it (and keep it) in eval
@@ -315,7 +310,7 @@ def test_a_self_teacher_step_ignores_cached_logits(fmnist_small, batch) -> None:
     that carries cached logits (from a config the check would refuse) must not change its loss."""
     x, y = batch
     kd = KD_LOSSES.get("self_distill")(DistillConfig(loss="self_distill"))
-    distiller = Distiller(_student(fmnist_small), None, kd).eval()
+    distiller = Distiller(bundle_student(fmnist_small), None, kd).eval()
     with torch.no_grad():
         plain, _ = distiller.step(distiller.student, (x, y))
         cached, _ = distiller.step(distiller.student, (x, y, 5.0 * torch.arange(10.0).expand(len(x), 10)))
@@ -352,7 +347,7 @@ def test_loss_at_the_teacher(name: str, fmnist_small, batch) -> None:
         t = torch.randn(8, 10)
         assert kd(t, t, y, student_views=(t, t)).item() == pytest.approx(0.0, abs=1e-6)
         return
-    student = _student(fmnist_small).eval()  # eval: BatchNorm the same for both copies
+    student = bundle_student(fmnist_small).eval()  # eval: BatchNorm the same for both copies
     teacher = None if kd.self_teacher else copy.deepcopy(student)
     if name == "multi_teacher":
         teacher = TeacherEnsemble([teacher, copy.deepcopy(student)])

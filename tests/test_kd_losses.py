@@ -15,6 +15,7 @@ from edgekd.losses import KD_LOSSES, Distiller
 from edgekd.losses.ce import CrossEntropyOnly
 from edgekd.losses.hinton import HintonKD, soft_kl
 from edgekd.models import build_student, build_teacher
+from helpers import train_batch
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -131,8 +132,7 @@ def test_losses_built_from_config() -> None:
 @pytest.fixture(scope="module")
 def batch(fmnist_small) -> tuple[torch.Tensor, torch.Tensor]:
     """8 real Fashion-MNIST training images in [0, 1] and their labels."""
-    x = torch.from_numpy(fmnist_small.train.images[:8]).float() / 255.0
-    return x, torch.from_numpy(fmnist_small.train.labels[:8])
+    return train_batch(fmnist_small, 8)
 
 
 def _pair(bundle) -> tuple[nn.Module, nn.Module]:

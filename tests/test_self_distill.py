@@ -14,22 +14,16 @@ import pytest
 import torch
 from torch import nn
 
-from edgekd.config import DistillConfig, ModelConfig
+from edgekd.config import DistillConfig
 from edgekd.losses import KD_LOSSES, Distiller
-from edgekd.models import build_student
+from helpers import bundle_student, train_batch
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
 def batch(fmnist_small) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(fmnist_small.train.images[:16]).float() / 255.0
-    return x, torch.from_numpy(fmnist_small.train.labels[:16])
-
-
-def _student(bundle) -> nn.Module:
-    torch.manual_seed(0)
-    return build_student(ModelConfig(arch="mobilenet_v2", width=0.5), bundle)
+    return train_batch(fmnist_small, 16)
 
 
 def _nudge(model: nn.Module, by: float) -> None:
@@ -46,7 +40,7 @@ def test_self_distill_teacher_is_the_students_ema(fmnist_small, batch) -> None:
     """The mean teacher's warm-up: update t uses decay min(d, t/(t+1)), so the teacher is the plain average
     of the student's states until that reaches d, never anchored to the random init (the bug: with d alone
     the teacher stayed 0.999^n the initial weights); BatchNorm means are averaged with the weights."""
-    student = _student(fmnist_small)
+    student = bundle_student(fmnist_small)
     kd = KD_LOSSES.get("self_distill")(DistillConfig(loss="self_distill", ema_decay=0.7))
     distiller = Distiller(student, None, kd)
     assert distiller.teacher is kd.ema and all(not p.requires_grad for p in kd.ema.parameters())
@@ -79,7 +73,7 @@ def test_self_distill_ramps_its_kd_weight_up_over_the_ema_horizon(fmnist_small, 
     assert ramp_up(5, 10.0) == pytest.approx(math.exp(-1.25), rel=1e-12)
     assert ramp_up(10, 10.0) == ramp_up(500, 10.0) == 1.0
     cfg = DistillConfig(loss="self_distill", ema_decay=0.9, alpha=1.0)
-    student = _student(fmnist_small)
+    student = bundle_student(fmnist_small)
     young = KD_LOSSES.get("self_distill")(cfg)
     Distiller(student, None, young).train().step(student, batch)
     assert young.kd_weight() == pytest.approx(math.exp(-5 * 0.9 ** 2), rel=1e-9)  # n = 1 of H = 10
@@ -98,7 +92,7 @@ def test_self_distill_update_count_resumes_with_the_loss_state(fmnist_small, bat
     """The count is part of the loss's state (the engine checkpoints it as ``aux``): a resumed loss goes on
     with the same decay and KD weight, and its next step computes the same loss as the uninterrupted one."""
     cfg = DistillConfig(loss="self_distill", ema_decay=0.9)
-    student = _student(fmnist_small)
+    student = bundle_student(fmnist_small)
     first = KD_LOSSES.get("self_distill")(cfg)
     run = Distiller(student, None, first).train()
     for _ in range(3):
