@@ -24,6 +24,9 @@ class StageSpec:
     # artifacts it consumes when the producing stage wrote them (the distill stage's kd_state, for a loss
     # that carries it to QAT): in the fingerprint when present, so a new one re-runs the consumer
     optional_inputs: tuple[tuple[str, str], ...] = ()
+    # config keys naming weights files the stage loads itself (a file, or a run folder whose teacher it reads):
+    # their sha256 is in the fingerprint, so a file replaced at the same path re-runs the stage
+    weights_files: tuple[str, ...] = ()
     train_config: Optional[str] = None  # the TrainConfig key ("distill.train") of a stage that trains
     command: bool = True  # has its own `edgekd <name>` subcommand (the gate's is the deploy-side gate)
     always: bool = False  # cheap verdict stages run every time
@@ -37,14 +40,15 @@ class StageSpec:
 
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("teacher", "train (or load) the teacher",
-              ("seed", "deterministic", "data", "teacher", "teacher_train"), train_config="teacher_train"),
+              ("seed", "deterministic", "data", "teacher", "teacher_train"), weights_files=("teacher.weights",),
+              train_config="teacher_train"),
     StageSpec("distill", "distill the teacher into the student",
               ("seed", "deterministic", "data", "student", "distill"), (("teacher", "weights"),),
-              train_config="distill.train"),
+              weights_files=("student.weights", "distill.teachers"), train_config="distill.train"),
     StageSpec("qat", "INT8 quantization-aware fine-tuning with KD",
               ("seed", "deterministic", "data", "student", "distill", "qat"),
               (("teacher", "weights"), ("distill", "weights")), train_config="qat.train",
-              optional_inputs=(("distill", "kd_state"),)),
+              optional_inputs=(("distill", "kd_state"),), weights_files=("distill.teachers",)),
     StageSpec("export", "ONNX export (fp32 + int8 QDQ), onnxsim, parity checks",
               ("data", "teacher", "student", "export", "qat"),
               (("teacher", "weights"), ("distill", "weights"), ("qat", "weights"))),
