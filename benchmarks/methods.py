@@ -26,7 +26,8 @@ silent gap.
 At the default budget a cell (one method, one seed) is ~30 min on 2 idle cores (hinton/ce; augmix_kd ~2x),
 so the table is built over several sittings: ``--resume`` keeps the cells the JSON already holds for the
 same budget, overrides, student and teacher (sha256), runs only the missing ones of the requested methods,
-and continues a cell killed mid-way from its last epoch checkpoint; ``--teacher-run RUN`` reuses
+and continues a cell killed mid-way from its last epoch checkpoint; it refuses to add cells to a row whose
+kept cells ran with other settings (read from their run folders' manifests: ``check_kept_settings``); ``--teacher-run RUN`` reuses
 the verified teacher of an earlier run of the same config (the default run's, for example) instead of
 training one (~40 min):
 
@@ -324,6 +325,81 @@ def resumed(path: Path, budget: list[str], teacher_sha: str, student: str, metho
     return runs, list(old.get("failures", [])), float(meta.get("seconds", 0.0))
 
 
+_ABSENT = "<absent>"  # a key the cell's run did not record (it ran before the key existed)
+
+
+def setting_differences(now: Any, there: Any, key: str) -> list[str]:
+    """``key (there, now)`` wherever a run's recorded value disagrees with an override's: a dict (or a list of
+    dicts) compares the keys the override names, so defaults added since do not count; ``weights`` are files,
+    compared by sha256 (``kept_setting_differences``)."""
+    if isinstance(now, dict):
+        if not isinstance(there, dict):
+            return [f"{key} ({there!r} there, {now!r} now)"]
+        return [d for k, v in now.items() if k != "weights" for d in setting_differences(v, there.get(k, _ABSENT), f"{key}.{k}")]
+    if isinstance(now, list) and any(isinstance(v, dict) for v in now):
+        if not isinstance(there, list) or len(there) != len(now):
+            return [f"{key} ({there!r} there, {now!r} now)"]
+        return [d for i, (v, w) in enumerate(zip(now, there)) for d in setting_differences(v, w, f"{key}[{i}]")]
+    return [] if now == there else [f"{key} ({there!r} there, {now!r} now)"]
+
+
+def kept_setting_differences(folder: Path, overrides: list[str], files: bool) -> list[str]:
+    """How a measured cell's run folder disagrees with the settings this sitting gives its row (``overrides``:
+    the row's ``method_overrides`` and ``extras``).
+
+    Each ``key=value`` is compared with what the cell's distill and QAT stages ran with (each manifest entry
+    keeps the config sections its stage read), so a QAT re-run with other settings than its distillation is
+    caught too. With ``files``, ``distill.teachers``' weights files are compared by sha256 with the ones the
+    distill stage recorded (``extra_teachers``)."""
+    import yaml
+    from edgekd.manifest import Manifest
+
+    manifest = Manifest.load(folder)
+    out: list[str] = []
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        now = yaml.safe_load(raw)
+        for stage in ("distill", "qat"):
+            there: Any = (manifest.stage(stage) or {}).get("config", {})
+            if key.split(".")[0] not in there:
+                continue  # a section this stage does not read
+            for part in key.split("."):
+                there = there.get(part, _ABSENT) if isinstance(there, dict) else _ABSENT
+            out += [f"{stage}: {d}" for d in setting_differences(now, there, key)]
+        if key == "distill.teachers" and files:
+            now_sha = [sha256_file(t["weights"]) for t in now]
+            there_sha = [t.get("sha256") for t in manifest.metrics("distill").get("extra_teachers", [])]
+            if now_sha != there_sha:
+                out.append(f"distill.teachers weights (sha256 {there_sha} there, {now_sha} now)")
+    return list(dict.fromkeys(out))
+
+
+def check_kept_settings(methods: list[str], runs: dict[str, list[dict[str, Any]]], seeds: list[int], runs_dir: Path,
+                        per_method: Callable[[str, bool], list[str]], rerun: bool) -> None:
+    """Refuse (BenchInputError) a sitting that would add cells to, or re-measure, a row whose earlier cells ran
+    with other settings than this code gives it (``extras`` or ``VARIANTS`` changed since): one row must be
+    one configuration. ``per_method(method, files)`` gives the row's overrides; with ``files`` False it must
+    not train anything (a second teacher's weights are then compared only when a cell of the row runs, which
+    needs the teacher anyway). Cells whose run folder is not on this machine are named, not checked."""
+    problems = []
+    for method in methods:
+        kept = [int(r["seed"]) for r in runs.get(method, []) if "seed" in r]
+        if not kept:
+            continue
+        runs_new_cell = rerun or any(s not in kept for s in seeds)
+        overrides = per_method(method, runs_new_cell)
+        for seed in kept:
+            folder = runs_dir / f"{method}_s{seed}"
+            if not (folder / "manifest.json").is_file():
+                print(f"[bench] {method} s{seed}: settings not checked (no run folder {folder})", flush=True)
+                continue
+            problems += [f"{method} s{seed}: {d}" for d in kept_setting_differences(folder, overrides, runs_new_cell)]
+    if problems:
+        raise BenchInputError("--resume: cells of the table ran with other settings than this sitting gives their row: "
+                              + "; ".join(problems) + ". Re-run those rows on another --out (or delete their cells "
+                              "from the JSON), or restore the settings they ran with")
+
+
 def backfill(runs: dict[str, list[dict[str, float]]], runs_dir: Path) -> int:
     """Add the corruption columns (``corruption_columns``) to rows measured before one existed, from their
     run folder's check stage (``RUNS/BUDGET/METHOD_sSEED``); rows whose folder is not on this machine stay
@@ -539,6 +615,14 @@ def measure_table(a: argparse.Namespace, out: Path, stem: str) -> int:
                                else ({m: [] for m in a.methods}, [], 0.0))
     t0 -= earlier  # the table's wall time covers every sitting
     backfill(runs, runs_dir)
+    unbuilt = extras(base, lambda: "")  # the same settings with no second teacher trained (its file unused)
+
+    def row_overrides(method: str, files: bool) -> list[str]:
+        loss = variant_overrides(method)[0]
+        table = per_method if files else unbuilt
+        return method_overrides(method) + (table[loss]() if loss in table else [])
+
+    check_kept_settings(a.methods, runs, a.seeds, runs_dir, row_overrides, bool(getattr(a, "rerun_from", None)))
 
     def save(complete: bool) -> str:
         return write(out, stem, a, budget, teacher, teacher_sha, student, runs, failures, time.time() - t0, complete)

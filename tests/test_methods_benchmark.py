@@ -489,3 +489,101 @@ def test_the_teacher_line_compares_each_student_with_the_teacher_on_its_own_seed
     assert mb.teacher_line({"ce": [row(0, 0.9)]}) is None  # rows from before the teacher was recorded
     write_table(tmp_path, runs, mb.BUDGETS["default"], "abc")
     assert "Teacher (the same file for every cell): corruption mean 81.00" in (tmp_path / "methods.md").read_text()
+
+
+def cell_folder(runs: Path, name: str, overrides: list[str], extra_teachers: list[Path] = (),
+                qat_overrides: list[str] | None = None) -> None:
+    """A measured cell's run folder (replacing one there): the distill and QAT stages' manifest entries with
+    the config sections they ran with (the cell's overrides; QAT's may differ, as after a re-run from QAT
+    with other settings) and the extra teachers distill recorded."""
+    import shutil
+
+    folder = runs / "default" / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / "w.pt").write_bytes(b"w")
+    m = Manifest(folder)
+    for stage, ov in (("distill", overrides), ("qat", overrides if qat_overrides is None else qat_overrides)):
+        d = load_config(ROOT / "configs" / "fashion_mnist.yaml", ov).to_dict()
+        metrics = {"extra_teachers": [{"arch": "wrn16_4", "sha256": mb.sha256_file(p)} for p in extra_teachers]}
+        m.record_stage(stage, {"weights": folder / "w.pt"}, metrics=metrics if stage == "distill" else {},
+                       extra={"config": {k: d[k] for k in ("seed", "data", "student", "distill")}})
+
+
+def resume_sitting(tmp_path: Path, monkeypatch, table: dict, methods: list[str], seeds: list[int],
+                   rerun_from: str | None = None) -> list[str]:
+    """A resumed sitting (in a fresh results folder) over ``table``, whose cells the run folders under
+    ``tmp_path/runs`` hold; the names of the cells it ran."""
+    run_dir = tmp_path / "run" if (tmp_path / "run").exists() else teacher_run(tmp_path)
+    out = tmp_path / f"results{len(list(tmp_path.glob('results*')))}"
+    table = {m: [{**mb.measure(FakeRun(r["clean"])), "seed": r["seed"]} for r in rows]  # rows as measured
+             for m, rows in table.items()}
+    write_table(out, table, mb.BUDGETS["default"], mb.sha256_file(run_dir / "stages" / "teacher" / "teacher.pt"))
+    calls = []
+
+    def fake_run(config, overrides, out, resume, **rerun):
+        calls.append(next(o for o in overrides if o.startswith("name="))[5:])
+        return FakeRun(0.9)
+
+    monkeypatch.setattr(mb.edgekd, "run", fake_run)
+    a = SimpleNamespace(config=str(ROOT / "configs" / "fashion_mnist.yaml"), budget="default", overrides=[],
+                        methods=methods, seeds=seeds, runs=str(tmp_path / "runs"), teacher_run=str(run_dir),
+                        resume=True, rerun_from=rerun_from)
+    assert mb.measure_table(a, out, "methods") == 0
+    return calls
+
+
+def test_resume_adds_cells_to_a_row_only_if_its_kept_cells_ran_with_the_same_settings(tmp_path, monkeypatch):
+    """A row is one configuration: a kept self_distill cell that ran at alpha 0.9 (before the table gave it
+    0.5) must stop a sitting that would add seed 1 at 0.5, naming the cell, the key and both values."""
+    runs = tmp_path / "runs"
+    cell_folder(runs, "self_distill_s0", mb.method_overrides("self_distill") + ["distill.alpha=0.9"])
+    cell_folder(runs, "hinton_s0", mb.method_overrides("hinton"))
+    table = {"self_distill": [row(0, 0.91)], "hinton": [row(0, 0.92)]}
+    with pytest.raises(mb.BenchInputError, match=r"self_distill s0: distill: distill\.alpha \(0\.9 there, 0\.5 now\)"):
+        resume_sitting(tmp_path, monkeypatch, table, ["self_distill", "hinton"], [0, 1])
+    # the cell run at the row's settings: the missing cells run
+    cell_folder(runs, "self_distill_s0", mb.method_overrides("self_distill") + [f"distill.alpha={mb.SELF_DISTILL_ALPHA}"])
+    assert resume_sitting(tmp_path, monkeypatch, table, ["self_distill", "hinton"], [0, 1]) == \
+        ["self_distill_s1", "hinton_s1"]
+
+
+def test_a_qat_rerun_with_other_settings_than_its_distillation_is_caught(tmp_path, monkeypatch):
+    overrides = mb.method_overrides("hinton_corrupt")
+    cell_folder(tmp_path / "runs", "hinton_corrupt_s0", overrides,
+                qat_overrides=[o for o in overrides if not o.startswith("data.augment.corruption_prob")])
+    with pytest.raises(mb.BenchInputError, match=r"qat: data\.augment\.corruption_prob \(0\.0 there, 0\.5 now\)"):
+        resume_sitting(tmp_path, monkeypatch, {"hinton_corrupt": [row(0, 0.9)]}, ["hinton_corrupt"], [0],
+                       rerun_from="check")
+
+
+def test_multi_teacher_cells_are_checked_against_the_second_teachers_file(tmp_path, monkeypatch):
+    """The second teacher is compared by sha256, and only when a cell of the row runs (the check must not
+    train a teacher for a row that only keeps its cells); arch, weighting and loss are compared always."""
+    import edgekd.tuning.teachers as teachers
+
+    second = tmp_path / "wrn.pt"
+    second.write_bytes(b"the second teacher")
+    trained = []
+    monkeypatch.setattr(teachers, "cached_teacher",
+                        lambda base, arch, folder: trained.append(arch) or SimpleNamespace(weights=second))
+    now = mb.method_overrides("multi_teacher") + mb.extras(BASE, lambda: str(second))["multi_teacher"]()
+    cell_folder(tmp_path / "runs", "multi_teacher_s0", now, extra_teachers=[second])
+    table = {"multi_teacher": [row(0, 0.9)]}
+    assert resume_sitting(tmp_path, monkeypatch, table, ["multi_teacher"], [0]) == [] and trained == []
+    assert resume_sitting(tmp_path, monkeypatch, table, ["multi_teacher"], [0, 1]) == ["multi_teacher_s1"]
+    second.write_bytes(b"retrained in place")  # a new cell would learn from another second teacher
+    with pytest.raises(mb.BenchInputError, match=r"multi_teacher s0: distill\.teachers weights \(sha256"):
+        resume_sitting(tmp_path, monkeypatch, table, ["multi_teacher"], [0, 1])
+    # a kept cell that ran with another weighting is caught with no cell to run, so no teacher trained
+    trained.clear()
+    cell_folder(tmp_path / "runs", "multi_teacher_s0", [o.replace("=confidence", "=mean") for o in now],
+                extra_teachers=[second])
+    with pytest.raises(mb.BenchInputError, match=r"teacher_weighting \('mean' there, 'confidence' now\)"):
+        resume_sitting(tmp_path, monkeypatch, table, ["multi_teacher"], [0])
+    assert trained == []
+
+
+def test_a_kept_cell_without_its_run_folder_is_named_not_checked(tmp_path, monkeypatch, capsys):
+    assert resume_sitting(tmp_path, monkeypatch, {"ce": [row(0, 0.9)]}, ["ce"], [0, 1]) == ["ce_s1"]
+    assert "ce s0: settings not checked (no run folder" in capsys.readouterr().out
