@@ -59,6 +59,8 @@ def test_rslad_runs_through_qat_and_its_int8_file_is_measured(rslad_run: Path) -
     manifest = json.loads((rslad_run / "manifest.json").read_text())
     stages = manifest["stages"]
     assert stages["distill"]["metrics"]["loss"] == "rslad"
+    # RSLAD is at T 1 with fixed weights: the run's record shows no distill.temperature/alpha it ignored
+    assert not {"temperature", "alpha"} & set(stages["distill"]["metrics"])
     assert stages["qat"]["metrics"]["epochs"] == 1  # QAT trained (with RSLAD: it reads distill.loss)
     assert stages["qat"]["metrics"]["kd_state_from_distill"] is False and "kd_state" not in stages["distill"]["artifacts"]
     assert set(stages["qat"]["inputs"]) == {"teacher.weights", "distill.weights"}
@@ -83,6 +85,7 @@ def test_ard_runs_through_qat_and_its_int8_file_is_attacked(tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr[-3000:]
     stages = json.loads((tmp_path / "runs" / "ard" / "manifest.json").read_text())["stages"]
     assert stages["distill"]["metrics"]["loss"] == stages["qat"]["metrics"]["loss"] == "ard"
+    assert (stages["distill"]["metrics"]["temperature"], stages["distill"]["metrics"]["alpha"]) == (4.0, 0.9)
     assert stages["qat"]["metrics"]["epochs"] == 1
     int8 = stages["check"]["metrics"]["models"]["student_int8"]
     assert int8["file"] == "model.int8.onnx"
@@ -101,6 +104,9 @@ def test_multi_teacher_with_two_architectures_through_the_cli(rslad_run: Path, t
     metrics = stages["distill"]["metrics"]
     assert metrics["loss"] == "multi_teacher"
     assert [(t["arch"], t["sha256"]) for t in metrics["extra_teachers"]] == [("wrn16_4", wrn_sha)]
+    # the extra teacher's file is an input of both stages that distill from it: replaced in place, they re-run
+    for stage in ("distill", "qat"):
+        assert stages[stage]["inputs"]["file:distill.teachers[0].weights"] == wrn_sha
     assert "qat" in stages and stages["qat"]["metrics"]["epochs"] == 1
 
 

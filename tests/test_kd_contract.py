@@ -393,3 +393,25 @@ def test_gradients_stay_finite_at_saturated_logits(name: str) -> None:
     loss.backward()
     assert torch.isfinite(loss), (name, loss)
     assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0, name
+
+
+class _RecordingConfig:
+    """A DistillConfig that records which of its fields a loss's ``from_config`` reads."""
+
+    def __init__(self, cfg: DistillConfig) -> None:
+        self._cfg, self.read = cfg, set()
+
+    def __getattr__(self, name: str) -> object:
+        self.read.add(name)
+        return getattr(self._cfg, name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_loss_declares_the_shared_knobs_it_reads(name: str) -> None:
+    """``KDLoss.uses`` is what the distill stage records as the run's temperature/alpha: it must be exactly the
+    shared knobs the loss's ``from_config`` reads (rslad's metrics showed T 4 and alpha 0.9 it never used)."""
+    from edgekd.losses.base import loss_class
+
+    recording = _RecordingConfig(DistillConfig(loss=name))
+    KD_LOSSES.get(name)(recording)
+    assert set(loss_class(name).uses) == recording.read & {"temperature", "alpha"}, name

@@ -69,6 +69,9 @@ class KDLoss(nn.Module):
     #: True: the teacher must run on every batch (it gives features, or it moves), so the distill stage's
     #: cached logits cannot serve the loss (``distill.cache_teacher_logits`` is refused for it)
     live_teacher: bool = False
+    #: the shared KD knobs (``distill.temperature``, ``distill.alpha``) the loss reads; the distill stage records
+    #: only these, so a run's metrics never show a temperature its loss ignored (a contract test checks it)
+    uses: tuple[str, ...] = ("temperature", "alpha")
 
     @classmethod
     def from_config(cls, cfg: DistillConfig) -> "KDLoss":

@@ -16,6 +16,7 @@ class CrossEntropyOnly(KDLoss):
     shows what distillation adds.
     """
 
+    uses = ()  # labels only
     reads_teacher = False  # neither the step nor the distill stage's cache runs the teacher for it
 
     def __init__(self, label_smoothing: float = 0.0) -> None:

@@ -44,6 +44,8 @@ def decoupled_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, lab
 class DecoupledKD(KDLoss):
     """DKD; ``alpha``/``beta`` weigh TCKD/NCKD, CE on the labels has weight 1 (as in the paper)."""
 
+    uses = ("temperature",)  # its alpha and beta are distill.dkd's, not distill.alpha
+
     def __init__(self, temperature: float = 4.0, alpha: float = 1.0, beta: float = 8.0) -> None:
         super().__init__()
         # validated at config load (edgekd.validation): temperature > 0, dkd.alpha, dkd.beta >= 0

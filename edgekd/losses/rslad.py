@@ -28,6 +28,7 @@ class RSLADLoss(RobustKDLoss):
     """RSLAD loss; ``forward`` without ``student_logits_adv`` scores the clean logits in both terms."""
 
     attack_temperature = 1.0
+    uses = ()  # plain softmax (T 1); its weights are fixed, plus distill.robust.beta
 
     def __init__(self, robust: Optional[RobustKDConfig] = None, adv_weight: float = 5 / 6,
                  nat_weight: float = 1 / 6) -> None:

@@ -79,7 +79,8 @@ def run(ctx: StageContext) -> StageResult:
     metrics.update(distiller.kd_loss.metrics())
     if cfg.distill.teachers:
         metrics["extra_teachers"] = extra_teacher_records(ctx)
-    metrics.update(loss=cfg.distill.loss, temperature=cfg.distill.temperature, alpha=cfg.distill.alpha,
+    # only the knobs the loss reads: a run's record never shows a temperature its loss ignored
+    metrics.update(loss=cfg.distill.loss, **{k: getattr(cfg.distill, k) for k in distiller.kd_loss.uses},
                    parameters=sum(p.numel() for p in student.parameters()))
     meta = config_meta(cfg, "distill", ctx)
     path = save_weights(student, ctx.stage_dir("distill") / "student_fp32.pt", meta)
