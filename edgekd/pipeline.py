@@ -1,8 +1,8 @@
 """The stage graph: run folder, skip-if-unchanged, resume, and the manifest record of every stage.
 
 A stage's fingerprint is the hash of the config sections it reads plus the sha256 of the
-artifacts it consumes and of the weights files its config names (``StageSpec.weights_files``: a path
-alone would not see a file retrained in place). A stage whose fingerprint matches the manifest and whose artifacts
+artifacts it consumes and of the files its config names (``StageSpec.files``, edgekd.config_files: a
+path alone would not see a file retrained in place). A stage whose fingerprint matches the manifest and whose artifacts
 still verify is skipped; anything else re-runs it.
 
 Writes are staged (edgekd.staging): a stage writes into ``<run>/.staging/stage-<name>/``, is checked
@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, config_from_dict, dump_config, load_config, stable_hash
+from .config_files import config_file_inputs
 from .environment import environment
 from .errors import ArtifactError, ConfigError
-from .io import sha256_file
 from .manifest import Manifest
 from .staging import STAGING_DIR, Transaction, record_failure
 from .validation import check_stage_names
@@ -73,42 +73,10 @@ def fingerprint(cfg: Config, spec: StageSpec, manifest: Manifest) -> tuple[str, 
         sha = manifest.artifact_sha(stage, key)
         if sha is not None:
             inputs[f"{stage}.{key}"] = sha
-    inputs.update(weights_file_inputs(cfg, spec))
+    inputs.update(config_file_inputs(cfg, spec.files))
     d = cfg.to_dict()
     payload = {"config": {k: d[k] for k in spec.sections}, "inputs": inputs}
     return stable_hash(payload), inputs
-
-
-def weights_file_inputs(cfg: Config, spec: StageSpec) -> dict[str, str]:
-    """``{"file:<key>": sha256}`` of each weights file the stage's config names (``spec.weights_files``).
-
-    A list key (``distill.teachers``) contributes one entry per element (``file:distill.teachers[0].weights``).
-    The prefix keeps them apart from the stage-artifact inputs (``teacher.weights`` is the teacher stage's file).
-    """
-    out: dict[str, str] = {}
-    for key in spec.weights_files:
-        section, attr = key.split(".")
-        value = getattr(getattr(cfg, section), attr)
-        named = ([(f"{key}[{i}].weights", m.weights) for i, m in enumerate(value)]
-                 if isinstance(value, (list, tuple)) else [(key, value)])
-        for name, weights in named:
-            sha = _weights_sha256(weights)
-            if sha is not None:
-                out[f"file:{name}"] = sha
-    return out
-
-
-def _weights_sha256(value: str | None) -> str | None:
-    """sha256 of a weights file, or of the teacher a run folder's manifest records; None for no weights, a
-    torchvision name (``arch:DEFAULT``, versioned by torchvision) or a missing path (the stage reports it)."""
-    if not value:
-        return None
-    path = Path(str(value)).expanduser()
-    if path.is_file():
-        return sha256_file(path)
-    if path.is_dir():  # an earlier run's folder: the teacher it trained, verified when the stage loads it
-        return Manifest.load(path, must_exist=False).artifact_sha("teacher", "weights")
-    return None
 
 
 def _up_to_date(manifest: Manifest, spec: StageSpec, fp: str) -> bool:

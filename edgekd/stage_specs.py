@@ -24,9 +24,9 @@ class StageSpec:
     # artifacts it consumes when the producing stage wrote them (the distill stage's kd_state, for a loss
     # that carries it to QAT): in the fingerprint when present, so a new one re-runs the consumer
     optional_inputs: tuple[tuple[str, str], ...] = ()
-    # config keys naming weights files the stage loads itself (a file, or a run folder whose teacher it reads):
-    # their sha256 is in the fingerprint, so a file replaced at the same path re-runs the stage
-    weights_files: tuple[str, ...] = ()
+    # config keys naming files the stage reads itself (weights, a TorchScript arch, a sensitivity ranking, a
+    # reference run): their sha256 is in the fingerprint, so a file replaced at the same path re-runs the stage
+    files: tuple[str, ...] = ()
     train_config: Optional[str] = None  # the TrainConfig key ("distill.train") of a stage that trains
     command: bool = True  # has its own `edgekd <name>` subcommand (the gate's is the deploy-side gate)
     always: bool = False  # cheap verdict stages run every time
@@ -40,22 +40,23 @@ class StageSpec:
 
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("teacher", "train (or load) the teacher",
-              ("seed", "deterministic", "data", "teacher", "teacher_train"), weights_files=("teacher.weights",),
+              ("seed", "deterministic", "data", "teacher", "teacher_train"), files=("teacher.weights", "teacher.arch"),
               train_config="teacher_train"),
     StageSpec("distill", "distill the teacher into the student",
               ("seed", "deterministic", "data", "student", "distill"), (("teacher", "weights"),),
-              weights_files=("student.weights", "distill.teachers"), train_config="distill.train"),
+              files=("student.weights", "student.arch", "distill.teachers"), train_config="distill.train"),
     StageSpec("qat", "INT8 quantization-aware fine-tuning with KD",
               ("seed", "deterministic", "data", "student", "distill", "qat"),
               (("teacher", "weights"), ("distill", "weights")), train_config="qat.train",
-              optional_inputs=(("distill", "kd_state"),), weights_files=("distill.teachers",)),
+              optional_inputs=(("distill", "kd_state"),), files=("distill.teachers", "qat.sensitivity")),
     StageSpec("export", "ONNX export (fp32 + int8 QDQ), onnxsim, parity checks",
               ("data", "teacher", "student", "export", "qat"),
               (("teacher", "weights"), ("distill", "weights"), ("qat", "weights"))),
     StageSpec("check", "onnxruntime accuracy, robustness, size and latency on CPU",
               ("seed", "device", "data", "check", "student", "teacher"),  # device: the white-box gradients run there
               (("export", "teacher_fp32"), ("export", "student_fp32"), ("export", "student_int8"),
-               ("teacher", "weights"), ("distill", "weights")), report_metrics=False),
+               ("teacher", "weights"), ("distill", "weights")), files=("check.robustness.reference_run",),
+              report_metrics=False),
     StageSpec("gate", "pass/fail the run against its budgets", ("budgets",), command=False, always=True,
               report_metrics=False),
 )

@@ -26,7 +26,7 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
 
     (An epoch checkpoint, written for ``--resume``, is read with ``train.checkpoint.load_training_checkpoint``.)
     """
-    p = Path(path)
+    p = Path(path).expanduser()  # as the stage fingerprint (edgekd.config_files) reads it
     if not p.is_file():
         raise CheckpointError(f"weights file not found: {p}", "check the path, or run the stage that writes it")
     try:

@@ -1,0 +1,85 @@
+"""The files a config names by path, hashed for the stage fingerprints (``StageSpec.files``).
+
+A path in the config does not change when the file behind it is retrained or rewritten in place, so
+a stage's fingerprint also holds the sha256 of each file it reads by path: weights files (or the teacher
+of a run folder given as weights), TorchScript archs (``torchscript:PATH``), the QAT stage's
+sensitivity ranking, and the check stage's mCE reference run (its check metrics). Replace one, and the
+stages that read it re-run instead of reporting results of the old file.
+
+Torch-free (the pipeline's ground floor). A name that is not a file (``resnet18:DEFAULT``, ``timm:…``), or
+a path that does not exist, contributes nothing: the stage itself loads it, or reports it missing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from .arch_names import split_arch
+from .config import stable_hash
+from .io import sha256_file
+from .manifest import Manifest
+from .sensitivity_file import SENSITIVITY_FILE
+
+
+def _existing_file(path: Path) -> Optional[str]:
+    return sha256_file(path) if path.is_file() else None
+
+
+def weights_sha256(value: Any) -> Optional[str]:
+    """A weights file's sha256, or the teacher a run folder's manifest records (verified when loaded)."""
+    path = Path(str(value)).expanduser()
+    if path.is_dir():
+        return Manifest.load(path, must_exist=False).artifact_sha("teacher", "weights")
+    return _existing_file(path)
+
+
+def arch_sha256(value: Any) -> Optional[str]:
+    """A TorchScript arch's file (``torchscript:PATH``: the model and its weights); None for a named arch."""
+    source, name = split_arch(str(value))
+    return _existing_file(Path(name).expanduser()) if source == "torchscript" else None
+
+
+def sensitivity_sha256(value: Any) -> Optional[str]:
+    """``qat.sensitivity``: a ``sensitivity.json``, or a run folder holding one."""
+    path = Path(str(value)).expanduser()
+    return _existing_file(path / SENSITIVITY_FILE if path.is_dir() else path)
+
+
+def reference_run_sha256(value: Any) -> Optional[str]:
+    """``check.robustness.reference_run``: the hash of that run's check metrics (its mCE reference)."""
+    entry = Manifest.load(Path(str(value)).expanduser(), must_exist=False).stage("check")
+    return stable_hash(entry["metrics"]) if entry and "metrics" in entry else None
+
+
+# the kind of file behind each config key a StageSpec may list in ``files``
+HASHERS: dict[str, Callable[[Any], Optional[str]]] = {
+    "weights": weights_sha256, "arch": arch_sha256, "sensitivity": sensitivity_sha256,
+    "reference_run": reference_run_sha256,
+}
+
+
+def _named(cfg: Any, key: str) -> Iterator[tuple[str, str, Any]]:
+    """``(name, kind, value)`` of a dotted config key; a list of models (``distill.teachers``) gives each
+    element's weights and arch."""
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    if isinstance(value, (list, tuple)):
+        for i, model in enumerate(value):
+            yield f"{key}[{i}].weights", "weights", model.weights
+            yield f"{key}[{i}].arch", "arch", model.arch
+    else:
+        yield key, key.rsplit(".", 1)[-1], value
+
+
+def config_file_inputs(cfg: Any, keys: tuple[str, ...]) -> dict[str, str]:
+    """``{"file:<name>": sha256}`` of each file the config keys name (``StageSpec.files``), for the stage's
+    fingerprint and its manifest ``inputs``; the prefix keeps them apart from the stage-artifact inputs
+    (``teacher.weights`` there is the teacher stage's file)."""
+    out: dict[str, str] = {}
+    for key in keys:
+        for name, kind, value in _named(cfg, key):
+            sha = HASHERS[kind](value) if value else None
+            if sha is not None:
+                out[f"file:{name}"] = sha
+    return out
