@@ -326,6 +326,7 @@ def resumed(path: Path, budget: list[str], teacher_sha: str, student: str, metho
 
 
 _ABSENT = "<absent>"  # a key the cell's run did not record (it ran before the key existed)
+NOT_RECORDED = "its manifest records no distill or QAT config"  # kept_setting_differences: nothing to compare
 
 
 def setting_differences(now: Any, there: Any, key: str) -> list[str]:
@@ -355,6 +356,8 @@ def kept_setting_differences(folder: Path, overrides: list[str], files: bool) ->
     from edgekd.manifest import Manifest
 
     manifest = Manifest.load(folder)
+    if not any("config" in (manifest.stage(st) or {}) for st in ("distill", "qat")):
+        return [NOT_RECORDED]
     out: list[str] = []
     for item in overrides:
         key, _, raw = item.partition("=")
@@ -375,25 +378,37 @@ def kept_setting_differences(folder: Path, overrides: list[str], files: bool) ->
 
 
 def check_kept_settings(methods: list[str], runs: dict[str, list[dict[str, Any]]], seeds: list[int], runs_dir: Path,
-                        per_method: Callable[[str, bool], list[str]], rerun: bool) -> None:
+                        budget: list[str], per_method: Callable[[str, bool], list[str]], rerun: bool) -> None:
     """Refuse (BenchInputError) a sitting that would add cells to, or re-measure, a row whose earlier cells ran
     with other settings than this code gives it (``extras`` or ``VARIANTS`` changed since): one row must be
     one configuration. ``per_method(method, files)`` gives the row's overrides; with ``files`` False it must
     not train anything (a second teacher's weights are then compared only when a cell of the row runs, which
-    needs the teacher anyway). Cells whose run folder is not on this machine are named, not checked."""
+    needs the teacher anyway). The budget (with ``--set``) is compared too: run folders are shared by every
+    table of a budget. Cells whose run folder is not on this machine, or records no config, are named, not
+    checked; an unreadable manifest is a problem."""
+    from edgekd.errors import ArtifactError
+
     problems = []
     for method in methods:
         kept = [int(r["seed"]) for r in runs.get(method, []) if "seed" in r]
         if not kept:
             continue
-        runs_new_cell = rerun or any(s not in kept for s in seeds)
-        overrides = per_method(method, runs_new_cell)
+        # a cell of the row runs: a missing seed, or (re-run) a kept one this sitting asks for
+        runs_a_cell = any((s in kept) == rerun for s in seeds)
+        overrides = budget + per_method(method, runs_a_cell)
         for seed in kept:
             folder = runs_dir / f"{method}_s{seed}"
             if not (folder / "manifest.json").is_file():
                 print(f"[bench] {method} s{seed}: settings not checked (no run folder {folder})", flush=True)
                 continue
-            problems += [f"{method} s{seed}: {d}" for d in kept_setting_differences(folder, overrides, runs_new_cell)]
+            try:
+                differ = kept_setting_differences(folder, overrides, runs_a_cell)
+            except ArtifactError as e:
+                differ = [f"its run folder cannot be read ({e.problem})"]
+            if differ == [NOT_RECORDED]:
+                print(f"[bench] {method} s{seed}: settings not checked ({NOT_RECORDED})", flush=True)
+                continue
+            problems += [f"{method} s{seed}: {d}" for d in differ]
     if problems:
         raise BenchInputError("--resume: cells of the table ran with other settings than this sitting gives their row: "
                               + "; ".join(problems) + ". Re-run those rows on another --out (or delete their cells "
@@ -622,7 +637,7 @@ def measure_table(a: argparse.Namespace, out: Path, stem: str) -> int:
         table = per_method if files else unbuilt
         return method_overrides(method) + (table[loss]() if loss in table else [])
 
-    check_kept_settings(a.methods, runs, a.seeds, runs_dir, row_overrides, bool(getattr(a, "rerun_from", None)))
+    check_kept_settings(a.methods, runs, a.seeds, runs_dir, budget, row_overrides, bool(getattr(a, "rerun_from", None)))
 
     def save(complete: bool) -> str:
         return write(out, stem, a, budget, teacher, teacher_sha, student, runs, failures, time.time() - t0, complete)
@@ -651,7 +666,8 @@ def measure_table(a: argparse.Namespace, out: Path, stem: str) -> int:
                 # a re-run replaces the cell's row only once it measured (a failed one keeps the earlier row)
                 runs[method] = sorted([r for r in runs[method] if r.get("seed") != seed] + [row], key=lambda r: r["seed"])
             except Exception as e:  # recorded in the JSON and the table; the other methods still run
-                failures.append({"method": method, "seed": seed, "error": f"{type(e).__name__}: {getattr(e, 'problem', e)}"
+                fix = f" (fix: {e.fix})" if getattr(e, "fix", None) else ""
+                failures.append({"method": method, "seed": seed, "error": f"{type(e).__name__}: {getattr(e, 'problem', e)}{fix}"
                                  + (f" (re-run from {rerun_from}; the earlier row is kept)" if rerun else "")})
                 print(f"[bench] seed {seed} {method}: FAILED {failures[-1]['error']}", flush=True)
                 save(complete=False)

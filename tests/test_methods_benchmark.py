@@ -511,14 +511,15 @@ def cell_folder(runs: Path, name: str, overrides: list[str], extra_teachers: lis
 
 
 def resume_sitting(tmp_path: Path, monkeypatch, table: dict, methods: list[str], seeds: list[int],
-                   rerun_from: str | None = None) -> list[str]:
+                   rerun_from: str | None = None, overrides: list[str] = ()) -> list[str]:
     """A resumed sitting (in a fresh results folder) over ``table``, whose cells the run folders under
     ``tmp_path/runs`` hold; the names of the cells it ran."""
     run_dir = tmp_path / "run" if (tmp_path / "run").exists() else teacher_run(tmp_path)
     out = tmp_path / f"results{len(list(tmp_path.glob('results*')))}"
     table = {m: [{**mb.measure(FakeRun(r["clean"])), "seed": r["seed"]} for r in rows]  # rows as measured
              for m, rows in table.items()}
-    write_table(out, table, mb.BUDGETS["default"], mb.sha256_file(run_dir / "stages" / "teacher" / "teacher.pt"))
+    budget = mb.BUDGETS["default"] + list(overrides)
+    write_table(out, table, budget, mb.sha256_file(run_dir / "stages" / "teacher" / "teacher.pt"))
     calls = []
 
     def fake_run(config, overrides, out, resume, **rerun):
@@ -526,7 +527,7 @@ def resume_sitting(tmp_path: Path, monkeypatch, table: dict, methods: list[str],
         return FakeRun(0.9)
 
     monkeypatch.setattr(mb.edgekd, "run", fake_run)
-    a = SimpleNamespace(config=str(ROOT / "configs" / "fashion_mnist.yaml"), budget="default", overrides=[],
+    a = SimpleNamespace(config=str(ROOT / "configs" / "fashion_mnist.yaml"), budget="default", overrides=list(overrides),
                         methods=methods, seeds=seeds, runs=str(tmp_path / "runs"), teacher_run=str(run_dir),
                         resume=True, rerun_from=rerun_from)
     assert mb.measure_table(a, out, "methods") == 0
@@ -587,3 +588,51 @@ def test_multi_teacher_cells_are_checked_against_the_second_teachers_file(tmp_pa
 def test_a_kept_cell_without_its_run_folder_is_named_not_checked(tmp_path, monkeypatch, capsys):
     assert resume_sitting(tmp_path, monkeypatch, {"ce": [row(0, 0.9)]}, ["ce"], [0, 1]) == ["ce_s1"]
     assert "ce s0: settings not checked (no run folder" in capsys.readouterr().out
+
+
+def test_a_kept_cell_of_another_tables_set_is_caught(tmp_path, monkeypatch):
+    """Run folders are shared by every table of a budget: a cell another table (run with ``--set``) overwrote
+    does not hold what this table measured."""
+    cell_folder(tmp_path / "runs", "ce_s0", mb.method_overrides("ce") + ["distill.train.epochs=5"])
+    with pytest.raises(mb.BenchInputError, match=r"ce s0: distill: distill\.train\.epochs \(5 there, 3 now\)"):
+        resume_sitting(tmp_path, monkeypatch, {"ce": [row(0, 0.9)]}, ["ce"], [0, 1],
+                       overrides=["distill.train.epochs=3"])
+
+
+def test_an_unreadable_or_unrecorded_kept_manifest_is_named_without_a_traceback(tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs" / "default"
+    (runs / "ce_s0").mkdir(parents=True)
+    (runs / "ce_s0" / "manifest.json").write_text("{not json")
+    with pytest.raises(mb.BenchInputError, match=r"ce s0: its run folder cannot be read"):
+        resume_sitting(tmp_path, monkeypatch, {"ce": [row(0, 0.9)]}, ["ce"], [0, 1])
+    Manifest(runs / "ce_s0").save()  # a manifest with no stages: nothing to compare, said so
+    assert resume_sitting(tmp_path, monkeypatch, {"ce": [row(0, 0.9)]}, ["ce"], [0, 1]) == ["ce_s1"]
+    assert "ce s0: settings not checked (its manifest records no distill or QAT config)" in capsys.readouterr().out
+
+
+def test_a_rerun_of_seeds_the_row_does_not_hold_trains_no_second_teacher(tmp_path, monkeypatch):
+    import edgekd.tuning.teachers as teachers
+
+    trained = []
+    monkeypatch.setattr(teachers, "cached_teacher", lambda *a: trained.append(a) or SimpleNamespace(weights=tmp_path))
+    second = tmp_path / "wrn.pt"
+    second.write_bytes(b"w")
+    now = mb.method_overrides("multi_teacher") + mb.extras(BASE, lambda: str(second))["multi_teacher"]()
+    cell_folder(tmp_path / "runs", "multi_teacher_s0", now, extra_teachers=[second])
+    assert resume_sitting(tmp_path, monkeypatch, {"multi_teacher": [row(0, 0.9)]}, ["multi_teacher"], [1],
+                          rerun_from="check") == [] and trained == []
+
+
+def test_a_failed_cell_records_the_errors_fix(tmp_path, monkeypatch):
+    from edgekd.errors import CheckpointError
+
+    def fail(*a, **k):
+        raise CheckpointError("checkpoint x was written by a different configuration", "delete x")
+
+    monkeypatch.setattr(mb.edgekd, "run", fail)
+    a = SimpleNamespace(config=str(ROOT / "configs" / "fashion_mnist.yaml"), budget="default", overrides=[],
+                        methods=["ce"], seeds=[0], runs=str(tmp_path / "runs"),
+                        teacher_run=str(teacher_run(tmp_path)), resume=False)
+    assert mb.measure_table(a, tmp_path / "out", "methods") == 0
+    error = json.loads((tmp_path / "out" / "methods.json").read_text())["failures"][0]["error"]
+    assert error == "CheckpointError: checkpoint x was written by a different configuration (fix: delete x)"
