@@ -415,3 +415,13 @@ def test_a_loss_declares_the_shared_knobs_it_reads(name: str) -> None:
     recording = _RecordingConfig(DistillConfig(loss=name))
     KD_LOSSES.get(name)(recording)
     assert set(loss_class(name).uses) == recording.read & {"temperature", "alpha"}, name
+
+
+def test_a_loss_declaring_a_knob_that_is_not_shared_is_refused_at_registration() -> None:
+    from edgekd.losses import register_kd_loss
+
+    with pytest.raises(ValueError, match=r"uses names \['beta'\]"):
+        @register_kd_loss("bad_uses")
+        class BadUses(KDLoss):
+            uses = ("temperature", "beta")
+    assert "bad_uses" not in KD_LOSSES.names()

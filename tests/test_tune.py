@@ -353,3 +353,24 @@ def test_failed_trial_is_recorded_and_the_study_resumes(tmp_path: Path, monkeypa
     rerun = rows[killed.number + 1]
     assert rerun["resumes_trial"] == killed.number and {k: rerun[k] for k in params} == params
     assert sum(1 for r in rows if "interrupted" not in str(r.get("error"))) == 7
+
+
+def test_a_knob_the_trials_method_ignores_shows_as_a_dash() -> None:
+    """Optuna samples temperature and alpha for every trial; for ce and rslad neither does anything (dkd's
+    alpha is distill.dkd.alpha), so the trial tables must not present them as the trial's settings."""
+    from edgekd.deploy.report.tune_report import _row
+    from edgekd.tuning.outputs import markdown_table
+    from edgekd.tuning.study import ignored_knobs
+
+    rows = [{"number": i, "state": "COMPLETE", "method": m, "teacher": "resnet18", "temperature": 2.5,
+             "alpha": 0.75, "student_width": 0.5, "val_accuracy": 0.9, "latency_ms": 1.0} for i, m in
+            enumerate(["hinton", "ce", "rslad", "dkd"])]
+    assert [ignored_knobs(r) for r in rows] == [[], ["temperature", "alpha"], ["temperature", "alpha"], ["alpha"]]
+    for r in rows:
+        r["unused"] = ignored_knobs(r)
+    table = markdown_table(rows).splitlines()[2:]
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in table]
+    assert [(c[4], c[5]) for c in cells] == [("2.500", "0.750"), ("—", "—"), ("—", "—"), ("2.500", "—")]
+    assert [(_row(r)[3], _row(r)[4]) for r in rows] == [(_row(rows[0])[3], _row(rows[0])[4]), ("—", "—"), ("—", "—"),
+                                                         (_row(rows[0])[3], "—")]
+    assert _row(rows[0])[3] != "—" and _row(rows[0])[4] != "—"

@@ -51,6 +51,7 @@ KDLossFn = Callable[[DistillConfig], "KDLoss"]
 KD_LOSSES: Registry[KDLossFn] = Registry("kd loss")
 
 L = TypeVar("L", bound=type)
+SHARED_KNOBS = ("temperature", "alpha")  # the DistillConfig fields every logit loss may read (KDLoss.uses)
 
 
 class KDLoss(nn.Module):
@@ -71,7 +72,7 @@ class KDLoss(nn.Module):
     live_teacher: bool = False
     #: the shared KD knobs (``distill.temperature``, ``distill.alpha``) the loss reads; the distill stage records
     #: only these, so a run's metrics never show a temperature its loss ignored (a contract test checks it)
-    uses: tuple[str, ...] = ("temperature", "alpha")
+    uses: tuple[str, ...] = SHARED_KNOBS
 
     @classmethod
     def from_config(cls, cfg: DistillConfig) -> "KDLoss":
@@ -104,6 +105,10 @@ def register_kd_loss(name: str) -> Callable[[L], L]:
     """Class decorator: register ``cls.from_config`` in ``KD_LOSSES`` under ``name``; returns the class."""
 
     def add(cls: L) -> L:
+        unknown = set(getattr(cls, "uses", ())) - set(SHARED_KNOBS)
+        if unknown:  # the distill stage records these from the config: fail at import, not after training
+            raise ValueError(f"kd loss '{name}': uses names {sorted(unknown)}, but only {list(SHARED_KNOBS)} are shared "
+                             "distill knobs; a loss's own settings live in its own config section")
         KD_LOSSES.register(name)(cls.from_config)
         return cls
 

@@ -23,7 +23,7 @@ COLUMNS = ("number", "state", *PARAMS, "val_accuracy", "latency_ms", "test_accur
 
 def _cell(row: dict[str, Any], key: str) -> str:
     v = row.get(key)
-    if v is None:
+    if v is None or key in row.get("unused", ()):  # a knob the trial's method ignores (study.ignored_knobs)
         return "—"
     if key in ("val_accuracy", "test_accuracy"):
         return f"{100 * v:.2f} %"

@@ -151,6 +151,17 @@ def _one_trial(optuna: Any, study: Any, ctx: dict[str, Any]) -> None:
         f"latency {m['latency_ms']:.3f} ms")
 
 
+def ignored_knobs(row: dict[str, Any]) -> list[str]:
+    """The sampled shared KD knobs (temperature, alpha) the trial's method does not read (``KDLoss.uses``):
+    their values did nothing, so the tables show "—" for them (ce, rslad; dkd's alpha is distill.dkd's)."""
+    from ..losses import KD_LOSSES, loss_class
+
+    method = row.get(METHOD)
+    if method not in KD_LOSSES.names():
+        return []
+    return [k for k in (TEMPERATURE, ALPHA) if k in row and k not in loss_class(method).uses]
+
+
 def trial_rows(study: Any) -> list[dict[str, Any]]:
     """Every trial of the study as a plain row (params, state, metrics, error), by number."""
     interrupted = _interrupted(study)
@@ -160,6 +171,9 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
                **{k: v for k, v in t.user_attrs.items() if k != "constraint"}}
         if t.number in interrupted:
             row["error"] = "interrupted (killed); its parameters were run again as a later trial"
+        unused = ignored_knobs(row)
+        if unused:
+            row["unused"] = unused
         rows.append(row)
     return rows
 

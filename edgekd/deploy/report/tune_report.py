@@ -64,7 +64,9 @@ def pareto_plot(summary: dict[str, Any], path: Path) -> Path | None:
 
 
 def _row(r: dict[str, Any]) -> list[str]:
-    return [str(r["number"]), *(value(r.get(p)) for p in PARAMS), pct(r.get("val_accuracy")),
+    # "—" for a knob the trial's method ignores (edgekd.tuning.study.ignored_knobs): its value did nothing
+    return [str(r["number"]), *("—" if p in r.get("unused", ()) else value(r.get(p)) for p in PARAMS),
+            pct(r.get("val_accuracy")),
             num(r.get("latency_ms")), pct(r.get("test_accuracy"))]
 
 
