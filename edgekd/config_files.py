@@ -72,6 +72,36 @@ def _named(cfg: Any, key: str) -> Iterator[tuple[str, str, Any]]:
         yield key, key.rsplit(".", 1)[-1], value
 
 
+def named_paths(cfg: Any, keys: tuple[str, ...]) -> Iterator[tuple[str, Path]]:
+    """``(name, path)`` of each file or folder the config keys name (a torchscript arch's file; not a named arch)."""
+    for key in keys:
+        for name, kind, value in _named(cfg, key):
+            if not value:
+                continue
+            if kind == "arch":
+                source, arch = split_arch(str(value))
+                if source != "torchscript":
+                    continue
+                value = arch
+            yield name, Path(str(value)).expanduser()
+
+
+def refuse_paths_inside_the_run(cfg: Any, keys: tuple[str, ...], run_dir: Path) -> None:
+    """ConfigError when a file the config names lies in the run's own folder: a stage would rewrite what it
+    reads (with its new fingerprint inside), so the run would never be up to date — and a run is no mCE
+    reference for itself."""
+    from .errors import ConfigError
+
+    own = run_dir.expanduser().resolve()
+    for name, path in named_paths(cfg, keys):
+        resolved = path.resolve()
+        if resolved == own or own in resolved.parents:
+            raise ConfigError(f"{name} ({path}) is inside this run's own folder {run_dir}: the run would rewrite "
+                              "what it reads and never be up to date",
+                              f"copy it out of {run_dir} (e.g. cp {path} {run_dir.parent / (run_dir.name + '_' + path.name)}) "
+                              f"and point {name} there, or give this run another name")
+
+
 def config_file_inputs(cfg: Any, keys: tuple[str, ...]) -> dict[str, str]:
     """``{"file:<name>": sha256}`` of each file the config keys name (``StageSpec.files``), for the stage's
     fingerprint and its manifest ``inputs``; the prefix keeps them apart from the stage-artifact inputs

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, config_from_dict, dump_config, load_config, stable_hash
-from .config_files import config_file_inputs
+from .config_files import config_file_inputs, refuse_paths_inside_the_run
 from .environment import environment
 from .errors import ArtifactError, ConfigError
 from .manifest import Manifest
 from .staging import STAGING_DIR, Transaction, record_failure
 from .validation import check_stage_names
-from .stages import BY_NAME, STAGE_NAMES, StageContext, StageResult, StageSpec, stage_function
+from .stages import BY_NAME, STAGE_NAMES, STAGES, StageContext, StageResult, StageSpec, stage_function
 
 
 @dataclass
@@ -133,10 +133,15 @@ def _run_fields(cfg: Config) -> dict[str, Any]:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
+def run_folder(cfg: Config, out: str | Path | None) -> Path:
+    """Where a run of ``cfg`` lives: ``out`` (or the config's ``out_dir``) / its name."""
+    return Path(out if out is not None else cfg.out_dir) / cfg.name
+
+
 def open_run(cfg: Config, out: str | Path | None, resume: bool, ranks: _Ranks,
              log: Any = None) -> tuple[Path, Transaction]:
     """The run folder and this command's staged work on it (rank 0 opens; the others attach)."""
-    run_dir = Path(out if out is not None else cfg.out_dir) / cfg.name
+    run_dir = run_folder(cfg, out)
     txn: Transaction | None = None
     if ranks.main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -211,6 +216,8 @@ def run(
     if not cfg.qat.enabled and "qat" in wanted:
         raise ConfigError("qat.enabled is false but the INT8 chain needs the qat stage",
                           "drop 'qat' (and 'export', 'check') from stages, or enable qat")
+    # before anything is opened: a run that reads its own outputs is refused without touching its folder
+    refuse_paths_inside_the_run(cfg, tuple(k for spec in STAGES for k in spec.files), run_folder(cfg, out))
     ranks = _join_ranks(cfg)
     run_dir, txn = open_run(cfg, out, resume, ranks, log)
     ctx = StageContext(cfg=cfg, run_dir=run_dir, manifest=txn.manifest, resume=resume)

@@ -114,3 +114,34 @@ def test_a_home_relative_weights_path_is_hashed_and_loaded(tmp_path: Path, monke
     cfg = load_config(SMOKE, ["teacher.weights=~/t.pt"])
     assert config_file_inputs(cfg, ("teacher.weights",)) == {"file:teacher.weights": sha256_file(tmp_path / "t.pt")}
     assert torch.equal(read_weights_file("~/t.pt")[0]["w"], torch.ones(2))
+
+
+def test_a_run_reading_a_file_inside_its_own_folder_is_refused_before_it_touches_it(tmp_path: Path) -> None:
+    """The teacher stage would rewrite ``stages/teacher/teacher.pt`` with its new fingerprint inside, so a run
+    that reads it would re-run its whole chain every time; refused (exit 2 from the CLI), the folder unchanged."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    import edgekd
+    from edgekd.errors import ConfigError
+
+    run = tmp_path / "smoke"
+    own = run / "stages" / "teacher" / "teacher.pt"
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"an earlier teacher")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    for over in ([f"teacher.weights={own}", "teacher_train.epochs=0"], [f"check.robustness.reference_run={run}"]):
+        with pytest.raises(ConfigError, match="inside this run's own folder"):
+            edgekd.run(str(SMOKE), overrides=over, out=tmp_path, log=lambda m: None)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before and own.read_bytes() == b"an earlier teacher"
+    proc = subprocess.run([sys.executable, "-m", "edgekd", "run", "-c", str(SMOKE), "--out", str(tmp_path),
+                           "--set", f"teacher.weights={own}", "--set", "teacher_train.epochs=0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "teacher.weights" in proc.stderr and "copy it out of" in proc.stderr
+    # the same file read by another run is fine
+    from edgekd.config_files import refuse_paths_inside_the_run
+
+    refuse_paths_inside_the_run(load_config(SMOKE, [f"teacher.weights={own}"]), ("teacher.weights",), tmp_path / "other")
