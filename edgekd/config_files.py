@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from .arch_names import split_arch
 from .config import stable_hash
+from .errors import ConfigError
 from .io import sha256_file
 from .manifest import Manifest
 from .sensitivity_file import SENSITIVITY_FILE
@@ -25,75 +26,55 @@ def _existing_file(path: Path) -> Optional[str]:
     return sha256_file(path) if path.is_file() else None
 
 
-def weights_sha256(value: Any) -> Optional[str]:
+def _weights(path: Path) -> Optional[str]:
     """A weights file's sha256, or the teacher a run folder's manifest records (verified when loaded)."""
-    path = Path(str(value)).expanduser()
     if path.is_dir():
         return Manifest.load(path, must_exist=False).artifact_sha("teacher", "weights")
     return _existing_file(path)
 
 
-def arch_sha256(value: Any) -> Optional[str]:
-    """A TorchScript arch's file (``torchscript:PATH``: the model and its weights); None for a named arch."""
-    source, name = split_arch(str(value))
-    return _existing_file(Path(name).expanduser()) if source == "torchscript" else None
-
-
-def sensitivity_sha256(value: Any) -> Optional[str]:
+def _sensitivity(path: Path) -> Optional[str]:
     """``qat.sensitivity``: a ``sensitivity.json``, or a run folder holding one."""
-    path = Path(str(value)).expanduser()
     return _existing_file(path / SENSITIVITY_FILE if path.is_dir() else path)
 
 
-def reference_run_sha256(value: Any) -> Optional[str]:
+def _reference_run(path: Path) -> Optional[str]:
     """``check.robustness.reference_run``: the hash of that run's check metrics (its mCE reference)."""
-    entry = Manifest.load(Path(str(value)).expanduser(), must_exist=False).stage("check")
+    entry = Manifest.load(path, must_exist=False).stage("check")
     return stable_hash(entry["metrics"]) if entry and "metrics" in entry else None
 
 
-# the kind of file behind each config key a StageSpec may list in ``files``
-HASHERS: dict[str, Callable[[Any], Optional[str]]] = {
-    "weights": weights_sha256, "arch": arch_sha256, "sensitivity": sensitivity_sha256,
-    "reference_run": reference_run_sha256,
+# the kind of file behind each config key a StageSpec may list in ``files`` (an arch: its TorchScript file)
+HASHERS: dict[str, Callable[[Path], Optional[str]]] = {
+    "weights": _weights, "arch": _existing_file, "sensitivity": _sensitivity, "reference_run": _reference_run,
 }
 
 
-def _named(cfg: Any, key: str) -> Iterator[tuple[str, str, Any]]:
-    """``(name, kind, value)`` of a dotted config key; a list of models (``distill.teachers``) gives each
-    element's weights and arch."""
-    value = cfg
-    for part in key.split("."):
-        value = getattr(value, part)
-    if isinstance(value, (list, tuple)):
-        for i, model in enumerate(value):
-            yield f"{key}[{i}].weights", "weights", model.weights
-            yield f"{key}[{i}].arch", "arch", model.arch
-    else:
-        yield key, key.rsplit(".", 1)[-1], value
-
-
-def named_paths(cfg: Any, keys: tuple[str, ...]) -> Iterator[tuple[str, Path]]:
-    """``(name, path)`` of each file or folder the config keys name (a torchscript arch's file; not a named arch)."""
+def named_paths(cfg: Any, keys: tuple[str, ...]) -> Iterator[tuple[str, str, Path]]:
+    """``(name, kind, path)`` of each file or folder the config keys name; a list of models
+    (``distill.teachers``) gives each element's weights and arch; an arch counts only as ``torchscript:PATH``."""
     for key in keys:
-        for name, kind, value in _named(cfg, key):
-            if not value:
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        named = ([(f"{key}[{i}].{kind}", kind, getattr(m, kind)) for i, m in enumerate(value) for kind in ("weights", "arch")]
+                 if isinstance(value, (list, tuple)) else [(key, key.rsplit(".", 1)[-1], value)])
+        for name, kind, v in named:
+            if not v:
                 continue
             if kind == "arch":
-                source, arch = split_arch(str(value))
+                source, v = split_arch(str(v))
                 if source != "torchscript":
                     continue
-                value = arch
-            yield name, Path(str(value)).expanduser()
+            yield name, kind, Path(str(v)).expanduser()
 
 
 def refuse_paths_inside_the_run(cfg: Any, keys: tuple[str, ...], run_dir: Path) -> None:
     """ConfigError when a file the config names lies in the run's own folder: a stage would rewrite what it
     reads (with its new fingerprint inside), so the run would never be up to date — and a run is no mCE
     reference for itself."""
-    from .errors import ConfigError
-
     own = run_dir.expanduser().resolve()
-    for name, path in named_paths(cfg, keys):
+    for name, _, path in named_paths(cfg, keys):
         resolved = path.resolve()
         if resolved == own or own in resolved.parents:
             raise ConfigError(f"{name} ({path}) is inside this run's own folder {run_dir}: the run would rewrite "
@@ -107,9 +88,8 @@ def config_file_inputs(cfg: Any, keys: tuple[str, ...]) -> dict[str, str]:
     fingerprint and its manifest ``inputs``; the prefix keeps them apart from the stage-artifact inputs
     (``teacher.weights`` there is the teacher stage's file)."""
     out: dict[str, str] = {}
-    for key in keys:
-        for name, kind, value in _named(cfg, key):
-            sha = HASHERS[kind](value) if value else None
-            if sha is not None:
-                out[f"file:{name}"] = sha
+    for name, kind, path in named_paths(cfg, keys):
+        sha = HASHERS[kind](path)
+        if sha is not None:
+            out[f"file:{name}"] = sha
     return out
