@@ -326,7 +326,6 @@ def resumed(path: Path, budget: list[str], teacher_sha: str, student: str, metho
 
 
 _ABSENT = "<absent>"  # a key the cell's run did not record (it ran before the key existed)
-NOT_RECORDED = "its manifest records no distill or QAT config"  # kept_setting_differences: nothing to compare
 
 
 def setting_differences(now: Any, there: Any, key: str) -> list[str]:
@@ -344,20 +343,20 @@ def setting_differences(now: Any, there: Any, key: str) -> list[str]:
     return [] if now == there else [f"{key} ({there!r} there, {now!r} now)"]
 
 
-def kept_setting_differences(folder: Path, overrides: list[str], files: bool) -> list[str]:
+def kept_setting_differences(folder: Path, overrides: list[str], files: bool) -> list[str] | None:
     """How a measured cell's run folder disagrees with the settings this sitting gives its row (``overrides``:
     the row's ``method_overrides`` and ``extras``).
 
     Each ``key=value`` is compared with what the cell's distill and QAT stages ran with (each manifest entry
     keeps the config sections its stage read), so a QAT re-run with other settings than its distillation is
     caught too. With ``files``, ``distill.teachers``' weights files are compared by sha256 with the ones the
-    distill stage recorded (``extra_teachers``)."""
+    distill stage recorded (``extra_teachers``). None when the manifest records no stage config to compare."""
     import yaml
     from edgekd.manifest import Manifest
 
     manifest = Manifest.load(folder)
     if not any("config" in (manifest.stage(st) or {}) for st in ("distill", "qat")):
-        return [NOT_RECORDED]
+        return None
     out: list[str] = []
     for item in overrides:
         key, _, raw = item.partition("=")
@@ -405,8 +404,9 @@ def check_kept_settings(methods: list[str], runs: dict[str, list[dict[str, Any]]
                 differ = kept_setting_differences(folder, overrides, runs_a_cell)
             except ArtifactError as e:
                 differ = [f"its run folder cannot be read ({e.problem})"]
-            if differ == [NOT_RECORDED]:
-                print(f"[bench] {method} s{seed}: settings not checked ({NOT_RECORDED})", flush=True)
+            if differ is None:
+                print(f"[bench] {method} s{seed}: settings not checked (its manifest records no distill or QAT "
+                      "config)", flush=True)
                 continue
             problems += [f"{method} s{seed}: {d}" for d in differ]
     if problems:
