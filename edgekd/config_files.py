@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .io import sha256_file
 from .manifest import Manifest
 from .sensitivity_file import SENSITIVITY_FILE
+from .stage_specs import config_value
 
 
 def _existing_file(path: Path) -> Optional[str]:
@@ -54,9 +55,7 @@ def named_paths(cfg: Any, keys: tuple[str, ...]) -> Iterator[tuple[str, str, Pat
     """``(name, kind, path)`` of each file or folder the config keys name; a list of models
     (``distill.teachers``) gives each element's weights and arch; an arch counts only as ``torchscript:PATH``."""
     for key in keys:
-        value: Any = cfg
-        for part in key.split("."):
-            value = getattr(value, part)
+        value = config_value(cfg, key)
         named = ([(f"{key}[{i}].{kind}", kind, getattr(m, kind)) for i, m in enumerate(value) for kind in ("weights", "arch")]
                  if isinstance(value, (list, tuple)) else [(key, key.rsplit(".", 1)[-1], value)])
         for name, kind, v in named:

@@ -64,13 +64,14 @@ STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 BY_NAME: dict[str, StageSpec] = {s.name: s for s in STAGES}
 
 
+def config_value(cfg: Any, key: str) -> Any:
+    """The value of a dotted config key a StageSpec names (``distill.train``, ``qat.sensitivity``) in a Config."""
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def training_configs(cfg: Any) -> list[tuple[StageSpec, Any]]:
     """``(spec, TrainConfig)`` of each training stage of a Config, in stage order."""
-    out = []
-    for spec in STAGES:
-        if spec.train_config:
-            section = cfg
-            for part in spec.train_config.split("."):
-                section = getattr(section, part)
-            out.append((spec, section))
-    return out
+    return [(spec, config_value(cfg, spec.train_config)) for spec in STAGES if spec.train_config]
