@@ -656,10 +656,9 @@ def measure_table(a: argparse.Namespace, out: Path, stem: str) -> int:
                 print(f"[bench] seed {seed} {method}: not in {stem}.json, nothing to re-run", flush=True)
                 continue
             failures[:] = [f for f in failures if (f["method"], f["seed"]) != (method, seed)]  # tried again
-            loss = variant_overrides(method)[0]
-            overrides = common + method_overrides(method) + [f"seed={seed}", f"name={method}_s{seed}"]
             try:
-                overrides += per_method[loss]() if loss in per_method else []
+                # the row's settings (a second teacher trained on first use: a failure is the cell's), then the cell's
+                overrides = common + row_overrides(method, True) + [f"seed={seed}", f"name={method}_s{seed}"]
                 # resume: a cell killed in an earlier sitting continues from its last epoch checkpoint
                 run = edgekd.run(a.config, overrides=overrides, out=runs_dir, resume=a.resume, **rerun)
                 row = {**measure(run), "seed": seed, "code": code, **({"rerun_from": rerun_from} if rerun else {})}
